@@ -1,0 +1,46 @@
+// swift-tools-version:5.9
+// The package reads like the architecture, bottom to top:
+//   C shims (libzmq, OpenBLAS, zlib, a few syscalls)
+//   → ZeroMQ (a safe wrapper that knows nothing of training)
+//   → SyncBNCore (tensors, layers, BatchNorm, data, checkpoints; knows nothing of sockets)
+//   → SyncBNCluster (wire protocol, coordinator, worker, the collective BatchNorm calls)
+//   → syncbn (the command-line tool)
+import PackageDescription
+
+let package = Package(
+    name: "SyncBN",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "syncbn", targets: ["syncbn"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq",
+                       providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "CSystemShims"),
+
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+        .target(name: "SyncBNCore", dependencies: ["CBLAS", "CZlib"]),
+        .target(name: "SyncBNCluster", dependencies: [
+            "ZeroMQ", "SyncBNCore", "CSystemShims",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "syncbn", dependencies: [
+            "SyncBNCluster", "SyncBNCore", "ZeroMQ", "CSystemShims",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore"]),
+        .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),
+        .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore"]),
+    ]
+)
