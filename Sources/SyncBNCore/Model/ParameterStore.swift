@@ -1,0 +1,49 @@
+/// All trainable parameters of a network in one flat Float32 buffer, with their gradients and the
+/// optimizer's momentum buffer alongside. Layers address their tensors by offset.
+///
+/// One buffer means one all-reduce of gradients and one loop for the optimizer.
+public final class ParameterStore {
+    public let count: Int
+    public let values: UnsafeMutablePointer<Float>
+    public let gradients: UnsafeMutablePointer<Float>
+    /// SGD's momentum buffer v.
+    public let velocity: UnsafeMutablePointer<Float>
+
+    init(count: Int) {
+        self.count = count
+        values = .allocate(capacity: count)
+        values.initialize(repeating: 0, count: count)
+        gradients = .allocate(capacity: count)
+        gradients.initialize(repeating: 0, count: count)
+        velocity = .allocate(capacity: count)
+        velocity.initialize(repeating: 0, count: count)
+    }
+
+    deinit {
+        values.deallocate()
+        gradients.deallocate()
+        velocity.deallocate()
+    }
+}
+
+/// Stochastic gradient descent with momentum, in `torch.optim.SGD`'s form:
+///   v ← μ·v + g,   p ← p − lr·v
+/// (with v = 0 before the first step, so the first step takes v = g, as PyTorch does).
+public struct SGD: Codable, Equatable, Sendable {
+    public var learningRate: Float
+    public var momentum: Float
+
+    public init(learningRate: Float, momentum: Float) {
+        self.learningRate = learningRate
+        self.momentum = momentum
+    }
+
+    public func step(_ store: ParameterStore) {
+        let p = store.values, g = store.gradients, v = store.velocity
+        let lr = learningRate, mu = momentum
+        for i in 0..<store.count {
+            v[i] = mu * v[i] + g[i]
+            p[i] -= lr * v[i]
+        }
+    }
+}

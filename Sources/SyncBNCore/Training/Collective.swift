@@ -1,0 +1,62 @@
+/// One all-reduce round of a training step. Each replica contributes one partial per chunk of its
+/// slice; the result is the reduction over every chunk of the global batch, in chunk order.
+public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
+    /// BatchNorm layer `layer`'s forward pass: per chunk `[mean(F), M2(F)]`, merged with Chan's formula.
+    case moments(layer: Int)
+    /// BatchNorm layer `layer`'s backward pass: per chunk `[Σdy(F), Σdy·x̂(F)]`, summed.
+    case sums(layer: Int)
+    /// Parameter gradients (Float32), summed.
+    case gradients
+    /// Per chunk `[Σ loss, number correct]`, summed; only on steps whose metrics are logged.
+    case metrics
+
+    public var description: String {
+        switch self {
+        case .moments(let layer): "moments of BatchNorm \(layer)"
+        case .sums(let layer): "backward sums of BatchNorm \(layer)"
+        case .gradients: "parameter gradients"
+        case .metrics: "metrics"
+        }
+    }
+
+    /// Reduces chunk-major partials over the whole batch of `plan` (or a run of its chunks).
+    public func reduce(
+        _ partials: UnsafeBufferPointer<Double>, plan: ChunkPlan, chunks: Range<Int>, width: Int,
+        into result: UnsafeMutableBufferPointer<Double>
+    ) {
+        switch self {
+        case .moments:
+            let counts = chunks.map { plan.rows(ofChunk: $0).count }
+            OrderedReduction.mergeMoments(partials, counts: counts[...], features: width / 2, into: result)
+        case .sums, .metrics, .gradients:
+            OrderedReduction.sum(partials, width: width, into: result)
+        }
+    }
+}
+
+/// What a replica calls to turn its per-chunk partials into global results.
+///
+/// BatchNorm never knows whether it is alone or one of eight: it hands its chunks' partials to the
+/// collective and receives the reduction over the global batch. Replicas whose slice is empty still
+/// call, with no partials, so that every replica goes through every round.
+public protocol Collective: AnyObject {
+    /// Reduces Float64 partials (`partials.count == slice.chunks.count × result.count`).
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws
+    /// Sums Float32 gradient partials in chunk order.
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) throws
+}
+
+/// The collective of a single process that holds the whole batch: it reduces locally.
+public final class LocalCollective: Collective {
+    public let plan: ChunkPlan
+
+    public init(plan: ChunkPlan) { self.plan = plan }
+
+    public func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
+        round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: result.count, into: result)
+    }
+
+    public func allReduce(_ round: Round, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) throws {
+        OrderedReduction.sum(partials, width: result.count, into: result)
+    }
+}

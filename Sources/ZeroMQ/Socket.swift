@@ -1,0 +1,190 @@
+import CZeroMQ
+
+/// An owning handle on one libzmq socket. Not thread-safe, like the socket under it.
+///
+/// Every call checks its C result and throws `ZMQError` carrying `zmq_strerror`. Receives return `nil`
+/// for "nothing yet" (EAGAIN with a timeout or `dontWait`), never an error. Calls interrupted by a
+/// signal (EINTR) are retried.
+public final class Socket {
+    public enum Kind {
+        case router, dealer, pair, req, rep
+
+        var rawValue: Int32 {
+            switch self {
+            case .router: ZMQ_ROUTER
+            case .dealer: ZMQ_DEALER
+            case .pair: ZMQ_PAIR
+            case .req: ZMQ_REQ
+            case .rep: ZMQ_REP
+            }
+        }
+    }
+
+    let handle: UnsafeMutableRawPointer
+    private var closed = false
+
+    public init(_ context: Context, _ kind: Kind) throws {
+        guard let handle = zmq_socket(context.handle, kind.rawValue) else {
+            throw ZMQError.last("zmq_socket")
+        }
+        self.handle = handle
+        try setOption(ZMQ_LINGER, Int32(0))
+    }
+
+    deinit { close() }
+
+    /// Closes the socket, dropping unsent messages (linger is 0).
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        zmq_close(handle)
+    }
+
+    // MARK: Options
+
+    public func setOption(_ option: Int32, _ value: Int32) throws {
+        var value = value
+        try check("zmq_setsockopt") { zmq_setsockopt(handle, option, &value, MemoryLayout<Int32>.size) }
+    }
+
+    public func setOption(_ option: Int32, _ value: Int64) throws {
+        var value = value
+        try check("zmq_setsockopt") { zmq_setsockopt(handle, option, &value, MemoryLayout<Int64>.size) }
+    }
+
+    public func setOption(_ option: Int32, bytes: [UInt8]) throws {
+        try check("zmq_setsockopt") {
+            bytes.withUnsafeBytes { zmq_setsockopt(handle, option, $0.baseAddress, $0.count) }
+        }
+    }
+
+    /// Receives time out after `milliseconds` (-1: wait forever).
+    public func setReceiveTimeout(milliseconds: Int32) throws { try setOption(ZMQ_RCVTIMEO, milliseconds) }
+    public func setSendTimeout(milliseconds: Int32) throws { try setOption(ZMQ_SNDTIMEO, milliseconds) }
+    /// Peers sending a larger message are disconnected by libzmq.
+    public func setMaximumMessageSize(_ bytes: Int64) throws { try setOption(ZMQ_MAXMSGSIZE, bytes) }
+    /// Sending to an unknown or full peer fails with EHOSTUNREACH or EAGAIN instead of being dropped.
+    public func setRouterMandatory(_ on: Bool) throws { try setOption(ZMQ_ROUTER_MANDATORY, Int32(on ? 1 : 0)) }
+    /// ZMTP heartbeats: ping every `interval`, drop the connection after `timeout` without traffic.
+    public func setHeartbeat(intervalMilliseconds: Int32, timeoutMilliseconds: Int32) throws {
+        try setOption(ZMQ_HEARTBEAT_IVL, intervalMilliseconds)
+        try setOption(ZMQ_HEARTBEAT_TIMEOUT, timeoutMilliseconds)
+        try setOption(ZMQ_HEARTBEAT_TTL, timeoutMilliseconds)
+    }
+    public func setHighWaterMarks(send: Int32, receive: Int32) throws {
+        try setOption(ZMQ_SNDHWM, send)
+        try setOption(ZMQ_RCVHWM, receive)
+    }
+
+    public func stringOption(_ option: Int32) throws -> String {
+        var buffer = [CChar](repeating: 0, count: 1024)
+        var size = buffer.count
+        try check("zmq_getsockopt") { zmq_getsockopt(handle, option, &buffer, &size) }
+        return String(cString: buffer)
+    }
+
+    public func intOption(_ option: Int32) throws -> Int32 {
+        var value: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        try check("zmq_getsockopt") { zmq_getsockopt(handle, option, &value, &size) }
+        return value
+    }
+
+    /// The address actually bound, e.g. `tcp://127.0.0.1:41234` after binding `tcp://127.0.0.1:*`.
+    public var lastEndpoint: String {
+        get throws { try stringOption(ZMQ_LAST_ENDPOINT) }
+    }
+
+    // MARK: Connections
+
+    public func bind(_ endpoint: String) throws {
+        try check("zmq_bind(\(endpoint))") { zmq_bind(handle, endpoint) }
+    }
+
+    public func connect(_ endpoint: String) throws {
+        try check("zmq_connect(\(endpoint))") { zmq_connect(handle, endpoint) }
+    }
+
+    // MARK: Sending
+
+    /// Sends one frame; `more` marks it as part of a multipart message. Returns false if the send would
+    /// block (EAGAIN, with `dontWait` or a send timeout).
+    @discardableResult
+    public func send(_ bytes: UnsafeRawBufferPointer, more: Bool = false, dontWait: Bool = false) throws -> Bool {
+        var flags: Int32 = 0
+        if more { flags |= ZMQ_SNDMORE }
+        if dontWait { flags |= ZMQ_DONTWAIT }
+        while true {
+            if zmq_send(handle, bytes.baseAddress, bytes.count, flags) >= 0 { return true }
+            let error = ZMQError.last("zmq_send")
+            if error.isInterrupted { continue }
+            if error.isAgain { return false }
+            throw error
+        }
+    }
+
+    @discardableResult
+    public func send(_ bytes: [UInt8], more: Bool = false, dontWait: Bool = false) throws -> Bool {
+        try bytes.withUnsafeBytes { try send($0, more: more, dontWait: dontWait) }
+    }
+
+    /// Sends all frames as one multipart message.
+    @discardableResult
+    public func send(frames: [[UInt8]], dontWait: Bool = false) throws -> Bool {
+        for (index, frame) in frames.enumerated() {
+            let sent = try send(frame, more: index < frames.count - 1, dontWait: dontWait)
+            if !sent {
+                precondition(index == 0, "libzmq accepts the rest of a multipart message once its first frame is queued")
+                return false
+            }
+        }
+        return true
+    }
+
+    // MARK: Receiving
+
+    /// Receives every frame of one message, or `nil` if none arrives before the receive timeout
+    /// (or at once, with `dontWait`).
+    public func receiveFrames(dontWait: Bool = false) throws -> [[UInt8]]? {
+        var frames: [[UInt8]] = []
+        var message = zmq_msg_t()
+        zmq_msg_init(&message)
+        defer { zmq_msg_close(&message) }
+        repeat {
+            let flags: Int32 = (frames.isEmpty && dontWait) ? ZMQ_DONTWAIT : 0
+            while zmq_msg_recv(&message, handle, flags) < 0 {
+                let error = ZMQError.last("zmq_msg_recv")
+                if error.isInterrupted { continue }
+                if error.isAgain && frames.isEmpty { return nil }
+                throw error
+            }
+            let size = zmq_msg_size(&message)
+            let data = zmq_msg_data(&message)!
+            frames.append([UInt8](UnsafeRawBufferPointer(start: data, count: size)))
+        } while zmq_msg_more(&message) != 0
+        return frames
+    }
+
+    // MARK: Polling
+
+    /// Waits until the socket has a message to read, at most `timeoutMilliseconds` (-1: forever).
+    /// Blocks in the kernel: no CPU is spent while waiting.
+    public func waitReadable(timeoutMilliseconds: Int) throws -> Bool {
+        var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+        while true {
+            let count = zmq_poll(&item, 1, timeoutMilliseconds)
+            if count >= 0 { return count > 0 }
+            let error = ZMQError.last("zmq_poll")
+            if error.isInterrupted { continue }
+            throw error
+        }
+    }
+
+    private func check(_ call: @autoclosure () -> String, _ body: () -> Int32) throws {
+        while body() != 0 {
+            let error = ZMQError.last(call())
+            if error.isInterrupted { continue }
+            throw error
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import XCTest
+import ZeroMQ
+
+final class SocketTests: XCTestCase {
+    func testRouterDealerRoundTripOverInproc() throws {
+        let context = try Context()
+        let router = try Socket(context, .router)
+        try router.setRouterMandatory(true)
+        try router.bind("inproc://round-trip")
+        let dealer = try Socket(context, .dealer)
+        try dealer.connect("inproc://round-trip")
+
+        try dealer.send(frames: [[1, 2, 3], [4]])
+        XCTAssertTrue(try router.waitReadable(timeoutMilliseconds: 2000))
+        let received = try XCTUnwrap(try router.receiveFrames())
+        XCTAssertEqual(received.count, 3, "identity frame plus the two frames sent")
+        XCTAssertEqual(Array(received[1...]), [[1, 2, 3], [4]])
+
+        try router.send(frames: [received[0], [9, 9]])
+        try dealer.setReceiveTimeout(milliseconds: 2000)
+        XCTAssertEqual(try dealer.receiveFrames(), [[9, 9]])
+        dealer.close()
+        router.close()
+    }
+
+    func testReceiveTimeoutReturnsNilInsteadOfThrowing() throws {
+        let context = try Context()
+        let dealer = try Socket(context, .dealer)
+        try dealer.setReceiveTimeout(milliseconds: 10)
+        try dealer.connect("tcp://127.0.0.1:9")
+        XCTAssertNil(try dealer.receiveFrames())
+        XCTAssertFalse(try dealer.waitReadable(timeoutMilliseconds: 10))
+        dealer.close()
+    }
+
+    func testRouterMandatoryReportsUnknownPeer() throws {
+        let context = try Context()
+        let router = try Socket(context, .router)
+        try router.setRouterMandatory(true)
+        try router.bind("inproc://mandatory")
+        XCTAssertThrowsError(try router.send(frames: [Array("nobody".utf8), [1]])) { error in
+            XCTAssertEqual((error as? ZMQError)?.isHostUnreachable, true, "\(error)")
+        }
+        router.close()
+    }
+
+    func testBindErrorsCarryTheLibraryMessage() throws {
+        let context = try Context()
+        let socket = try Socket(context, .router)
+        XCTAssertThrowsError(try socket.bind("nonsense://x")) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("zmq_bind(nonsense://x)"), text)
+            XCTAssertTrue(text.lowercased().contains("protocol"), text)
+        }
+        socket.close()
+    }
+
+    func testEphemeralPortIsReported() throws {
+        let context = try Context()
+        let socket = try Socket(context, .router)
+        try socket.bind("tcp://127.0.0.1:*")
+        let endpoint = try socket.lastEndpoint
+        XCTAssertTrue(endpoint.hasPrefix("tcp://127.0.0.1:"), endpoint)
+        XCTAssertNotEqual(endpoint, "tcp://127.0.0.1:*")
+        socket.close()
+    }
+}
