@@ -2,6 +2,11 @@
 public struct StepMetrics: Equatable, Sendable {
     public var loss: Double
     public var accuracy: Double
+
+    public init(loss: Double, accuracy: Double) {
+        self.loss = loss
+        self.accuracy = accuracy
+    }
 }
 
 /// A multi-layer perceptron replica: parameters, BatchNorm buffers, optimizer state and the work buffers

@@ -1,0 +1,244 @@
+import Foundation
+import Logging
+import SyncBNCore
+import ZeroMQ
+
+/// The coordinator: binds a ROUTER socket, admits `workerCount` workers, and for every step sends each its
+/// slice of the global batch, then runs the step's all-reduce rounds: it gathers every worker's per-chunk
+/// partials, reduces them in chunk order, applies the result to its own replica and broadcasts it.
+///
+/// Its replica takes exactly the steps the workers take (it applies the same running-statistic updates,
+/// gradients and optimizer step), so it holds the model to save and evaluate without asking anyone.
+public final class Coordinator: StepRunner {
+    public let network: Network
+    public let config: TrainingConfig
+    public let workerCount: Int
+    /// The address workers connect to (the bound address, with the port filled in).
+    public let endpoint: String
+    /// Checked while waiting: a non-nil reason stops the job (used by `launch` when a child dies).
+    public var abortReason: () -> String? = { nil }
+
+    private let data: LabeledImages
+    private let timeouts: ClusterTimeouts
+    private let logger: Logger
+    private let context: Context
+    private let socket: Socket
+    private var workers: [Peer] = []
+    private let doublePartials: UnsafeMutableBufferPointer<Double>
+    private let floatPartials: UnsafeMutableBufferPointer<Float>
+    private let doubleResult: UnsafeMutableBufferPointer<Double>
+    private let floatResult: UnsafeMutableBufferPointer<Float>
+
+    struct Peer {
+        let identity: [UInt8]
+        let description: String
+    }
+
+    public init(config: TrainingConfig, data: LabeledImages, bind address: String, workerCount: Int,
+                timeouts: ClusterTimeouts = ClusterTimeouts(), logger: Logger) throws {
+        precondition(workerCount > 0)
+        self.config = config
+        self.data = data
+        self.workerCount = workerCount
+        self.timeouts = timeouts
+        self.logger = logger
+        network = config.makeNetwork()
+        context = try Context()
+        socket = try Socket(context, .router)
+        try socket.setRouterMandatory(true)
+        try socket.setMaximumMessageSize(WireProtocol.maximumMessageSize)
+        try socket.setHighWaterMarks(send: 0, receive: 0)
+        do {
+            try socket.bind(address)
+        } catch let error as ZMQError {
+            throw ClusterError("cannot bind \(address): \(error.message)" + (error.code == EADDRINUSE ? ": another program uses that port; pick another with --bind" : ""))
+        }
+        endpoint = try socket.lastEndpoint
+        let chunks = config.plan.chunkCount
+        let widestDouble = network.norms.map { 2 * $0.features }.max() ?? 2
+        doublePartials = .allocate(capacity: chunks * max(2, widestDouble))
+        floatPartials = .allocate(capacity: chunks * network.reducedGradientCount)
+        doubleResult = .allocate(capacity: max(2, widestDouble))
+        floatResult = .allocate(capacity: network.reducedGradientCount)
+    }
+
+    deinit {
+        socket.close()
+        doublePartials.deallocate()
+        floatPartials.deallocate()
+        doubleResult.deallocate()
+        floatResult.deallocate()
+    }
+
+    // MARK: Joining
+
+    /// Waits until `workerCount` workers said hello, then welcomes each with its rank, the job's settings
+    /// and the initial model. Ranks follow the order of arrival.
+    public func admitWorkers() throws {
+        let deadline = Date().addingTimeInterval(timeouts.joinSeconds)
+        logger.info("coordinator listening on \(endpoint), waiting for \(workerCount) worker(s)")
+        while workers.count < workerCount {
+            guard let (identity, frame) = try receive(until: deadline) else {
+                throw ClusterError("only \(workers.count) of \(workerCount) workers joined within \(Int(timeouts.joinSeconds)) s: start the missing workers with `syncbn worker --connect \(endpoint)`")
+            }
+            switch decode(frame, from: identity) {
+            case .hello(let peer)?:
+                if workers.contains(where: { $0.identity == identity }) {
+                    logger.warning("worker \(peer) said hello twice; ignored")
+                    continue
+                }
+                workers.append(Peer(identity: identity, description: peer))
+                logger.info("worker \(workers.count - 1) joined: \(peer)")
+            case let other?:
+                logger.warning("dropped a \(other.kind) message from \(hex(identity)) before it joined")
+            case nil:
+                continue
+            }
+        }
+        let configJSON = try JSONEncoder().encode(config)
+        let model = Safetensors.encode(network.stateDict())
+        for (rank, peer) in workers.enumerated() {
+            try send(.welcome(rank: UInt32(rank), workerCount: UInt32(workerCount), config: Array(configJSON), model: model), to: peer)
+        }
+    }
+
+    // MARK: Steps
+
+    public func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics? {
+        let plan = config.plan
+        let order = Array(samples)
+        for (rank, peer) in workers.enumerated() {
+            let chunks = plan.chunks(forRank: rank, of: workerCount)
+            let rows = plan.rows(ofChunks: chunks)
+            let slice = SliceData(data, indices: order[rows])
+            try send(.step(step: UInt64(step), firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count),
+                           computeMetrics: computeMetrics, batch: slice), to: peer)
+        }
+        var metrics: StepMetrics?
+        for round in network.rounds(computeMetrics: computeMetrics) {
+            let width = network.width(of: round)
+            let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
+            try gather(step: UInt64(step), round: round, width: width, element: element)
+            let reply: [UInt8]
+            if element == .float32 {
+                let partials = UnsafeBufferPointer(rebasing: floatPartials[0..<(plan.chunkCount * width)])
+                let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<width])
+                OrderedReduction.sum(partials, width: width, into: result)
+                network.apply(gradients: UnsafeBufferPointer(result))
+                reply = Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element) + UnsafeRawBufferPointer(result)
+            } else {
+                let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
+                let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
+                round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, into: result)
+                if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
+                reply = Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element) + UnsafeRawBufferPointer(result)
+            }
+            for peer in workers { try send(raw: reply, to: peer) }
+        }
+        network.finishStep()
+        return metrics
+    }
+
+    /// Collects one round's partials from every worker into the chunk-major buffer.
+    private func gather(step: UInt64, round: Round, width: Int, element: WireProtocol.Element) throws {
+        var pending = Set(0..<workerCount)
+        let deadline = Date().addingTimeInterval(timeouts.roundSeconds)
+        while !pending.isEmpty {
+            guard let (identity, frame) = try receive(until: deadline) else {
+                let missing = pending.sorted().map { "\($0) (\(workers[$0].description))" }.joined(separator: ", ")
+                throw ClusterError("step \(step + 1), \(round): no partials from worker(s) \(missing) within \(Int(timeouts.roundSeconds)) s")
+            }
+            guard let message = decode(frame, from: identity) else { continue }
+            guard let rank = workers.firstIndex(where: { $0.identity == identity }) else {
+                if case .hello(let peer) = message {
+                    logger.warning("refused late worker \(peer): the job already has its \(workerCount) workers")
+                    try? send(.reject(reason: "the job already has its \(workerCount) workers"), toIdentity: identity)
+                } else {
+                    logger.warning("dropped a \(message.kind) message from unknown peer \(hex(identity))")
+                }
+                continue
+            }
+            switch message {
+            case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let payload):
+                let expected = config.plan.chunks(forRank: rank, of: workerCount)
+                guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
+                      Int(w) == width, e == element, pending.contains(rank) else {
+                    logger.warning("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w): expected step \(step + 1), \(round), chunks \(expected), width \(width)")
+                    continue
+                }
+                payload.withUnsafeBytes { raw in
+                    let byteOffset = expected.lowerBound * width * element.size
+                    let base = element == .float32 ? UnsafeMutableRawPointer(floatPartials.baseAddress!) : UnsafeMutableRawPointer(doublePartials.baseAddress!)
+                    if raw.count > 0 { (base + byteOffset).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+                }
+                pending.remove(rank)
+            case .failure(let reason):
+                throw ClusterError("worker \(rank) (\(workers[rank].description)) failed: \(reason)")
+            default:
+                logger.warning("dropped an unexpected \(message.kind) message from worker \(rank)")
+            }
+        }
+    }
+
+    // MARK: Ending
+
+    /// Tells every worker to exit: cleanly after training, or with `failure` as the reason.
+    public func finish(failure: String? = nil) {
+        for peer in workers {
+            try? send(failure.map { .failure(reason: $0) } ?? .stop, to: peer)
+        }
+        // Let libzmq flush the goodbyes when the socket closes, for a bounded time.
+        try? socket.setOption(ZMQ_LINGER, Int32(2000))
+    }
+
+    // MARK: Messages
+
+    private func send(_ message: Message, to peer: Peer) throws { try send(raw: message.encoded(), to: peer) }
+
+    private func send(_ message: Message, toIdentity identity: [UInt8]) throws {
+        try socket.send(frames: [identity, message.encoded()])
+    }
+
+    private func send(raw bytes: [UInt8], to peer: Peer) throws {
+        do {
+            try socket.send(peer.identity, more: true)
+            try socket.send(bytes)
+        } catch let error as ZMQError where error.isHostUnreachable {
+            throw ClusterError("worker \(peer.description) is gone (its connection closed)")
+        }
+    }
+
+    /// The next (identity, frame), or nil at the deadline. Blocks in `zmq_poll`; checks `abortReason`
+    /// every `pollMilliseconds`.
+    private func receive(until deadline: Date) throws -> ([UInt8], [UInt8])? {
+        while true {
+            if let reason = abortReason() { throw ClusterError(reason) }
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return nil }
+            let wait = min(ClusterTimeouts.pollMilliseconds, Int(left * 1000) + 1)
+            guard try socket.waitReadable(timeoutMilliseconds: wait), let frames = try socket.receiveFrames(dontWait: true) else { continue }
+            guard frames.count == 2 else {
+                logger.warning("dropped a message of \(frames.count - 1) frames from \(hex(frames.first ?? [])): SyncBN messages are one frame")
+                continue
+            }
+            return (frames[0], frames[1])
+        }
+    }
+
+    /// Decodes a frame, answering a peer on another protocol version and logging anything malformed.
+    private func decode(_ frame: [UInt8], from identity: [UInt8]) -> Message? {
+        do {
+            return try Message.decode(frame)
+        } catch ProtocolError.versionMismatch(let peerVersion) {
+            logger.error("refused a peer speaking protocol version \(peerVersion); this coordinator speaks version \(WireProtocol.version): run the same syncbn release everywhere")
+            try? send(.reject(reason: "this coordinator speaks SyncBN protocol version \(WireProtocol.version), the worker speaks \(peerVersion): run the same syncbn release everywhere"), toIdentity: identity)
+        } catch {
+            logger.warning("dropped a message from \(hex(identity)): \(error)")
+        }
+        return nil
+    }
+}
+
+func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+
+import CZeroMQ

@@ -1,0 +1,319 @@
+import SyncBNCore
+
+#if _endian(big)
+#error("The wire protocol sends Float32/Float64 payloads in host order and assumes a little-endian host.")
+#endif
+
+/// The coordinator–worker protocol: every message is one ZeroMQ frame (after the ROUTER's identity frame)
+/// made of a 16-byte header and a body. Integers are little-endian; tensors are little-endian IEEE 754.
+/// `WireProtocol.md` beside this file describes it for people.
+///
+///     header: magic "SYBN" (4) | version u16 | kind u16 | step u64
+public enum WireProtocol {
+    /// Bumped on any change to a message's layout or meaning.
+    public static let version: UInt16 = 1
+    public static let magic: [UInt8] = Array("SYBN".utf8)
+    public static let headerSize = 16
+    /// The largest message a peer may send (libzmq cuts off a peer that exceeds it): a step's gradient
+    /// partials for 8 chunks of a 10M-parameter model, with room to spare.
+    public static let maximumMessageSize: Int64 = 1 << 30
+
+    public enum Kind: UInt16, CaseIterable, Sendable {
+        case hello = 1, welcome = 2, reject = 3, step = 4, partials = 5, reduced = 6, stop = 7, failure = 8
+    }
+
+    /// Element type of a partials or reduced payload.
+    public enum Element: UInt8, Sendable {
+        case float64 = 0, float32 = 1
+        var size: Int { self == .float64 ? 8 : 4 }
+    }
+}
+
+/// A decoded message. Payload bytes are kept as they arrived; accessors copy them out.
+public enum Message: Equatable {
+    /// Worker → coordinator: asks to join. `peer` describes the worker (host, pid) for the logs.
+    case hello(peer: String)
+    /// Coordinator → worker: its rank, the job's settings (JSON) and the initial model (safetensors).
+    case welcome(rank: UInt32, workerCount: UInt32, config: [UInt8], model: [UInt8])
+    /// Coordinator → worker: refused, with the reason.
+    case reject(reason: String)
+    /// Coordinator → worker: run step `step` on chunks [firstChunk, firstChunk + chunkCount) of the batch
+    /// whose rows are in `batch`.
+    case step(step: UInt64, firstChunk: UInt32, chunkCount: UInt32, computeMetrics: Bool, batch: SliceData)
+    /// Worker → coordinator: this worker's per-chunk partials for one round.
+    case partials(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element, payload: ArraySlice<UInt8>)
+    /// Coordinator → worker: the reduction of a round over the global batch.
+    case reduced(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element, payload: ArraySlice<UInt8>)
+    /// Coordinator → worker: training is over; exit cleanly.
+    case stop
+    /// Either way: the sender gave up, with the reason.
+    case failure(reason: String)
+
+    public var kind: WireProtocol.Kind {
+        switch self {
+        case .hello: .hello
+        case .welcome: .welcome
+        case .reject: .reject
+        case .step: .step
+        case .partials: .partials
+        case .reduced: .reduced
+        case .stop: .stop
+        case .failure: .failure
+        }
+    }
+}
+
+/// The rows of a worker's slice: labels and features, as bytes (pixels scaled on arrival) or Float32.
+public struct SliceData: Equatable, Sendable {
+    public var rows: Int
+    public var featureSize: Int
+    public var labels: [UInt8]
+    public var element: Element
+    /// rows × featureSize bytes, or rows × featureSize × 4 bytes of Float32.
+    public var features: ArraySlice<UInt8>
+
+    public enum Element: UInt8, Sendable { case unsignedByte = 0, float32 = 1 }
+
+    public init(rows: Int, featureSize: Int, labels: [UInt8], element: Element, features: ArraySlice<UInt8>) {
+        self.rows = rows
+        self.featureSize = featureSize
+        self.labels = labels
+        self.element = element
+        self.features = features
+    }
+
+    /// The rows of `data` at `indices`, in order.
+    public init(_ data: LabeledImages, indices: ArraySlice<Int>) {
+        rows = indices.count
+        featureSize = data.featureSize
+        labels = indices.map { data.labels[$0] }
+        var bytes: [UInt8] = []
+        switch data.storage {
+        case .bytes(let pixels):
+            element = .unsignedByte
+            bytes.reserveCapacity(rows * featureSize)
+            for i in indices { bytes += pixels[(i * featureSize)..<((i + 1) * featureSize)] }
+        case .floats(let values):
+            element = .float32
+            bytes.reserveCapacity(rows * featureSize * 4)
+            for i in indices {
+                values[(i * featureSize)..<((i + 1) * featureSize)].withUnsafeBytes { bytes += $0 }
+            }
+        }
+        features = bytes[...]
+    }
+
+    /// Writes the features as Float32 rows, scaling bytes exactly as `LabeledImages` does.
+    public func copyFeatures(into destination: UnsafeMutablePointer<Float>) {
+        let count = rows * featureSize
+        features.withUnsafeBytes { raw in
+            switch element {
+            case .unsignedByte:
+                for i in 0..<count { destination[i] = LabeledImages.scale(pixel: raw[i]) }
+            case .float32:
+                UnsafeMutableRawPointer(destination).copyMemory(from: raw.baseAddress!, byteCount: count * 4)
+            }
+        }
+    }
+}
+
+/// A message that cannot be used: wrong magic, kind or lengths, or a peer on another protocol version.
+public enum ProtocolError: Error, Equatable, CustomStringConvertible {
+    case malformed(String)
+    case versionMismatch(peer: UInt16)
+
+    public var description: String {
+        switch self {
+        case .malformed(let why): "malformed message: \(why)"
+        case .versionMismatch(let peer):
+            "the peer speaks SyncBN protocol version \(peer), this program speaks version \(WireProtocol.version): run the same syncbn release on the coordinator and every worker"
+        }
+    }
+}
+
+// MARK: - Encoding
+
+extension Message {
+    public func encoded() -> [UInt8] {
+        var out = ByteWriter()
+        out.bytes(WireProtocol.magic)
+        out.u16(WireProtocol.version)
+        out.u16(kind.rawValue)
+        switch self {
+        case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _), .reduced(let step, _, _, _, _):
+            out.u64(step)
+        default:
+            out.u64(0)
+        }
+        switch self {
+        case .hello(let peer):
+            out.bytes(Array(peer.utf8))
+        case .welcome(let rank, let workerCount, let config, let model):
+            out.u32(rank); out.u32(workerCount); out.u32(UInt32(config.count))
+            out.bytes(config); out.bytes(model)
+        case .reject(let reason), .failure(let reason):
+            out.bytes(Array(reason.utf8))
+        case .step(_, let firstChunk, let chunkCount, let computeMetrics, let batch):
+            out.u32(firstChunk); out.u32(chunkCount)
+            out.u8(computeMetrics ? 1 : 0); out.u8(batch.element.rawValue); out.u16(0)
+            out.u32(UInt32(batch.rows)); out.u32(UInt32(batch.featureSize))
+            out.bytes(batch.labels); out.bytes(batch.features)
+        case .partials(_, let round, let firstChunk, let chunkCount, let width, let element, let payload):
+            out.round(round)
+            out.u32(firstChunk); out.u32(chunkCount); out.u32(width)
+            out.u8(element.rawValue); out.u8(0); out.u16(0)
+            out.bytes(payload)
+        case .reduced(_, let round, let width, let element, let payload):
+            out.round(round)
+            out.u32(width)
+            out.u8(element.rawValue); out.u8(0); out.u16(0)
+            out.bytes(payload)
+        case .stop:
+            break
+        }
+        return out.buffer
+    }
+
+    /// Header and fixed fields of a partials message, for senders that append the payload themselves
+    /// (straight from a tensor buffer, without an intermediate array).
+    public static func partialsHeader(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
+        Message.partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element, payload: []).encoded()
+    }
+
+    public static func reducedHeader(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
+        Message.reduced(step: step, round: round, width: width, element: element, payload: []).encoded()
+    }
+}
+
+// MARK: - Decoding
+
+extension Message {
+    /// Decodes one frame. Checks magic, then version, then kind and every length.
+    /// - Throws: `ProtocolError.versionMismatch` for a SyncBN peer on another version (the magic matched),
+    ///   `ProtocolError.malformed` for anything else that is wrong.
+    public static func decode(_ frame: [UInt8]) throws -> Message {
+        var reader = ByteReader(frame[...])
+        guard frame.count >= WireProtocol.headerSize else {
+            throw ProtocolError.malformed("\(frame.count) bytes is shorter than the \(WireProtocol.headerSize)-byte header")
+        }
+        guard Array(try reader.bytes(4)) == WireProtocol.magic else { throw ProtocolError.malformed("bad magic (not a SyncBN message)") }
+        let version = try reader.u16()
+        guard version == WireProtocol.version else { throw ProtocolError.versionMismatch(peer: version) }
+        let rawKind = try reader.u16()
+        guard let kind = WireProtocol.Kind(rawValue: rawKind) else { throw ProtocolError.malformed("unknown message kind \(rawKind)") }
+        let step = try reader.u64()
+        switch kind {
+        case .hello:
+            return .hello(peer: try reader.string())
+        case .welcome:
+            let rank = try reader.u32(), workerCount = try reader.u32(), configLength = try reader.u32()
+            guard workerCount > 0, rank < workerCount else { throw ProtocolError.malformed("welcome gives rank \(rank) of \(workerCount) workers") }
+            let config = Array(try reader.bytes(Int(configLength)))
+            return .welcome(rank: rank, workerCount: workerCount, config: config, model: Array(reader.rest()))
+        case .reject:
+            return .reject(reason: try reader.string())
+        case .failure:
+            return .failure(reason: try reader.string())
+        case .stop:
+            guard reader.remaining == 0 else { throw ProtocolError.malformed("stop carries \(reader.remaining) unexpected bytes") }
+            return .stop
+        case .step:
+            let firstChunk = try reader.u32(), chunkCount = try reader.u32()
+            let metricsFlag = try reader.u8()
+            guard metricsFlag <= 1 else { throw ProtocolError.malformed("step has metrics flag \(metricsFlag)") }
+            let rawElement = try reader.u8()
+            guard let element = SliceData.Element(rawValue: rawElement) else { throw ProtocolError.malformed("step has unknown feature type \(rawElement)") }
+            _ = try reader.u16()
+            let rows = Int(try reader.u32()), featureSize = Int(try reader.u32())
+            let (featureBytes, overflow) = rows.multipliedReportingOverflow(by: featureSize * (element == .float32 ? 4 : 1))
+            guard !overflow, reader.remaining == rows + featureBytes else {
+                throw ProtocolError.malformed("step for \(rows) rows of \(featureSize) features carries \(reader.remaining) bytes")
+            }
+            let labels = Array(try reader.bytes(rows))
+            let features = try reader.bytes(featureBytes)
+            return .step(step: step, firstChunk: firstChunk, chunkCount: chunkCount, computeMetrics: metricsFlag == 1,
+                         batch: SliceData(rows: rows, featureSize: featureSize, labels: labels, element: element, features: features))
+        case .partials:
+            let round = try reader.round()
+            let firstChunk = try reader.u32(), chunkCount = try reader.u32(), width = try reader.u32()
+            let element = try reader.element()
+            _ = try reader.u8(); _ = try reader.u16()
+            let (expected, overflow) = Int(chunkCount).multipliedReportingOverflow(by: Int(width) * element.size)
+            guard !overflow, reader.remaining == expected else {
+                throw ProtocolError.malformed("partials for \(chunkCount) chunks of \(width) values carry \(reader.remaining) bytes")
+            }
+            return .partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element, payload: reader.rest())
+        case .reduced:
+            let round = try reader.round()
+            let width = try reader.u32()
+            let element = try reader.element()
+            _ = try reader.u8(); _ = try reader.u16()
+            guard reader.remaining == Int(width) * element.size else {
+                throw ProtocolError.malformed("reduced result of \(width) values carries \(reader.remaining) bytes")
+            }
+            return .reduced(step: step, round: round, width: width, element: element, payload: reader.rest())
+        }
+    }
+}
+
+// MARK: - Bytes
+
+struct ByteWriter {
+    var buffer: [UInt8] = []
+    mutating func u8(_ v: UInt8) { buffer.append(v) }
+    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { buffer += $0 } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { buffer += $0 } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { buffer += $0 } }
+    mutating func bytes<C: Collection>(_ b: C) where C.Element == UInt8 { buffer += b }
+
+    /// A round travels as kind u16 (1 moments, 2 sums, 3 gradients, 4 metrics) and layer u16.
+    mutating func round(_ round: Round) {
+        switch round {
+        case .moments(let layer): u16(1); u16(UInt16(layer))
+        case .sums(let layer): u16(2); u16(UInt16(layer))
+        case .gradients: u16(3); u16(0)
+        case .metrics: u16(4); u16(0)
+        }
+    }
+}
+
+struct ByteReader {
+    private var data: ArraySlice<UInt8>
+    init(_ data: ArraySlice<UInt8>) { self.data = data }
+
+    var remaining: Int { data.count }
+
+    mutating func bytes(_ n: Int) throws -> ArraySlice<UInt8> {
+        guard n >= 0, n <= data.count else { throw ProtocolError.malformed("needs \(n) more bytes, has \(data.count)") }
+        let out = data.prefix(n)
+        data = data.dropFirst(n)
+        return out
+    }
+    mutating func rest() -> ArraySlice<UInt8> { defer { data = data.suffix(0) }; return data }
+    mutating func u8() throws -> UInt8 { try bytes(1).first! }
+    mutating func u16() throws -> UInt16 { UInt16(try integer(2)) }
+    mutating func u32() throws -> UInt32 { UInt32(try integer(4)) }
+    mutating func u64() throws -> UInt64 { try integer(8) }
+    private mutating func integer(_ n: Int) throws -> UInt64 {
+        try bytes(n).reversed().reduce(0) { $0 << 8 | UInt64($1) }
+    }
+    mutating func string() throws -> String {
+        guard let text = String(validating: rest(), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }
+        return text
+    }
+    mutating func element() throws -> WireProtocol.Element {
+        let raw = try u8()
+        guard let element = WireProtocol.Element(rawValue: raw) else { throw ProtocolError.malformed("unknown element type \(raw)") }
+        return element
+    }
+    mutating func round() throws -> Round {
+        let kind = try u16(), layer = Int(try u16())
+        switch kind {
+        case 1: return .moments(layer: layer)
+        case 2: return .sums(layer: layer)
+        case 3 where layer == 0: return .gradients
+        case 4 where layer == 0: return .metrics
+        default: throw ProtocolError.malformed("unknown round \(kind)/\(layer)")
+        }
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Logging
+import SyncBNCore
+
+/// The outer training loop shared by `syncbn train` and the coordinator: data order, metrics, evaluation,
+/// progress and the saved model. The step itself is the runner's.
+public final class TrainingRun {
+    public struct Summary: Sendable {
+        public var steps: Int
+        public var test: StepMetrics
+        public var medianStepSeconds: Double
+        public var modelPath: String?
+    }
+
+    let config: TrainingConfig
+    let dataset: ImageDataset
+    let runner: StepRunner
+    let outputDirectory: String?
+    let logger: Logger
+    let progress: ProgressDisplay
+
+    public init(config: TrainingConfig, dataset: ImageDataset, runner: StepRunner, outputDirectory: String?, logger: Logger) {
+        self.config = config
+        self.dataset = dataset
+        self.runner = runner
+        self.outputDirectory = outputDirectory
+        self.logger = logger
+        progress = ProgressDisplay(logger: logger)
+    }
+
+    public func run() throws -> Summary {
+        let order = BatchOrder(sampleCount: dataset.train.count, batchSize: config.plan.batchSize, shuffle: config.shuffle, seed: config.seed)
+        var metricsFile: FileHandle?
+        if let outputDirectory {
+            try FileManager.default.createDirectory(atPath: outputDirectory, withIntermediateDirectories: true)
+            let path = (outputDirectory as NSString).appendingPathComponent("metrics.jsonl")
+            FileManager.default.createFile(atPath: path, contents: nil)
+            metricsFile = FileHandle(forWritingAtPath: path)
+        }
+        defer { try? metricsFile?.close() }
+
+        var permutation: [Int] = []
+        var permutationEpoch = -1
+        var stepSeconds: [Double] = []
+        stepSeconds.reserveCapacity(config.steps)
+        var lastTest = StepMetrics(loss: .nan, accuracy: .nan)
+        let started = Date()
+        for step in 0..<config.steps {
+            let epoch = step / order.stepsPerEpoch
+            if epoch != permutationEpoch {
+                permutation = order.permutation(epoch: epoch)
+                permutationEpoch = epoch
+            }
+            let isLast = step == config.steps - 1
+            let evaluate = isLast || (step + 1) % config.evaluateEvery == 0
+            let computeMetrics = evaluate || (step + 1) % config.logEvery == 0
+            let samples = order.samples(step: step, permutation: permutation)
+
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let metrics = try runner.runStep(step, samples: samples, computeMetrics: computeMetrics)
+            stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+
+            guard let metrics else {
+                progress.update(step: step + 1, of: config.steps, loss: nil, samplesPerSecond: rate(step + 1, started), elapsed: -started.timeIntervalSinceNow)
+                continue
+            }
+            guard metrics.loss.isFinite else {
+                throw TrainingError("the loss became \(metrics.loss) at step \(step + 1): lower --lr or check the data")
+            }
+            var record: [String: Any] = ["step": step + 1, "loss": metrics.loss, "train_accuracy": metrics.accuracy, "epoch": Double(step + 1) / Double(order.stepsPerEpoch)]
+            if evaluate {
+                lastTest = runner.network.evaluate(dataset.test)
+                record["test_loss"] = lastTest.loss
+                record["test_accuracy"] = lastTest.accuracy
+            }
+            if let metricsFile, let line = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) {
+                metricsFile.write(line + Data("\n".utf8))
+            }
+            progress.update(step: step + 1, of: config.steps, loss: metrics.loss, samplesPerSecond: rate(step + 1, started), elapsed: -started.timeIntervalSinceNow)
+            if evaluate {
+                progress.log("step \(step + 1)/\(config.steps): loss \(format(metrics.loss)), test loss \(format(lastTest.loss)), test accuracy \(format(lastTest.accuracy))")
+            }
+        }
+        progress.finish()
+
+        var modelPath: String?
+        if let outputDirectory {
+            let path = (outputDirectory as NSString).appendingPathComponent("model.safetensors")
+            try runner.network.saveModel(to: path)
+            modelPath = path
+        }
+        let median = stepSeconds.sorted()[stepSeconds.count / 2]
+        return Summary(steps: config.steps, test: lastTest, medianStepSeconds: median, modelPath: modelPath)
+    }
+
+    private func rate(_ steps: Int, _ started: Date) -> Double {
+        Double(steps * config.plan.batchSize) / max(1e-9, -started.timeIntervalSinceNow)
+    }
+}
+
+func format(_ x: Double) -> String { String(format: "%.4f", x) }
+
+public struct TrainingError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

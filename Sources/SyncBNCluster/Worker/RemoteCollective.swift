@@ -1,0 +1,69 @@
+import Foundation
+import SyncBNCore
+import ZeroMQ
+
+/// A worker's collective: each call sends this worker's per-chunk partials to the coordinator and blocks
+/// (in `zmq_poll`, spending no CPU) until the reduction over the global batch comes back.
+final class RemoteCollective: Collective {
+    private let socket: Socket
+    private let timeoutSeconds: Double
+    var step: UInt64 = 0
+    var slice: BatchSlice
+    /// Time spent between sending partials and receiving the result, for the step being run.
+    private(set) var waitingNanoseconds: UInt64 = 0
+
+    init(socket: Socket, slice: BatchSlice, timeoutSeconds: Double) {
+        self.socket = socket
+        self.slice = slice
+        self.timeoutSeconds = timeoutSeconds
+    }
+
+    func beginStep(_ step: UInt64, slice: BatchSlice) {
+        self.step = step
+        self.slice = slice
+        waitingNanoseconds = 0
+    }
+
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
+        try exchange(round, element: .float64, width: result.count, partials: UnsafeRawBufferPointer(partials),
+                     result: UnsafeMutableRawBufferPointer(result))
+    }
+
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) throws {
+        try exchange(round, element: .float32, width: result.count, partials: UnsafeRawBufferPointer(partials),
+                     result: UnsafeMutableRawBufferPointer(result))
+    }
+
+    private func exchange(_ round: Round, element: WireProtocol.Element, width: Int,
+                          partials: UnsafeRawBufferPointer, result: UnsafeMutableRawBufferPointer) throws {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
+        let message = Message.partialsHeader(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound),
+                                             chunkCount: UInt32(slice.chunks.count), width: UInt32(width), element: element) + partials
+        try socket.send(message)
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else {
+                throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it still running?")
+            }
+            guard try socket.waitReadable(timeoutMilliseconds: Int(left * 1000) + 1),
+                  let frames = try socket.receiveFrames(dontWait: true) else { continue }
+            guard frames.count == 1 else { throw ClusterError("the coordinator sent a message of \(frames.count) frames; SyncBN messages are one frame") }
+            switch try Message.decode(frames[0]) {
+            case .reduced(let s, let r, let w, let e, let payload):
+                guard s == step, r == round, Int(w) == width, e == element else {
+                    throw ClusterError("expected the result of step \(step + 1), \(round) (\(width) values); the coordinator sent step \(s + 1), \(r) (\(w) values)")
+                }
+                payload.withUnsafeBytes { result.copyMemory(from: $0) }
+                return
+            case .failure(let reason):
+                throw ClusterError("the coordinator stopped the job: \(reason)")
+            case .stop:
+                throw ClusterError("the coordinator ended the job in the middle of step \(step + 1)")
+            case let other:
+                throw ClusterError("expected the result of step \(step + 1), \(round); the coordinator sent a \(other.kind) message")
+            }
+        }
+    }
+}

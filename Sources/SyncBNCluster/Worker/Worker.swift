@@ -1,0 +1,119 @@
+import Foundation
+import Logging
+import SyncBNCore
+import ZeroMQ
+
+/// A worker process: connects a DEALER socket to the coordinator, says hello, receives its rank, the job's
+/// settings and the initial model, then runs every step it is sent on its slice, calling the coordinator
+/// at each all-reduce round, until told to stop.
+public final class Worker {
+    public struct Summary: Sendable {
+        public var rank: Int
+        public var steps: Int
+        /// Medians per step: time computing, and time waiting for the coordinator's results.
+        public var medianComputeSeconds: Double
+        public var medianWaitingSeconds: Double
+    }
+
+    private let endpoint: String
+    private let timeouts: ClusterTimeouts
+    private var logger: Logger
+
+    public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), logger: Logger) {
+        self.endpoint = endpoint
+        self.timeouts = timeouts
+        self.logger = logger
+    }
+
+    /// Runs until the coordinator says stop.
+    /// - Throws: `ClusterError` if nobody answers, the coordinator refuses this worker or fails, or a message
+    ///   cannot be understood; `ProtocolError.versionMismatch` for a coordinator on another version.
+    public func run() throws -> Summary {
+        let context = try Context()
+        let socket = try Socket(context, .dealer)
+        defer { socket.close() }
+        try socket.setMaximumMessageSize(WireProtocol.maximumMessageSize)
+        try socket.setHighWaterMarks(send: 0, receive: 0)
+        try socket.connect(endpoint)
+        try socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid())").encoded())
+
+        guard let first = try receive(socket, seconds: timeouts.connectSeconds) else {
+            throw ClusterError("no coordinator answered at \(endpoint) within \(Int(timeouts.connectSeconds)) s: check the address and that `syncbn coordinator` is running there")
+        }
+        let welcome: Message
+        do {
+            welcome = try Message.decode(first)
+        } catch let error as ProtocolError {
+            throw ClusterError("refused by the coordinator at \(endpoint): \(error)")
+        }
+        guard case .welcome(let rank, let workerCount, let configJSON, let model) = welcome else {
+            if case .reject(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) refused this worker: \(reason)") }
+            throw ClusterError("expected a welcome from the coordinator, got a \(welcome.kind) message")
+        }
+        let config: TrainingConfig
+        do {
+            config = try JSONDecoder().decode(TrainingConfig.self, from: Data(configJSON))
+        } catch {
+            throw ClusterError("the coordinator's settings cannot be read (\(error)): run the same syncbn release everywhere")
+        }
+        let network = config.makeNetwork()
+        try network.loadStateDict(Safetensors.decode(model, source: "the coordinator's initial model"), source: "the coordinator's initial model")
+        logger[metadataKey: "rank"] = "\(rank)"
+        logger.info("joined as worker \(rank) of \(workerCount) at \(endpoint)")
+
+        let collective = RemoteCollective(socket: socket, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
+        var compute: [Double] = [], waiting: [Double] = []
+        while true {
+            guard let frame = try receive(socket, seconds: timeouts.idleSeconds) else {
+                throw ClusterError("no instruction from the coordinator for \(Int(timeouts.idleSeconds)) s: it is gone or stuck")
+            }
+            switch try Message.decode(frame) {
+            case .step(let step, let firstChunk, let chunkCount, let computeMetrics, let batch):
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                let chunks = Int(firstChunk)..<(Int(firstChunk) + Int(chunkCount))
+                guard chunks.upperBound <= config.plan.chunkCount else {
+                    throw ClusterError("step \(step + 1) assigns chunks \(chunks), but the batch has \(config.plan.chunkCount)")
+                }
+                let slice = BatchSlice(plan: config.plan, chunks: chunks)
+                guard batch.rows == slice.rowCount, batch.featureSize == config.model.inputSize else {
+                    throw ClusterError("step \(step + 1) carries \(batch.rows) rows of \(batch.featureSize) features for a slice of \(slice.rowCount) rows of \(config.model.inputSize)")
+                }
+                batch.copyFeatures(into: network.input.storage)
+                for (row, label) in batch.labels.enumerated() {
+                    guard Int(label) < config.model.classes else { throw ClusterError("step \(step + 1) has label \(label) for a model of \(config.model.classes) classes") }
+                    network.labels[row] = Int32(label)
+                }
+                collective.beginStep(step, slice: slice)
+                try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
+                let total = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                let waited = Double(collective.waitingNanoseconds) / 1e9
+                compute.append(total - waited)
+                waiting.append(waited)
+            case .stop:
+                logger.info("training finished; worker \(rank) exits")
+                return Summary(rank: Int(rank), steps: compute.count, medianComputeSeconds: median(compute), medianWaitingSeconds: median(waiting))
+            case .failure(let reason):
+                throw ClusterError("the coordinator stopped the job: \(reason)")
+            case let other:
+                throw ClusterError("expected a step from the coordinator, got a \(other.kind) message")
+            }
+        }
+    }
+
+    private func receive(_ socket: Socket, seconds: Double) throws -> [UInt8]? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return nil }
+            guard try socket.waitReadable(timeoutMilliseconds: Int(left * 1000) + 1),
+                  let frames = try socket.receiveFrames(dontWait: true) else { continue }
+            guard frames.count == 1 else { throw ClusterError("the coordinator sent a message of \(frames.count) frames; SyncBN messages are one frame") }
+            return frames[0]
+        }
+    }
+}
+
+func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return 0 }
+    return values.sorted()[values.count / 2]
+}

@@ -1,0 +1,40 @@
+import ArgumentParser
+import Foundation
+import SyncBNCore
+
+struct EvaluateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evaluate",
+        abstract: "Test-set loss and accuracy of a saved model (BatchNorm uses its running statistics).")
+
+    @Option(help: "The model.safetensors to evaluate.")
+    var model: String
+
+    @Option(help: "Directory of MNIST-format IDX files (plain or .gz).")
+    var data = ImageDataset.defaultDirectory
+
+    @Flag(help: "Print one JSON object with accuracy, loss and samples.")
+    var json = false
+
+    func run() throws {
+        let logger = makeLogger("syncbn.evaluate")
+        BLAS.useSingleThread()
+        try reportingErrors(logger) {
+            let spec = try Network.spec(ofCheckpoint: model)
+            let dataset = try ImageDataset.load(directory: data)
+            guard dataset.test.featureSize == spec.inputSize else {
+                throw CheckpointError("\(model) takes \(spec.inputSize) inputs, but the images in \(data) have \(dataset.test.featureSize) pixels")
+            }
+            let network = Network(spec: spec, plan: ChunkPlan(batchSize: 1, chunkSize: 1), optimizer: SGD(learningRate: 0, momentum: 0), seed: 0)
+            try network.loadModel(from: model)
+            let result = network.evaluate(dataset.test)
+            if json {
+                let object: [String: Any] = ["accuracy": result.accuracy, "loss": result.loss, "samples": dataset.test.count, "model": model]
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print("test accuracy \(String(format: "%.4f", result.accuracy)), test loss \(String(format: "%.4f", result.loss)) over \(dataset.test.count) samples")
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import ArgumentParser
+import Foundation
+import SyncBNCluster
+import SyncBNCore
+
+struct LaunchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "launch",
+        abstract: "Train with a coordinator and N worker processes on this machine.",
+        discussion: "Relays the workers' output, and stops them all when training ends, when one fails, or on Ctrl-C.")
+
+    @Option(help: "Number of worker processes.")
+    var workers: Int
+
+    @Option(help: "Address the coordinator binds (loopback or ipc only).")
+    var bind = "tcp://127.0.0.1:*"
+
+    @OptionGroup var options: TrainingOptions
+
+    func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        guard bind.hasPrefix("ipc://") || bind.hasPrefix("tcp://127.") || bind.hasPrefix("tcp://localhost:") else {
+            throw ValidationError("launch runs everything on this machine: --bind must be a loopback tcp:// or an ipc:// address")
+        }
+    }
+
+    func run() throws {
+        let logger = makeLogger("syncbn.launch")
+        BLAS.useSingleThread()
+        let children = ChildProcesses()
+        let executable = Bundle.main.executablePath ?? CommandLine.arguments[0]
+
+        // Ctrl-C or SIGTERM: stop every child by its id, then exit.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let signals = [SIGINT, SIGTERM].map { number in
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                logger.warning("interrupted: stopping the workers")
+                children.signalAll(SIGTERM)
+                children.stopAll(graceSeconds: 2)
+                Foundation.exit(130)
+            }
+            source.resume()
+            return source
+        }
+        defer { signals.forEach { $0.cancel() } }
+
+        do {
+            try runCoordinator(bind: bind, workers: workers, options: options, timeouts: ClusterTimeouts(), logger: logger) { coordinator in
+                coordinator.abortReason = { children.failure }
+                for index in 0..<workers {
+                    try children.start(executable: executable,
+                                       arguments: ["worker", "--connect", coordinator.endpoint, "--exit-with-parent"],
+                                       index: index)
+                }
+                logger.info("started \(workers) worker process(es): pids \(children.processIdentifiers.map(String.init).joined(separator: " "))")
+            }
+        } catch {
+            children.stopAll(graceSeconds: 2)
+            logger.error("\(error)")
+            throw ExitCode.failure
+        }
+        children.stopAll(graceSeconds: 10)
+    }
+}

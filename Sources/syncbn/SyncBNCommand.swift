@@ -1,0 +1,38 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SyncBNCore
+
+@main
+struct SyncBNCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "syncbn",
+        abstract: "Data-parallel training with synchronized Batch Normalization over ZeroMQ, on CPU hosts.",
+        discussion: """
+        `train` runs the whole job in one process (the reference); `launch` runs a coordinator and N worker
+        processes on this machine; `coordinator` and `worker` start the parts by hand or from scripts.
+        For the same settings, all of them save byte-identical models.
+        """,
+        subcommands: [TrainCommand.self, LaunchCommand.self, CoordinatorCommand.self, WorkerCommand.self,
+                      EvaluateCommand.self, RoundTripCommand.self])
+}
+
+/// Logs to standard error, one line per event, with the component's name.
+func makeLogger(_ label: String, verbose: Bool = false) -> Logger {
+    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    var logger = Logger(label: label)
+    logger.logLevel = verbose ? .debug : .info
+    return logger
+}
+
+/// Runs `body`, turning any error into one line on standard error and a non-zero exit.
+func reportingErrors<T>(_ logger: Logger, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        logger.error("\(error)")
+        throw ExitCode.failure
+    }
+}

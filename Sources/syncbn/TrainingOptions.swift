@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import SyncBNCore
+import SyncBNCluster
+
+extension BatchNormMode: ExpressibleByArgument {}
+
+/// The settings that decide a training run, shared by `train`, `launch` and `coordinator`.
+struct TrainingOptions: ParsableArguments {
+    @Option(help: "Directory of MNIST-format IDX files (plain or .gz).")
+    var data = ImageDataset.defaultDirectory
+
+    @Option(help: "Network: \(ModelSpec.names.joined(separator: ", ")).")
+    var model = "bn-mlp"
+
+    @Option(help: "BatchNorm: sync (global batch statistics), local (each worker's slice), none (no BN layers).")
+    var bn: BatchNormMode = .sync
+
+    @Option(help: "Global mini-batch size, split across workers.")
+    var batchSize = 60
+
+    @Option(help: "Samples per micro-chunk, the unit of deterministic reduction; independent of the worker count.")
+    var chunkSize = 15
+
+    @Option(help: "Training steps (global batches). Overrides --epochs.")
+    var steps: Int?
+
+    @Option(help: "Passes over the training set (default 1 when --steps is not given).")
+    var epochs: Double?
+
+    @Option(help: "Learning rate.")
+    var lr: Float = 0.1
+
+    @Option(help: "SGD momentum (torch.optim.SGD's form: v ← μv + g; p ← p − lr·v).")
+    var momentum: Float = 0.9
+
+    @Option(help: "Seed of the initial weights and of the data order.")
+    var seed: UInt64 = 1
+
+    @Flag(help: "Use training samples in file order: step k uses samples [kB, (k+1)B).")
+    var noShuffle = false
+
+    @Option(help: "Start from this safetensors model instead of random weights.")
+    var `init`: String?
+
+    @Option(help: "Write model.safetensors and metrics.jsonl to this directory.")
+    var out = "runs/latest"
+
+    @Option(help: "Compute and log the training loss every N steps.")
+    var logEvery = 50
+
+    @Option(help: "Evaluate on the test set every N steps (default: once per epoch, and at the end).")
+    var evalEvery: Int?
+
+    func validate() throws {
+        guard ModelSpec.names.contains(model) else { throw ValidationError("unknown --model \(model): choose one of \(ModelSpec.names.joined(separator: ", "))") }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
+        guard bn == .none || batchSize >= 2 else { throw ValidationError("--batch-size must be at least 2 with BatchNorm: the variance of one sample is undefined (or use --bn none)") }
+        guard chunkSize >= 1 else { throw ValidationError("--chunk-size must be at least 1") }
+        if let steps { guard steps >= 1 else { throw ValidationError("--steps must be at least 1") } }
+        if let epochs { guard epochs > 0, epochs.isFinite else { throw ValidationError("--epochs must be a positive number") } }
+        guard lr.isFinite, lr > 0 else { throw ValidationError("--lr must be a positive number") }
+        guard momentum.isFinite, momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1)") }
+        guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1") }
+        if let evalEvery { guard evalEvery >= 1 else { throw ValidationError("--eval-every must be at least 1") } }
+    }
+
+    /// Loads the data and turns the options into a job's settings.
+    func resolve() throws -> (TrainingConfig, ImageDataset) {
+        let dataset = try ImageDataset.load(directory: data)
+        guard dataset.train.count >= batchSize else {
+            throw ValidationError("--batch-size \(batchSize) is larger than the \(dataset.train.count) training samples in \(data)")
+        }
+        let classes = Int(dataset.train.labels.max() ?? 9) + 1
+        let spec = ModelSpec.named(model, batchNorm: bn, inputSize: dataset.train.featureSize, classes: max(10, classes))!
+        let stepsPerEpoch = dataset.train.count / batchSize
+        let totalSteps = steps ?? max(1, Int((Double(stepsPerEpoch) * (epochs ?? 1)).rounded()))
+        let config = TrainingConfig(
+            model: spec, plan: ChunkPlan(batchSize: batchSize, chunkSize: chunkSize),
+            optimizer: SGD(learningRate: lr, momentum: momentum), seed: seed, steps: totalSteps,
+            shuffle: !noShuffle, logEvery: logEvery, evaluateEvery: evalEvery ?? stepsPerEpoch)
+        return (config, dataset)
+    }
+
+    /// Replaces the network's random weights with `--init`'s, if given.
+    func loadInitialModel(into network: Network) throws {
+        if let path = `init` { try network.loadModel(from: path) }
+    }
+}
+
+extension TrainingRun.Summary {
+    /// The closing lines every training command prints.
+    func report() -> String {
+        var text = "finished \(steps) steps: test accuracy \(String(format: "%.4f", test.accuracy)), test loss \(String(format: "%.4f", test.loss)), median step \(String(format: "%.3f", medianStepSeconds * 1000)) ms"
+        if let modelPath { text += "; model saved to \(modelPath)" }
+        return text
+    }
+}

@@ -1,0 +1,43 @@
+import ArgumentParser
+import CSystemShims
+import Foundation
+import SyncBNCluster
+import SyncBNCore
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run a worker: everything else (model, settings, weights, data) comes from the coordinator.")
+
+    @Option(help: "The coordinator's address, e.g. tcp://10.0.0.1:5555.")
+    var connect: String
+
+    @Option(help: "Seconds to wait for the coordinator to answer.")
+    var connectTimeout: Double = 30
+
+    @Option(help: "Seconds to wait for the result of one all-reduce round.")
+    var roundTimeout: Double = 120
+
+    @Flag(help: .hidden)
+    var exitWithParent = false
+
+    func validate() throws {
+        guard connectTimeout > 0, roundTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
+    }
+
+    func run() throws {
+        let logger = makeLogger("syncbn.worker")
+        if exitWithParent {
+            _ = syncbn_exit_with_parent(SIGTERM)
+            if getppid() == 1 { throw ExitCode.failure }
+        }
+        BLAS.useSingleThread()
+        var timeouts = ClusterTimeouts()
+        timeouts.connectSeconds = connectTimeout
+        timeouts.roundSeconds = roundTimeout
+        try reportingErrors(logger) {
+            let summary = try Worker(endpoint: connect, timeouts: timeouts, logger: logger).run()
+            logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step")
+        }
+    }
+}
