@@ -4,6 +4,7 @@ import SyncBNCore
 import SyncBNCluster
 
 extension BatchNormMode: ExpressibleByArgument {}
+extension LearningRateSchedule: ExpressibleByArgument {}
 
 /// The settings that decide a training run, shared by `train`, `launch` and `coordinator`.
 struct TrainingOptions: ParsableArguments {
@@ -30,6 +31,9 @@ struct TrainingOptions: ParsableArguments {
 
     @Option(help: "Learning rate.")
     var lr: Float = 0.1
+
+    @Option(help: "Learning-rate schedule over the run: constant, linear (to 0) or cosine (to 0).")
+    var lrSchedule: LearningRateSchedule = .linear
 
     @Option(help: "SGD momentum (torch.optim.SGD's form: v ← μv + g; p ← p − lr·v).")
     var momentum: Float = 0.9
@@ -78,7 +82,7 @@ struct TrainingOptions: ParsableArguments {
         let config = TrainingConfig(
             model: spec, plan: ChunkPlan(batchSize: batchSize, chunkSize: chunkSize),
             optimizer: SGD(learningRate: lr, momentum: momentum), seed: seed, steps: totalSteps,
-            shuffle: !noShuffle, logEvery: logEvery, evaluateEvery: evalEvery ?? stepsPerEpoch)
+            shuffle: !noShuffle, logEvery: logEvery, evaluateEvery: evalEvery ?? stepsPerEpoch, schedule: lrSchedule)
         return (config, dataset)
     }
 

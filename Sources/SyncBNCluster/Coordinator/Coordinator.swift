@@ -135,6 +135,7 @@ public final class Coordinator: StepRunner {
             }
             for peer in workers { try send(raw: reply, to: peer) }
         }
+        network.optimizer.learningRate = config.learningRate(atStep: step)
         network.finishStep()
         return metrics
     }

@@ -13,8 +13,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var logEvery: Int
     /// The test set is evaluated every `evaluateEvery` steps (and after the last step).
     public var evaluateEvery: Int
+    public var schedule: LearningRateSchedule
 
-    public init(model: ModelSpec, plan: ChunkPlan, optimizer: SGD, seed: UInt64, steps: Int, shuffle: Bool, logEvery: Int, evaluateEvery: Int) {
+    public init(model: ModelSpec, plan: ChunkPlan, optimizer: SGD, seed: UInt64, steps: Int, shuffle: Bool, logEvery: Int, evaluateEvery: Int,
+                schedule: LearningRateSchedule = .constant) {
+        self.schedule = schedule
         self.model = model
         self.plan = plan
         self.optimizer = optimizer
@@ -23,6 +26,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         self.shuffle = shuffle
         self.logEvery = logEvery
         self.evaluateEvery = evaluateEvery
+    }
+
+    /// The learning rate of step `step` (0-based): the same on the coordinator and every worker.
+    public func learningRate(atStep step: Int) -> Float {
+        schedule.rate(base: optimizer.learningRate, step: step, of: steps)
     }
 
     /// A fresh replica: initial weights drawn from `seed`, the same in every process.
@@ -44,17 +52,41 @@ public final class LocalStepRunner: StepRunner {
     public let network: Network
     private let data: LabeledImages
     private let collective: LocalCollective
+    private let learningRate: (Int) -> Float
 
-    public init(network: Network, data: LabeledImages) {
+    public init(network: Network, data: LabeledImages, config: TrainingConfig) {
         self.network = network
+        learningRate = config.learningRate(atStep:)
         self.data = data
         collective = LocalCollective(plan: network.plan)
     }
 
     public func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics? {
         let slice = BatchSlice.whole(network.plan)
+        network.optimizer.learningRate = learningRate(step)
         data.copyFeatures(of: Array(samples), into: network.input.storage)
         for (row, index) in samples.enumerated() { network.labels[row] = Int32(data.labels[index]) }
         return try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
     }
 }
+
+/// How the learning rate changes over a run of S steps, from the base rate lr at step 0.
+public enum LearningRateSchedule: String, Codable, Sendable, CaseIterable {
+    /// lr throughout.
+    case constant
+    /// lr · (1 − s/S): down to 0 at the end, which steadies the final model.
+    case linear
+    /// lr · ½(1 + cos(π·s/S)).
+    case cosine
+
+    public func rate(base: Float, step: Int, of steps: Int) -> Float {
+        let progress = Double(step) / Double(max(1, steps))
+        switch self {
+        case .constant: return base
+        case .linear: return Float(Double(base) * (1 - progress))
+        case .cosine: return Float(Double(base) * 0.5 * (1 + cos(Double.pi * progress)))
+        }
+    }
+}
+
+import Foundation

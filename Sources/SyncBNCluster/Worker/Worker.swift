@@ -84,6 +84,7 @@ public final class Worker {
                     network.labels[row] = Int32(label)
                 }
                 collective.beginStep(step, slice: slice)
+                network.optimizer.learningRate = config.learningRate(atStep: Int(step))
                 try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
                 let total = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
                 let waited = Double(collective.waitingNanoseconds) / 1e9
