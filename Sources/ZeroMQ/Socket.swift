@@ -165,6 +165,33 @@ public final class Socket {
         return frames
     }
 
+    /// Receives one message of exactly `frames.count` frames into reusable buffers (no allocation once they
+    /// have grown to size). Returns the number of frames received, or `nil` if nothing was waiting (with
+    /// `dontWait`) or the receive timed out. A message with more frames than buffers is read to its end; the
+    /// count tells the caller it was the wrong shape.
+    public func receive(into frames: inout [[UInt8]], dontWait: Bool = false) throws -> Int? {
+        var message = zmq_msg_t()
+        zmq_msg_init(&message)
+        defer { zmq_msg_close(&message) }
+        var index = 0
+        repeat {
+            let flags: Int32 = (index == 0 && dontWait) ? ZMQ_DONTWAIT : 0
+            while zmq_msg_recv(&message, handle, flags) < 0 {
+                let error = ZMQError.last("zmq_msg_recv")
+                if error.isInterrupted { continue }
+                if error.isAgain && index == 0 { return nil }
+                throw error
+            }
+            if index < frames.count {
+                let source = UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: zmq_msg_size(&message))
+                frames[index].removeAll(keepingCapacity: true)
+                frames[index].append(contentsOf: source)
+            }
+            index += 1
+        } while zmq_msg_more(&message) != 0
+        return index
+    }
+
     // MARK: Polling
 
     /// Waits until the socket has a message to read, at most `timeoutMilliseconds` (-1: forever).

@@ -19,7 +19,7 @@ struct SyncBNCommand: ParsableCommand {
 
 /// Logs to standard error, one line per event, with the component's name.
 func makeLogger(_ label: String, verbose: Bool = false) -> Logger {
-    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    LoggingSystem.bootstrap { LineLogHandler(label: $0) }
     var logger = Logger(label: label)
     logger.logLevel = verbose ? .debug : .info
     return logger

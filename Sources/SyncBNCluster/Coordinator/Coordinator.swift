@@ -28,6 +28,9 @@ public final class Coordinator: StepRunner {
     private let floatPartials: UnsafeMutableBufferPointer<Float>
     private let doubleResult: UnsafeMutableBufferPointer<Double>
     private let floatResult: UnsafeMutableBufferPointer<Float>
+    /// Reused message buffers: [identity, body] in, one reply out, so steps allocate no large arrays.
+    private var inbox: [[UInt8]] = [[], []]
+    private var outbox: [UInt8] = []
 
     struct Peer {
         let identity: [UInt8]
@@ -78,10 +81,11 @@ public final class Coordinator: StepRunner {
         let deadline = Date().addingTimeInterval(timeouts.joinSeconds)
         logger.info("coordinator listening on \(endpoint), waiting for \(workerCount) worker(s)")
         while workers.count < workerCount {
-            guard let (identity, frame) = try receive(until: deadline) else {
+            guard try receive(until: deadline) else {
                 throw ClusterError("only \(workers.count) of \(workerCount) workers joined within \(Int(timeouts.joinSeconds)) s: start the missing workers with `syncbn worker --connect \(endpoint)`")
             }
-            switch decode(frame, from: identity) {
+            let identity = inbox[0]
+            switch decode(inbox[1], from: identity) {
             case .hello(let peer)?:
                 if workers.contains(where: { $0.identity == identity }) {
                     logger.warning("worker \(peer) said hello twice; ignored")
@@ -119,21 +123,22 @@ public final class Coordinator: StepRunner {
             let width = network.width(of: round)
             let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
             try gather(step: UInt64(step), round: round, width: width, element: element)
-            let reply: [UInt8]
+            outbox.removeAll(keepingCapacity: true)
+            outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element)
             if element == .float32 {
                 let partials = UnsafeBufferPointer(rebasing: floatPartials[0..<(plan.chunkCount * width)])
                 let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<width])
                 OrderedReduction.sum(partials, width: width, into: result)
                 network.apply(gradients: UnsafeBufferPointer(result))
-                reply = Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element) + UnsafeRawBufferPointer(result)
+                outbox += UnsafeRawBufferPointer(result)
             } else {
                 let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
                 let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
                 round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, into: result)
                 if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
-                reply = Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element) + UnsafeRawBufferPointer(result)
+                outbox += UnsafeRawBufferPointer(result)
             }
-            for peer in workers { try send(raw: reply, to: peer) }
+            for peer in workers { try send(raw: outbox, to: peer) }
         }
         network.optimizer.learningRate = config.learningRate(atStep: step)
         network.finishStep()
@@ -145,11 +150,12 @@ public final class Coordinator: StepRunner {
         var pending = Set(0..<workerCount)
         let deadline = Date().addingTimeInterval(timeouts.roundSeconds)
         while !pending.isEmpty {
-            guard let (identity, frame) = try receive(until: deadline) else {
+            guard try receive(until: deadline) else {
                 let missing = pending.sorted().map { "\($0) (\(workers[$0].description))" }.joined(separator: ", ")
                 throw ClusterError("step \(step + 1), \(round): no partials from worker(s) \(missing) within \(Int(timeouts.roundSeconds)) s")
             }
-            guard let message = decode(frame, from: identity) else { continue }
+            let identity = inbox[0]
+            guard let message = decode(inbox[1], from: identity) else { continue }
             guard let rank = workers.firstIndex(where: { $0.identity == identity }) else {
                 if case .hello(let peer) = message {
                     logger.warning("refused late worker \(peer): the job already has its \(workerCount) workers")
@@ -209,20 +215,20 @@ public final class Coordinator: StepRunner {
         }
     }
 
-    /// The next (identity, frame), or nil at the deadline. Blocks in `zmq_poll`; checks `abortReason`
-    /// every `pollMilliseconds`.
-    private func receive(until deadline: Date) throws -> ([UInt8], [UInt8])? {
+    /// Waits for the next message and puts its identity and body in `inbox`; false at the deadline.
+    /// Blocks in `zmq_poll`; checks `abortReason` every `pollMilliseconds`.
+    private func receive(until deadline: Date) throws -> Bool {
         while true {
             if let reason = abortReason() { throw ClusterError(reason) }
             let left = deadline.timeIntervalSinceNow
-            if left <= 0 { return nil }
+            if left <= 0 { return false }
             let wait = min(ClusterTimeouts.pollMilliseconds, Int(left * 1000) + 1)
-            guard try socket.waitReadable(timeoutMilliseconds: wait), let frames = try socket.receiveFrames(dontWait: true) else { continue }
-            guard frames.count == 2 else {
-                logger.warning("dropped a message of \(frames.count - 1) frames from \(hex(frames.first ?? [])): SyncBN messages are one frame")
+            guard try socket.waitReadable(timeoutMilliseconds: wait), let frames = try socket.receive(into: &inbox, dontWait: true) else { continue }
+            guard frames == 2 else {
+                logger.warning("dropped a message of \(frames - 1) frames from \(hex(inbox[0])): SyncBN messages are one frame")
                 continue
             }
-            return (frames[0], frames[1])
+            return true
         }
     }
 

@@ -11,6 +11,9 @@ final class RemoteCollective: Collective {
     var slice: BatchSlice
     /// Time spent between sending partials and receiving the result, for the step being run.
     private(set) var waitingNanoseconds: UInt64 = 0
+    /// Reused message buffers, so that rounds allocate no large arrays.
+    private var outbox: [UInt8] = []
+    private var inbox: [[UInt8]] = [[]]
 
     init(socket: Socket, slice: BatchSlice, timeoutSeconds: Double) {
         self.socket = socket
@@ -38,9 +41,11 @@ final class RemoteCollective: Collective {
                           partials: UnsafeRawBufferPointer, result: UnsafeMutableRawBufferPointer) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
-        let message = Message.partialsHeader(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound),
-                                             chunkCount: UInt32(slice.chunks.count), width: UInt32(width), element: element) + partials
-        try socket.send(message)
+        outbox.removeAll(keepingCapacity: true)
+        outbox += Message.partialsHeader(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound),
+                                         chunkCount: UInt32(slice.chunks.count), width: UInt32(width), element: element)
+        outbox += partials
+        try socket.send(outbox)
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         while true {
             let left = deadline.timeIntervalSinceNow
@@ -48,9 +53,9 @@ final class RemoteCollective: Collective {
                 throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it still running?")
             }
             guard try socket.waitReadable(timeoutMilliseconds: Int(left * 1000) + 1),
-                  let frames = try socket.receiveFrames(dontWait: true) else { continue }
-            guard frames.count == 1 else { throw ClusterError("the coordinator sent a message of \(frames.count) frames; SyncBN messages are one frame") }
-            switch try Message.decode(frames[0]) {
+                  let frames = try socket.receive(into: &inbox, dontWait: true) else { continue }
+            guard frames == 1 else { throw ClusterError("the coordinator sent a message of \(frames) frames; SyncBN messages are one frame") }
+            switch try Message.decode(inbox[0]) {
             case .reduced(let s, let r, let w, let e, let payload):
                 guard s == step, r == round, Int(w) == width, e == element else {
                     throw ClusterError("expected the result of step \(step + 1), \(round) (\(width) values); the coordinator sent step \(s + 1), \(r) (\(w) values)")

@@ -7,6 +7,8 @@
 public enum OrderedReduction {
     /// Σ over chunks, left to right: result[i] = ((p₀[i] + p₁[i]) + p₂[i]) + ….
     /// With no chunks the result is all zeros.
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func sum<T: BinaryFloatingPoint>(
         _ partials: UnsafeBufferPointer<T>, width: Int, into result: UnsafeMutableBufferPointer<T>
     ) {
