@@ -60,9 +60,9 @@ public final class Coordinator: StepRunner {
         let chunks = config.plan.chunkCount
         let widestDouble = network.norms.map { 2 * $0.features }.max() ?? 2
         doublePartials = .allocate(capacity: chunks * max(2, widestDouble))
-        floatPartials = .allocate(capacity: chunks * network.reducedGradientCount)
+        floatPartials = .allocate(capacity: max(1, chunks * network.exchange.chunkWidth))
         doubleResult = .allocate(capacity: max(2, widestDouble))
-        floatResult = .allocate(capacity: network.reducedGradientCount)
+        floatResult = .allocate(capacity: max(1, network.exchange.resultWidth))
     }
 
     deinit {
@@ -111,12 +111,14 @@ public final class Coordinator: StepRunner {
     public func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics? {
         let plan = config.plan
         let order = Array(samples)
+        network.batchInput.rows = plan.batchSize
+        // Every worker gets the whole batch (its first layer's weight gradient may be computed from all of
+        // it, see GradientExchange) and the chunks it owns.
+        let batch = BatchData(data, indices: samples)
         for (rank, peer) in workers.enumerated() {
             let chunks = plan.chunks(forRank: rank, of: workerCount)
-            let rows = plan.rows(ofChunks: chunks)
-            let slice = SliceData(data, indices: order[rows])
             try send(.step(step: UInt64(step), firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count),
-                           computeMetrics: computeMetrics, batch: slice), to: peer)
+                           computeMetrics: computeMetrics, batch: batch), to: peer)
         }
         var metrics: StepMetrics?
         for round in network.rounds(computeMetrics: computeMetrics) {
@@ -124,18 +126,24 @@ public final class Coordinator: StepRunner {
             let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
             try gather(step: UInt64(step), round: round, width: width, element: element)
             outbox.removeAll(keepingCapacity: true)
-            outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element)
             if element == .float32 {
+                let exchange = network.exchange
                 let partials = UnsafeBufferPointer(rebasing: floatPartials[0..<(plan.chunkCount * width)])
-                let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<width])
-                OrderedReduction.sum(partials, width: width, into: result)
-                network.apply(gradients: UnsafeBufferPointer(result))
+                let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<exchange.resultWidth])
+                exchange.reduce(partials, into: result)
+                outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(exchange.resultWidth), element: element)
                 outbox += UnsafeRawBufferPointer(result)
+                for peer in workers { try send(raw: outbox, to: peer) }
+                // The replica's own update runs while the workers run theirs.
+                data.copyFeatures(of: order, into: network.batchInput.storage)
+                network.apply(gradients: UnsafeBufferPointer(result))
+                continue
             } else {
                 let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
                 let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
                 round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, into: result)
                 if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
+                outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element)
                 outbox += UnsafeRawBufferPointer(result)
             }
             for peer in workers { try send(raw: outbox, to: peer) }

@@ -37,9 +37,9 @@ public enum Message: Equatable {
     case welcome(rank: UInt32, workerCount: UInt32, config: [UInt8], model: [UInt8])
     /// Coordinator → worker: refused, with the reason.
     case reject(reason: String)
-    /// Coordinator → worker: run step `step` on chunks [firstChunk, firstChunk + chunkCount) of the batch
-    /// whose rows are in `batch`.
-    case step(step: UInt64, firstChunk: UInt32, chunkCount: UInt32, computeMetrics: Bool, batch: SliceData)
+    /// Coordinator → worker: run step `step` on chunks [firstChunk, firstChunk + chunkCount) of the global
+    /// batch, all of whose rows are in `batch`.
+    case step(step: UInt64, firstChunk: UInt32, chunkCount: UInt32, computeMetrics: Bool, batch: BatchData)
     /// Worker → coordinator: this worker's per-chunk partials for one round.
     case partials(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element, payload: ArraySlice<UInt8>)
     /// Coordinator → worker: the reduction of a round over the global batch.
@@ -63,8 +63,8 @@ public enum Message: Equatable {
     }
 }
 
-/// The rows of a worker's slice: labels and features, as bytes (pixels scaled on arrival) or Float32.
-public struct SliceData: Equatable, Sendable {
+/// The rows of a global batch: labels and features, as bytes (pixels scaled on arrival) or Float32.
+public struct BatchData: Equatable, Sendable {
     public var rows: Int
     public var featureSize: Int
     public var labels: [UInt8]
@@ -83,7 +83,7 @@ public struct SliceData: Equatable, Sendable {
     }
 
     /// The rows of `data` at `indices`, in order.
-    public init(_ data: LabeledImages, indices: ArraySlice<Int>) {
+    public init<C: Collection>(_ data: LabeledImages, indices: C) where C.Element == Int {
         rows = indices.count
         featureSize = data.featureSize
         labels = indices.map { data.labels[$0] }
@@ -222,7 +222,7 @@ extension Message {
             let metricsFlag = try reader.u8()
             guard metricsFlag <= 1 else { throw ProtocolError.malformed("step has metrics flag \(metricsFlag)") }
             let rawElement = try reader.u8()
-            guard let element = SliceData.Element(rawValue: rawElement) else { throw ProtocolError.malformed("step has unknown feature type \(rawElement)") }
+            guard let element = BatchData.Element(rawValue: rawElement) else { throw ProtocolError.malformed("step has unknown feature type \(rawElement)") }
             _ = try reader.u16()
             let rows = Int(try reader.u32()), featureSize = Int(try reader.u32())
             let (featureBytes, overflow) = rows.multipliedReportingOverflow(by: featureSize * (element == .float32 ? 4 : 1))
@@ -232,7 +232,7 @@ extension Message {
             let labels = Array(try reader.bytes(rows))
             let features = try reader.bytes(featureBytes)
             return .step(step: step, firstChunk: firstChunk, chunkCount: chunkCount, computeMetrics: metricsFlag == 1,
-                         batch: SliceData(rows: rows, featureSize: featureSize, labels: labels, element: element, features: features))
+                         batch: BatchData(rows: rows, featureSize: featureSize, labels: labels, element: element, features: features))
         case .partials:
             let round = try reader.round()
             let firstChunk = try reader.u32(), chunkCount = try reader.u32(), width = try reader.u32()

@@ -64,7 +64,8 @@ public final class LocalStepRunner: StepRunner {
     public func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics? {
         let slice = BatchSlice.whole(network.plan)
         network.optimizer.learningRate = learningRate(step)
-        data.copyFeatures(of: Array(samples), into: network.input.storage)
+        data.copyFeatures(of: Array(samples), into: network.batchInput.storage)
+        network.input.storage.update(from: network.batchInput.storage, count: samples.count * data.featureSize)
         for (row, index) in samples.enumerated() { network.labels[row] = Int32(data.labels[index]) }
         return try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
     }

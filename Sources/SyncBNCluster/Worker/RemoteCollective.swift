@@ -28,17 +28,18 @@ final class RemoteCollective: Collective {
     }
 
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
-        try exchange(round, element: .float64, width: result.count, partials: UnsafeRawBufferPointer(partials),
-                     result: UnsafeMutableRawBufferPointer(result))
+        try roundTrip(round, element: .float64, width: result.count, resultWidth: result.count,
+                      partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
     }
 
-    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) throws {
-        try exchange(round, element: .float32, width: result.count, partials: UnsafeRawBufferPointer(partials),
-                     result: UnsafeMutableRawBufferPointer(result))
+    func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
+        try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, resultWidth: exchange.resultWidth,
+                      partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
     }
 
-    private func exchange(_ round: Round, element: WireProtocol.Element, width: Int,
-                          partials: UnsafeRawBufferPointer, result: UnsafeMutableRawBufferPointer) throws {
+    /// Sends `width` values per chunk and waits for the `resultWidth` values of the reduction.
+    private func roundTrip(_ round: Round, element: WireProtocol.Element, width: Int, resultWidth: Int,
+                           partials: UnsafeRawBufferPointer, result: UnsafeMutableRawBufferPointer) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
         outbox.removeAll(keepingCapacity: true)
@@ -57,8 +58,8 @@ final class RemoteCollective: Collective {
             guard frames == 1 else { throw ClusterError("the coordinator sent a message of \(frames) frames; SyncBN messages are one frame") }
             switch try Message.decode(inbox[0]) {
             case .reduced(let s, let r, let w, let e, let payload):
-                guard s == step, r == round, Int(w) == width, e == element else {
-                    throw ClusterError("expected the result of step \(step + 1), \(round) (\(width) values); the coordinator sent step \(s + 1), \(r) (\(w) values)")
+                guard s == step, r == round, Int(w) == resultWidth, e == element else {
+                    throw ClusterError("expected the result of step \(step + 1), \(round) (\(resultWidth) values); the coordinator sent step \(s + 1), \(r) (\(w) values)")
                 }
                 payload.withUnsafeBytes { result.copyMemory(from: $0) }
                 return

@@ -75,11 +75,13 @@ public final class Worker {
                     throw ClusterError("step \(step + 1) assigns chunks \(chunks), but the batch has \(config.plan.chunkCount)")
                 }
                 let slice = BatchSlice(plan: config.plan, chunks: chunks)
-                guard batch.rows == slice.rowCount, batch.featureSize == config.model.inputSize else {
-                    throw ClusterError("step \(step + 1) carries \(batch.rows) rows of \(batch.featureSize) features for a slice of \(slice.rowCount) rows of \(config.model.inputSize)")
+                guard batch.rows == config.plan.batchSize, batch.featureSize == config.model.inputSize else {
+                    throw ClusterError("step \(step + 1) carries \(batch.rows) rows of \(batch.featureSize) features for a batch of \(config.plan.batchSize) rows of \(config.model.inputSize)")
                 }
-                batch.copyFeatures(into: network.input.storage)
-                for (row, label) in batch.labels.enumerated() {
+                batch.copyFeatures(into: network.batchInput.storage)
+                let rows = slice.globalRows
+                network.input.storage.update(from: network.batchInput.row(rows.lowerBound), count: rows.count * config.model.inputSize)
+                for (row, label) in batch.labels[rows].enumerated() {
                     guard Int(label) < config.model.classes else { throw ClusterError("step \(step + 1) has label \(label) for a model of \(config.model.classes) classes") }
                     network.labels[row] = Int32(label)
                 }

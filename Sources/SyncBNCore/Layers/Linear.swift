@@ -43,13 +43,13 @@ public final class Linear {
         return output
     }
 
-    /// Per chunk c: ∂W_c = dyᵀ·x, ∂b_c = Σ_rows dy, written at this layer's offsets in the chunk's gradient
-    /// row (`gradients + c·gradientWidth`); then ∂x = dy·W if `needsInputGradient`.
+    /// Per chunk c, if `weightGradient`: ∂W_c = dyᵀ·x, ∂b_c = Σ_rows dy, written at this layer's offsets in
+    /// the chunk's gradient row (`gradients + c·gradientWidth`). Then ∂x = dy·W if `needsInputGradient`.
     func backward(
         _ dy: Matrix, input x: Matrix, chunks: [Range<Int>], store: ParameterStore,
-        gradients: UnsafeMutablePointer<Float>, gradientWidth: Int, needsInputGradient: Bool
+        gradients: UnsafeMutablePointer<Float>, gradientWidth: Int, weightGradient: Bool = true, needsInputGradient: Bool
     ) -> Matrix {
-        for (c, rows) in chunks.enumerated() {
+        for (c, rows) in chunks.enumerated() where weightGradient {
             let chunkGradient = gradients + c * gradientWidth
             BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows.count,
                       a: dy.row(rows.lowerBound), lda: outputs, b: x.row(rows.lowerBound), ldb: inputs,

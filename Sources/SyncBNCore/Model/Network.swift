@@ -25,13 +25,21 @@ public final class Network {
     /// Input rows of this replica's slice and their labels; the caller fills them before `trainStep`.
     public let input: Matrix
     public let labels: UnsafeMutablePointer<Int32>
-    /// Gradients covered by the gradient round: all Linear parameters, and also γ, β unless BatchNorm is
-    /// synchronized (then ∂γ, ∂β come global out of the backward-sums rounds).
-    public let reducedGradientCount: Int
+    /// Input rows of the whole global batch, from which every replica computes the first layer's weight
+    /// gradient when it travels as factors; the caller fills them before `trainStep` (and before
+    /// `apply(gradients:)` on a coordinator).
+    public let batchInput: Matrix
+    /// How the gradient round's values are laid out and combined. ∂γ, ∂β are in it only when BatchNorm is
+    /// not synchronized (synchronized, they come global out of the backward-sums rounds).
+    public let exchange: GradientExchange
 
     private let activations: [Matrix]
     private let logitGradient: Matrix
+    /// Store-shaped per-chunk gradients of the summed layers, before packing.
     private let chunkGradients: UnsafeMutableBufferPointer<Float>
+    private let gradientPartials: UnsafeMutableBufferPointer<Float>
+    private let gradientResult: UnsafeMutableBufferPointer<Float>
+    private let chunkWeightGradient: UnsafeMutableBufferPointer<Float>
     private let chunkMetrics: UnsafeMutableBufferPointer<Double>
     private let reducedMetrics: UnsafeMutableBufferPointer<Double>
 
@@ -56,22 +64,30 @@ public final class Network {
             }
         }
         store = ParameterStore(count: offset)
-        reducedGradientCount = spec.batchNorm == .sync ? linearCount : offset
-        linears = (0..<(widths.count - 1)).map { l in
+        let linears = (0..<(widths.count - 1)).map { l in
             Linear(inputs: widths[l], outputs: widths[l + 1], weightOffset: linearOffsets[l].0,
                    biasOffset: linearOffsets[l].1, capacity: capacity)
         }
+        self.linears = linears
+        exchange = GradientExchange(linears: linears, extraSumRanges: spec.batchNorm == .local ? [linearCount..<offset] : [], plan: plan)
         norms = normOffsets.enumerated().map { i, offsets in
             BatchNorm(index: i, features: spec.hiddenSizes[i], gammaOffset: offsets.0, betaOffset: offsets.1,
                       capacity: capacity, maxChunks: plan.chunkCount)
         }
         activations = spec.hiddenSizes.map { Matrix(capacity: capacity, columns: $0) }
         input = Matrix(capacity: capacity, columns: spec.inputSize)
+        batchInput = Matrix(capacity: capacity, columns: spec.inputSize)
         labels = .allocate(capacity: max(1, capacity))
         labels.initialize(repeating: 0, count: max(1, capacity))
         logitGradient = Matrix(capacity: capacity, columns: spec.classes)
-        chunkGradients = .allocate(capacity: plan.chunkCount * reducedGradientCount)
+        chunkGradients = .allocate(capacity: plan.chunkCount * store.count)
         chunkGradients.initialize(repeating: 0)
+        gradientPartials = .allocate(capacity: max(1, plan.chunkCount * exchange.chunkWidth))
+        gradientPartials.initialize(repeating: 0)
+        gradientResult = .allocate(capacity: max(1, exchange.resultWidth))
+        gradientResult.initialize(repeating: 0)
+        chunkWeightGradient = .allocate(capacity: (widths.indices.dropLast().map { widths[$0] * widths[$0 + 1] }.max() ?? 1) + (widths.max() ?? 1))
+        chunkWeightGradient.initialize(repeating: 0)
         chunkMetrics = .allocate(capacity: plan.chunkCount * 2)
         chunkMetrics.initialize(repeating: 0)
         reducedMetrics = .allocate(capacity: 2)
@@ -85,6 +101,9 @@ public final class Network {
     deinit {
         labels.deallocate()
         chunkGradients.deallocate()
+        gradientPartials.deallocate()
+        gradientResult.deallocate()
+        chunkWeightGradient.deallocate()
         chunkMetrics.deallocate()
         reducedMetrics.deallocate()
     }
@@ -102,7 +121,7 @@ public final class Network {
     public func width(of round: Round) -> Int {
         switch round {
         case .moments(let layer), .sums(let layer): 2 * norms[layer].features
-        case .gradients: reducedGradientCount
+        case .gradients: exchange.chunkWidth
         case .metrics: 2
         }
     }
@@ -135,12 +154,18 @@ public final class Network {
                                             gradient: logitGradient, metrics: chunkMetrics.baseAddress!)
 
         // Backward.
-        let gradients = chunkGradients.baseAddress!, width = reducedGradientCount
+        let gradients = chunkGradients.baseAddress!, width = store.count
         var dy = logitGradient
+        var factorIndex = exchange.factorLayers.count - 1
         for l in stride(from: linears.count - 1, through: 0, by: -1) {
             let below = l == 0 ? input : activations[l - 1]
+            let bySum = exchange.methods[l] == .sum
+            if !bySum {
+                packFactors(exchange.factorLayers[factorIndex], x: below, dy: dy, chunks: chunks)
+                factorIndex -= 1
+            }
             dy = linears[l].backward(dy, input: below, chunks: chunks, store: store, gradients: gradients,
-                                     gradientWidth: width, needsInputGradient: l > 0)
+                                     gradientWidth: width, weightGradient: bySum, needsInputGradient: l > 0)
             guard l > 0 else { break }
             let a = activations[l - 1]
             spec.activation.backward(output: a.storage, gradient: dy.storage, count: dy.rows * a.columns)
@@ -150,8 +175,10 @@ public final class Network {
             }
         }
 
-        try collective.allReduce(.gradients, partials: UnsafeBufferPointer(rebasing: chunkGradients[0..<(chunks.count * width)]),
-                                 into: UnsafeMutableBufferPointer(start: store.gradients, count: width))
+        packSums(chunkCount: chunks.count)
+        try collective.exchangeGradients(UnsafeBufferPointer(rebasing: gradientPartials[0..<(chunks.count * exchange.chunkWidth)]),
+                                         exchange: exchange, into: UnsafeMutableBufferPointer(rebasing: gradientResult[0..<exchange.resultWidth]))
+        apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[0..<exchange.resultWidth]))
         var metrics: StepMetrics?
         if computeMetrics {
             try collective.allReduce(.metrics, partials: UnsafeBufferPointer(rebasing: chunkMetrics[0..<(2 * chunks.count)]),
@@ -180,9 +207,78 @@ public final class Network {
         return nil
     }
 
+    /// Sets the store's gradients from the gradient round's result: the summed ranges are copied; each
+    /// factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c are computed chunk by chunk from the
+    /// gathered rows (the first layer's x from `batchInput`) and summed in chunk order.
     public func apply(gradients result: UnsafeBufferPointer<Float>) {
-        precondition(result.count == reducedGradientCount)
-        store.gradients.update(from: result.baseAddress!, count: result.count)
+        precondition(result.count == exchange.resultWidth, "the gradient result has \(result.count) values; the exchange expects \(exchange.resultWidth)")
+        let values = result.baseAddress!
+        var position = 0
+        for range in exchange.sumRanges {
+            (store.gradients + range.lowerBound).update(from: values + position, count: range.count)
+            position += range.count
+        }
+        let rowWidth = exchange.factorRowWidth, rowsBlock = exchange.chunkSize * rowWidth
+        let scratch = chunkWeightGradient.baseAddress!
+        for factor in exchange.factorLayers {
+            let linear = linears[factor.layer]
+            let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
+            let weightCount = linear.inputs * linear.outputs
+            for c in 0..<plan.chunkCount {
+                let rows = plan.rows(ofChunk: c)
+                let block = values + exchange.sumWidth + c * rowsBlock
+                let dy = block + factor.outputColumn
+                let x: UnsafePointer<Float>, xStride: Int
+                if let column = factor.inputColumn {
+                    (x, xStride) = (UnsafePointer(block + column), rowWidth)
+                } else {
+                    (x, xStride) = (UnsafePointer(batchInput.row(rows.lowerBound)), linear.inputs)
+                }
+                let target = c == 0 ? weight : scratch, biasTarget = c == 0 ? bias : scratch + weightCount
+                BLAS.gemm(transposeA: true, transposeB: false, m: linear.outputs, n: linear.inputs, k: rows.count,
+                          a: dy, lda: rowWidth, b: x, ldb: xStride, c: target, ldc: linear.inputs)
+                for o in 0..<linear.outputs { biasTarget[o] = 0 }
+                for r in 0..<rows.count {
+                    let g = dy + r * rowWidth
+                    for o in 0..<linear.outputs { biasTarget[o] += g[o] }
+                }
+                if c > 0 {
+                    for i in 0..<weightCount { weight[i] += scratch[i] }
+                    for o in 0..<linear.outputs { bias[o] += biasTarget[o] }
+                }
+            }
+        }
+    }
+
+    /// Copies this slice's rows of x (unless the layer's x is the input batch) and dy into each chunk's
+    /// factor block, zero past the chunk's last row.
+    private func packFactors(_ factor: GradientExchange.FactorLayer, x: Matrix, dy: Matrix, chunks: [Range<Int>]) {
+        let rowWidth = exchange.factorRowWidth, width = exchange.chunkWidth
+        for (c, rows) in chunks.enumerated() {
+            let block = gradientPartials.baseAddress! + c * width + exchange.sumWidth
+            for i in 0..<exchange.chunkSize {
+                let row = block + i * rowWidth
+                let r = rows.lowerBound + i
+                if let column = factor.inputColumn {
+                    if r < rows.upperBound { (row + column).update(from: x.row(r), count: x.columns) }
+                    else { (row + column).update(repeating: 0, count: x.columns) }
+                }
+                if r < rows.upperBound { (row + factor.outputColumn).update(from: dy.row(r), count: dy.columns) }
+                else { (row + factor.outputColumn).update(repeating: 0, count: dy.columns) }
+            }
+        }
+    }
+
+    /// Packs each chunk's store-shaped partial gradients of the summed ranges in front of its factor block.
+    private func packSums(chunkCount: Int) {
+        for c in 0..<chunkCount {
+            let source = chunkGradients.baseAddress! + c * store.count
+            var target = gradientPartials.baseAddress! + c * exchange.chunkWidth
+            for range in exchange.sumRanges {
+                target.update(from: source + range.lowerBound, count: range.count)
+                target += range.count
+            }
+        }
     }
 
     public func finishStep() { optimizer.step(store) }

@@ -5,7 +5,7 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
     case moments(layer: Int)
     /// BatchNorm layer `layer`'s backward pass: per chunk `[Σdy(F), Σdy·x̂(F)]`, summed.
     case sums(layer: Int)
-    /// Parameter gradients (Float32), summed.
+    /// Parameter gradients (Float32): summed partials and gathered factors, as `GradientExchange` lays out.
     case gradients
     /// Per chunk `[Σ loss, number correct]`, summed; only on steps whose metrics are logged.
     case metrics
@@ -42,8 +42,9 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
 public protocol Collective: AnyObject {
     /// Reduces Float64 partials (`partials.count == slice.chunks.count × result.count`).
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws
-    /// Sums Float32 gradient partials in chunk order.
-    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) throws
+    /// The gradient round: combines Float32 per-chunk partials laid out by `exchange` (summed parts in chunk
+    /// order, factor rows gathered), `result.count == exchange.resultWidth`.
+    func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws
 }
 
 /// The collective of a single process that holds the whole batch: it reduces locally.
@@ -56,7 +57,7 @@ public final class LocalCollective: Collective {
         round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: result.count, into: result)
     }
 
-    public func allReduce(_ round: Round, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) throws {
-        OrderedReduction.sum(partials, width: result.count, into: result)
+    public func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
+        exchange.reduce(partials, into: result)
     }
 }

@@ -1,0 +1,89 @@
+/// How one step's parameter gradients cross replicas, chosen per Linear layer by what is cheaper to send.
+///
+/// A Linear layer's weight gradient over the batch is a sum of per-chunk products, ∂W = Σ_c dy_cᵀ·x_c.
+/// A replica can send either
+/// - **sum**: its chunks' partial gradients ∂W_c (`outputs × (inputs + 1)` values per chunk), which are
+///   summed in chunk order; or
+/// - **factors**: the rows of x_c and dy_c themselves (`chunkSize × (inputs + outputs)` values per chunk),
+///   which are gathered so that every replica computes every ∂W_c and sums them in chunk order itself
+///   (sufficient-factor broadcasting). The first layer's x is the input batch, which every replica
+///   already holds, so only dy travels.
+///
+/// A layer uses factors when they are fewer values than its partial gradient. Either way each ∂W_c is
+/// computed by the same code from the same bytes and summed in the same order, so the result does not
+/// depend on the number of workers.
+///
+/// Reference: P. Xie et al., "Lighter-Communication Distributed Machine Learning via Sufficient Factor
+/// Broadcasting", UAI 2016.
+public struct GradientExchange: Sendable {
+    public enum Method: Sendable { case sum, factors }
+
+    /// Where one factor layer's columns sit in a gathered row: x at `inputColumn` (none for the first
+    /// layer) and dy at `outputColumn`.
+    public struct FactorLayer: Sendable {
+        public let layer: Int
+        public let inputColumn: Int?
+        public let outputColumn: Int
+    }
+
+    public let methods: [Method]
+    /// Parameter-store ranges whose per-chunk partials are summed, in this order in a chunk's partial.
+    public let sumRanges: [Range<Int>]
+    public let sumWidth: Int
+    public let factorLayers: [FactorLayer]
+    /// Values per gathered row.
+    public let factorRowWidth: Int
+    public let chunkSize: Int
+    public let chunkCount: Int
+
+    /// Values one chunk contributes: its summed partials, then `chunkSize` factor rows (zero past the
+    /// chunk's last row).
+    public var chunkWidth: Int { sumWidth + chunkSize * factorRowWidth }
+    /// Values of the exchanged result: the sums, then every chunk's factor rows in chunk order.
+    public var resultWidth: Int { sumWidth + chunkCount * chunkSize * factorRowWidth }
+
+    init(linears: [Linear], extraSumRanges: [Range<Int>], plan: ChunkPlan) {
+        var methods: [Method] = [], sumRanges: [Range<Int>] = [], factorLayers: [FactorLayer] = []
+        var column = 0
+        for (l, linear) in linears.enumerated() {
+            let factorValues = plan.chunkSize * ((l == 0 ? 0 : linear.inputs) + linear.outputs)
+            let partialValues = (linear.inputs + 1) * linear.outputs
+            if factorValues < partialValues {
+                methods.append(.factors)
+                let inputColumn: Int? = l == 0 ? nil : column
+                if l > 0 { column += linear.inputs }
+                factorLayers.append(FactorLayer(layer: l, inputColumn: inputColumn, outputColumn: column))
+                column += linear.outputs
+            } else {
+                methods.append(.sum)
+                sumRanges.append(linear.weightOffset..<(linear.biasOffset + linear.outputs))
+            }
+        }
+        sumRanges += extraSumRanges
+        self.methods = methods
+        self.sumRanges = sumRanges
+        sumWidth = sumRanges.reduce(0) { $0 + $1.count }
+        self.factorLayers = factorLayers
+        factorRowWidth = column
+        chunkSize = plan.chunkSize
+        chunkCount = plan.chunkCount
+    }
+
+    /// Combines every chunk's partial (`partials.count == chunkCount × chunkWidth`, chunk-major): sums the
+    /// summed part left to right in chunk order, and concatenates the factor rows in chunk order.
+    public func reduce(_ partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) {
+        precondition(partials.count == chunkCount * chunkWidth && result.count == resultWidth, "gradient partials must hold every chunk")
+        let p = partials.baseAddress!, out = result.baseAddress!
+        if sumWidth > 0 {
+            out.update(from: p, count: sumWidth)
+            for c in 1..<chunkCount {
+                let chunk = p + c * chunkWidth
+                for i in 0..<sumWidth { out[i] += chunk[i] }
+            }
+        }
+        let rowsBlock = chunkSize * factorRowWidth
+        for c in 0..<chunkCount where rowsBlock > 0 {
+            (out + sumWidth + c * rowsBlock).update(from: p + c * chunkWidth + sumWidth, count: rowsBlock)
+        }
+    }
+}

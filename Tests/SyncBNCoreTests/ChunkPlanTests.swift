@@ -1,0 +1,124 @@
+/// Tests of `ChunkPlan` and `BatchSlice`: how a global batch is cut into chunks and shared among workers,
+/// and that partials computed by separate workers on their own slices reduce to the same bits.
+///
+/// Oracles: exhaustive enumeration of the invariants (every chunk exactly once, contiguous, in rank order,
+/// balanced to within one chunk) over batch sizes 1…20, chunk sizes 1…7 and worker counts 1…9; and, for
+/// determinism, the partials of the whole batch computed in one process, compared bit for bit.
+import XCTest
+@testable import SyncBNCore
+
+final class ChunkPlanTests: XCTestCase {
+    func testChunksCoverTheBatchInOrder() {
+        // Oracle: the rows 0..<batch, cut every chunkSize rows (chunk sizes larger than the batch are clamped).
+        for batch in 1...20 {
+            for chunk in 1...25 {
+                let plan = ChunkPlan(batchSize: batch, chunkSize: chunk)
+                let size = min(chunk, batch)
+                XCTAssertEqual(plan.chunkSize, size)
+                XCTAssertEqual(plan.chunkCount, (batch + size - 1) / size)
+                var next = 0
+                for c in 0..<plan.chunkCount {
+                    let rows = plan.rows(ofChunk: c)
+                    XCTAssertEqual(rows.lowerBound, next, "batch \(batch) chunk \(chunk): chunk \(c) is not contiguous")
+                    XCTAssertFalse(rows.isEmpty)
+                    XCTAssertEqual(rows.count, c < plan.chunkCount - 1 ? size : batch - (plan.chunkCount - 1) * size)
+                    next = rows.upperBound
+                }
+                XCTAssertEqual(next, batch)
+                XCTAssertEqual(plan.rows(ofChunks: 0..<plan.chunkCount), 0..<batch)
+                XCTAssertEqual(plan.rows(ofChunks: 0..<0), 0..<0)
+            }
+        }
+    }
+
+    func testWorkersGetEveryChunkOnceContiguousInRankOrderAndBalanced() {
+        // Oracle: exhaustive check of the sharing invariants.
+        for batch in 1...20 {
+            for chunk in 1...7 {
+                let plan = ChunkPlan(batchSize: batch, chunkSize: chunk)
+                for workers in 1...9 {
+                    let context = "batch \(batch), chunk \(chunk), \(workers) workers"
+                    let ranges = (0..<workers).map { plan.chunks(forRank: $0, of: workers) }
+                    var next = 0
+                    for (rank, range) in ranges.enumerated() {
+                        XCTAssertEqual(range.lowerBound, next, "\(context): rank \(rank) does not continue rank \(rank - 1)")
+                        next = range.upperBound
+                        if plan.chunkCount >= workers { XCTAssertFalse(range.isEmpty, "\(context): rank \(rank) has no chunk") }
+                    }
+                    XCTAssertEqual(next, plan.chunkCount, "\(context): chunks not all covered")
+                    let sizes = ranges.map(\.count)
+                    XCTAssertLessThanOrEqual(sizes.max()! - sizes.min()!, 1, "\(context): unbalanced \(sizes)")
+                    XCTAssertEqual(sizes, sizes.sorted(by: >), "\(context): earlier ranks must get the extra chunks")
+
+                    // The workers' global rows tile the batch in rank order.
+                    var row = 0
+                    for range in ranges {
+                        let slice = BatchSlice(plan: plan, chunks: range)
+                        if range.isEmpty { XCTAssertEqual(slice.rowCount, 0); continue }
+                        XCTAssertEqual(slice.globalRows.lowerBound, row, context)
+                        row = slice.globalRows.upperBound
+                    }
+                    XCTAssertEqual(row, batch, context)
+                }
+            }
+        }
+    }
+
+    func testLocalRowsAreRelativeToTheSlice() {
+        // Oracle: hand-computed rows for batch 10, chunk 3 (chunks 0..<3, 3..<6, 6..<9, 9..<10).
+        let plan = ChunkPlan(batchSize: 10, chunkSize: 3)
+        let slice = BatchSlice(plan: plan, chunks: 2..<4)
+        XCTAssertEqual(slice.globalRows, 6..<10)
+        XCTAssertEqual(slice.rowCount, 4)
+        XCTAssertEqual(slice.localChunkRows, [0..<3, 3..<4])
+        XCTAssertEqual(BatchSlice.whole(plan).localChunkRows, [0..<3, 3..<6, 6..<9, 9..<10])
+        let empty = BatchSlice(plan: plan, chunks: 4..<4)
+        XCTAssertEqual(empty.rowCount, 0)
+        XCTAssertEqual(empty.localChunkRows, [])
+    }
+
+    func testPartialsComputedByWorkersReduceToTheSameBitsAsOneProcess() {
+        // Oracle: one process computing every chunk's moments and Σ partials over the whole batch; workers
+        // compute theirs on a copy of their own rows only (starting at row 0, as a worker holds them).
+        // The concatenation of their partials in rank order must reduce to identical bits.
+        let features = 5
+        for (batch, chunk) in [(7, 2), (20, 3), (13, 13), (9, 1)] {
+            let plan = ChunkPlan(batchSize: batch, chunkSize: chunk)
+            let x = randomNormals(batch * features, seed: UInt64(batch * 100 + chunk), mean: 50, std: 4)
+            let whole = partials(of: x, slice: .whole(plan), features: features)
+            let wholeMoments = reduce(.moments(layer: 0), whole, plan: plan, width: 2 * features)
+            let wholeSums = reduce(.sums(layer: 0), whole, plan: plan, width: 2 * features)
+            for workers in 1...5 {
+                var gathered: [Double] = []
+                for rank in 0..<workers {
+                    let slice = BatchSlice(plan: plan, chunks: plan.chunks(forRank: rank, of: workers))
+                    let rows = slice.globalRows
+                    let own = Array(x[(rows.lowerBound * features)..<(rows.upperBound * features)])
+                    gathered += partials(of: own, slice: slice, features: features)
+                }
+                XCTAssertEqual(bits(gathered), bits(whole), "batch \(batch), chunk \(chunk), \(workers) workers: partials differ")
+                XCTAssertEqual(bits(reduce(.moments(layer: 0), gathered, plan: plan, width: 2 * features)), bits(wholeMoments))
+                XCTAssertEqual(bits(reduce(.sums(layer: 0), gathered, plan: plan, width: 2 * features)), bits(wholeSums))
+            }
+        }
+    }
+
+    private func partials(of x: [Float], slice: BatchSlice, features: Int) -> [Double] {
+        let chunks = slice.localChunkRows
+        var out = [Double](repeating: 0, count: chunks.count * 2 * features)
+        x.withUnsafeBufferPointer { xp in
+            out.withUnsafeMutableBufferPointer { op in
+                for (c, rows) in chunks.enumerated() {
+                    OrderedReduction.chunkMoments(xp.baseAddress!, rows: rows, features: features, into: op.baseAddress! + c * 2 * features)
+                }
+            }
+        }
+        return out
+    }
+
+    private func reduce(_ round: Round, _ partials: [Double], plan: ChunkPlan, width: Int) -> [Double] {
+        withDoubles(width) { out in
+            partials.withUnsafeBufferPointer { round.reduce($0, plan: plan, chunks: 0..<plan.chunkCount, width: width, into: out) }
+        }
+    }
+}

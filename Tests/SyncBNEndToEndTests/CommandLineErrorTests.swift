@@ -1,0 +1,204 @@
+// Oracles:
+// - `--init FILE` restores a saved model exactly: continuing from it advances BatchNorm's
+//   num_batches_tracked from the saved count, differs from training from scratch, and `launch` (which ships
+//   the initial model to its workers in the welcome message) saves the same bytes as `train`.
+// - A checkpoint that does not fit the model is refused before training, with exit status ≠ 0 and one error
+//   line naming the offending tensor. The checkpoints are written here by hand, in the safetensors format
+//   (8-byte little-endian header length, JSON header, raw little-endian data), independently of SyncBNCore.
+// - Missing data and invalid flags exit non-zero, without a crash, with a message that says what to do.
+
+import Foundation
+import XCTest
+
+final class CommandLineErrorTests: SyncBNProcessTestCase {
+    // MARK: --init
+
+    func testInitContinuesFromASavedModelInTrainAndLaunchAlike() throws {
+        try requireDataSet()
+        let first = try makeTemporaryDirectory("first")
+        try runSuccessfully(["train", "--steps", "30", "--no-shuffle", "--out", first.path])
+        let initial = first.appendingPathComponent("model.safetensors").path
+        let saved = try SafetensorsFile(model(in: first))
+        XCTAssertEqual(saved.int64("1.num_batches_tracked"), 30)
+
+        let flags = ["--steps", "5", "--no-shuffle", "--init", initial]
+        let continued = try makeTemporaryDirectory("continued"), launched = try makeTemporaryDirectory("launched"), scratch = try makeTemporaryDirectory("scratch")
+        try runSuccessfully(["train"] + flags + ["--out", continued.path])
+        try runSuccessfully(["launch", "--workers", "2"] + flags + ["--out", launched.path])
+        try runSuccessfully(["train", "--steps", "5", "--no-shuffle", "--out", scratch.path])
+
+        let continuedModel = try model(in: continued)
+        let parsed = try SafetensorsFile(continuedModel)
+        for norm in ["1", "4", "7"] {
+            XCTAssertEqual(parsed.int64("\(norm).num_batches_tracked"), 35, "BatchNorm \(norm) did not continue from the saved count")
+        }
+        XCTAssertNotEqual(continuedModel, try model(in: scratch), "--init had no effect: same model as training from scratch")
+        XCTAssertEqual(try model(in: launched), continuedModel, "launch --init saved a different model than train --init")
+    }
+
+    func testInitWithAModelWithBatchNormIsRefusedWithoutBatchNorm() throws {
+        try requireDataSet()
+        let first = try makeTemporaryDirectory("bn")
+        try runSuccessfully(["train", "--steps", "2", "--no-shuffle", "--out", first.path])
+        let out = try makeTemporaryDirectory("refused")
+        let result = try run(["train", "--steps", "2", "--bn", "none", "--init", first.appendingPathComponent("model.safetensors").path, "--out", out.path], seconds: 60)
+        assertRefused(result, mentioning: ["2.weight"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out.appendingPathComponent("model.safetensors").path), "a refused run saved a model")
+    }
+
+    func testInitWithAMisshapedTensorIsRefusedNamingTheTensor() throws {
+        try requireDataSet()
+        let first = try makeTemporaryDirectory("good")
+        try runSuccessfully(["train", "--steps", "2", "--no-shuffle", "--out", first.path])
+        var file = try SafetensorsFile(model(in: first))
+        XCTAssertEqual(file.tensors["4.running_var"]?.shape, [100])
+        file.tensors["4.running_var"] = SafetensorsFile.Tensor(dtype: "F32", shape: [99], bytes: [UInt8](repeating: 0, count: 99 * 4))
+        let bad = first.appendingPathComponent("misshaped.safetensors")
+        try file.encoded().write(to: bad)
+
+        // The file we wrote must itself be valid: only the shape is wrong.
+        XCTAssertEqual(try SafetensorsFile(Data(contentsOf: bad)).tensors["4.running_var"]?.shape, [99])
+        for command in [["train"], ["launch", "--workers", "2"]] {
+            let out = try makeTemporaryDirectory("misshaped")
+            let result = try run(command + ["--steps", "2", "--init", bad.path, "--out", out.path], seconds: 60)
+            assertRefused(result, mentioning: ["4.running_var", "[99]"])
+            XCTAssertFalse(result.stderr.contains("joined as worker"), "launch started training with a bad checkpoint\n\(result.transcript)")
+        }
+    }
+
+    func testInitWithAFileThatIsNotSafetensorsIsRefused() throws {
+        try requireDataSet()
+        let directory = try makeTemporaryDirectory("junk")
+        let junk = directory.appendingPathComponent("junk.safetensors")
+        try Data([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 1, 2, 3]).write(to: junk)
+        let result = try run(["train", "--steps", "2", "--init", junk.path, "--out", directory.path], seconds: 60)
+        assertRefused(result, mentioning: ["not a valid safetensors file"])
+
+        let missing = try run(["train", "--steps", "2", "--init", directory.appendingPathComponent("absent.safetensors").path, "--out", directory.path], seconds: 60)
+        assertRefused(missing, mentioning: ["absent.safetensors"])
+    }
+
+    // MARK: Data
+
+    func testMissingDataDirectoryTellsHowToInstallIt() throws {
+        let out = try makeTemporaryDirectory("nodata")
+        let nowhere = out.appendingPathComponent("no-such-dataset").path
+        for command in [["train"], ["launch", "--workers", "2"]] {
+            let result = try run(command + ["--data", nowhere, "--steps", "2", "--out", out.path], seconds: 60)
+            assertRefused(result, mentioning: ["apt-get install dataset-fashion-mnist", nowhere])
+            XCTAssertFalse(result.stderr.contains("started 2 worker"), "launch started workers without data\n\(result.transcript)")
+        }
+    }
+
+    func testBatchLargerThanTheTrainingSetIsRefused() throws {
+        try requireDataSet()
+        let out = try makeTemporaryDirectory("huge")
+        let result = try run(["train", "--batch-size", "70000", "--steps", "1", "--out", out.path], seconds: 60)
+        assertRefused(result, mentioning: ["--batch-size 70000", "60000"])
+    }
+
+    // MARK: Flags
+
+    func testInvalidFlagsAreRefusedWithAnExplanation() throws {
+        let out = try makeTemporaryDirectory("flags").path
+        let cases: [(arguments: [String], message: String)] = [
+            (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+            (["train", "--batch-size", "1"], "variance of one sample"),
+            (["train", "--chunk-size", "0"], "--chunk-size must be at least 1"),
+            (["train", "--steps", "0"], "--steps must be at least 1"),
+            (["train", "--lr", "0"], "--lr must be a positive number"),
+            (["train", "--momentum", "1"], "--momentum must be in [0, 1)"),
+            (["train", "--model", "resnet"], "unknown --model resnet"),
+            (["train", "--bn", "sometimes"], "sometimes"),
+            (["train", "--no-such-flag"], "--no-such-flag"),
+            (["launch", "--workers", "0"], "--workers must be at least 1"),
+            (["launch", "--workers", "2", "--bind", "tcp://0.0.0.0:5555"], "loopback"),
+            (["coordinator", "--workers", "2", "--join-timeout", "0"], "timeouts must be positive"),
+            (["worker", "--connect", "tcp://127.0.0.1:9", "--connect-timeout", "0"], "timeouts must be positive"),
+        ]
+        for (arguments, message) in cases {
+            let result = try run(arguments + (arguments.first == "worker" ? [] : ["--out", out]), seconds: 30)
+            guard case .exited(let status) = result.termination else {
+                XCTFail("`syncbn \(arguments.joined(separator: " "))` crashed: \(result.termination)\n\(result.transcript)")
+                continue
+            }
+            XCTAssertNotEqual(status, 0, "`syncbn \(arguments.joined(separator: " "))` was accepted\n\(result.transcript)")
+            XCTAssertTrue(result.stderr.contains(message), "`syncbn \(arguments.joined(separator: " "))` did not explain itself with \"\(message)\"\n\(result.transcript)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: (out as NSString).appendingPathComponent("model.safetensors")), "a refused command saved a model")
+    }
+
+    // MARK: Helpers
+
+    /// Exit status ≠ 0 (not a crash) and exactly one error line, which contains every one of `words`.
+    func assertRefused(_ result: CompletedRun, mentioning words: [String], file: StaticString = #filePath, line: UInt = #line) {
+        guard case .exited(let status) = result.termination, status != 0 else {
+            XCTFail("expected a non-zero exit status, got \(result.termination)\n\(result.transcript)", file: file, line: line)
+            return
+        }
+        let errors = result.errorLines.filter { !$0.hasPrefix("[worker") }
+        XCTAssertEqual(errors.count, 1, "expected one error line\n\(result.transcript)", file: file, line: line)
+        for word in words {
+            XCTAssertTrue(errors.first?.contains(word) == true, "the error does not mention \"\(word)\"\n\(result.transcript)", file: file, line: line)
+        }
+    }
+}
+
+/// A minimal, independent safetensors reader and writer for building test checkpoints.
+struct SafetensorsFile {
+    struct Tensor: Equatable {
+        var dtype: String
+        var shape: [Int]
+        var bytes: [UInt8]
+    }
+
+    struct FormatError: Error, CustomStringConvertible { let description: String }
+
+    var tensors: [String: Tensor] = [:]
+    /// Tensor names in file order (the order `encoded()` writes them back in).
+    var order: [String] = []
+
+    init(_ data: Data) throws {
+        let bytes = [UInt8](data)
+        guard bytes.count >= 8 else { throw FormatError(description: "shorter than 8 bytes") }
+        let headerLength = bytes[0..<8].reversed().reduce(0) { $0 << 8 | Int($1) }
+        guard headerLength <= bytes.count - 8 else { throw FormatError(description: "header length \(headerLength) too large") }
+        guard let header = try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as? [String: Any] else {
+            throw FormatError(description: "header is not a JSON object")
+        }
+        let base = 8 + headerLength
+        var entries: [(name: String, start: Int, tensor: Tensor)] = []
+        for (name, value) in header where name != "__metadata__" {
+            guard let entry = value as? [String: Any], let dtype = entry["dtype"] as? String, let shape = entry["shape"] as? [Int],
+                  let offsets = entry["data_offsets"] as? [Int], offsets.count == 2, base + offsets[1] <= bytes.count
+            else { throw FormatError(description: "bad entry \(name)") }
+            entries.append((name, offsets[0], Tensor(dtype: dtype, shape: shape, bytes: Array(bytes[(base + offsets[0])..<(base + offsets[1])]))))
+        }
+        for entry in entries.sorted(by: { $0.start < $1.start }) {
+            tensors[entry.name] = entry.tensor
+            order.append(entry.name)
+        }
+    }
+
+    func int64(_ name: String) -> Int64? {
+        guard let tensor = tensors[name], tensor.dtype == "I64", tensor.bytes.count == 8 else { return nil }
+        return tensor.bytes.reversed().reduce(0) { $0 << 8 | Int64($1) }
+    }
+
+    func encoded() -> Data {
+        var header = "{"
+        var offset = 0
+        var body: [UInt8] = []
+        for name in order {
+            guard let tensor = tensors[name] else { continue }
+            header += "\"\(name)\":{\"dtype\":\"\(tensor.dtype)\",\"shape\":[\(tensor.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + tensor.bytes.count)]},"
+            offset += tensor.bytes.count
+            body += tensor.bytes
+        }
+        header += "\"__metadata__\":{\"format\":\"pt\"}}"
+        var out = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { [UInt8]($0) }
+        out += Array(header.utf8)
+        out += body
+        return Data(out)
+    }
+}
