@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "SyncBNCluster", dependencies: [
             "ZeroMQ", "SyncBNCore", "CSystemShims",
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], exclude: ["Protocol/WireProtocol.md"]),
         .executableTarget(name: "syncbn", dependencies: [
             "SyncBNCluster", "SyncBNCore", "ZeroMQ", "CSystemShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -21,9 +21,9 @@ median() { sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "nan"; else print v
 for r in $(seq "$repeats"); do
     $bin bench-roundtrip --transport tcp | sed -n 's/.*median \([0-9.]*\) us.*/\1/p' >> "$out/rtt-tcp"
     $bin bench-roundtrip --transport ipc | sed -n 's/.*median \([0-9.]*\) us.*/\1/p' >> "$out/rtt-ipc"
-    $bin train --steps "$steps" --no-shuffle --out "$out/train" 2>&1 | sed -n 's/.*median step \([0-9.]*\) ms.*/\1/p' >> "$out/train"
+    $bin train --steps "$steps" --no-shuffle --out "$out/run-train" 2>&1 | sed -n 's/.*median step \([0-9.]*\) ms.*/\1/p' >> "$out/train"
     for n in 2 4; do
-        log=$($bin launch --workers "$n" --steps "$steps" --no-shuffle --out "$out/launch$n" 2>&1)
+        log=$($bin launch --workers "$n" --steps "$steps" --no-shuffle --out "$out/run-launch$n" 2>&1)
         echo "$log" | sed -n 's/.*finished.*median step \([0-9.]*\) ms.*/\1/p' >> "$out/launch$n"
         echo "$log" | sed -n 's/.*median compute \([0-9.]*\) ms.*/\1/p' | median >> "$out/compute$n"
     done

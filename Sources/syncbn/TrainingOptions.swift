@@ -75,7 +75,7 @@ struct TrainingOptions: ParsableArguments {
         guard dataset.train.count >= batchSize else {
             throw ValidationError("--batch-size \(batchSize) is larger than the \(dataset.train.count) training samples in \(data)")
         }
-        let classes = Int(dataset.train.labels.max() ?? 9) + 1
+        let classes = Int(max(dataset.train.labels.max() ?? 0, dataset.test.labels.max() ?? 0)) + 1
         let spec = ModelSpec.named(model, batchNorm: bn, inputSize: dataset.train.featureSize, classes: max(10, classes))!
         let stepsPerEpoch = dataset.train.count / batchSize
         let totalSteps = steps ?? max(1, Int((Double(stepsPerEpoch) * (epochs ?? 1)).rounded()))

@@ -4,6 +4,7 @@
 /// Oracles: exhaustive enumeration of the invariants (every chunk exactly once, contiguous, in rank order,
 /// balanced to within one chunk) over batch sizes 1…20, chunk sizes 1…7 and worker counts 1…9; and, for
 /// determinism, the partials of the whole batch computed in one process, compared bit for bit.
+import Foundation
 import XCTest
 @testable import SyncBNCore
 
@@ -75,6 +76,19 @@ final class ChunkPlanTests: XCTestCase {
         let empty = BatchSlice(plan: plan, chunks: 4..<4)
         XCTAssertEqual(empty.rowCount, 0)
         XCTAssertEqual(empty.localChunkRows, [])
+    }
+
+    func testCodableRoundTripAndDecodingKeepsTheInitializersInvariants() throws {
+        // Oracle: `init`'s contract — sizes must be positive and the chunk size is clamped to the batch.
+        // A worker decodes its plan from the coordinator's JSON configuration, so decoding must not produce
+        // a plan `init` would refuse (chunkSize 0 makes `chunkCount` divide by zero).
+        let plan = ChunkPlan(batchSize: 7, chunkSize: 3)
+        XCTAssertEqual(try JSONDecoder().decode(ChunkPlan.self, from: JSONEncoder().encode(plan)), plan)
+        for bad in [#"{"batchSize":7,"chunkSize":0}"#, #"{"batchSize":0,"chunkSize":2}"#, #"{"batchSize":-4,"chunkSize":2}"#] {
+            XCTAssertThrowsError(try JSONDecoder().decode(ChunkPlan.self, from: Data(bad.utf8)), "decoded \(bad)")
+        }
+        let unclamped = try? JSONDecoder().decode(ChunkPlan.self, from: Data(#"{"batchSize":4,"chunkSize":9}"#.utf8))
+        XCTAssertEqual(unclamped?.chunkSize, 4, "chunk size larger than the batch must be clamped as init does")
     }
 
     func testPartialsComputedByWorkersReduceToTheSameBitsAsOneProcess() {

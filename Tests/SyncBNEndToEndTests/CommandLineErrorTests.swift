@@ -97,6 +97,16 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         assertRefused(result, mentioning: ["--batch-size 70000", "60000"])
     }
 
+    func testOutputDirectoryThatIsAFileIsRefused() throws {
+        try requireDataSet()
+        let directory = try makeTemporaryDirectory("outfile")
+        let file = directory.appendingPathComponent("not-a-directory")
+        try Data("x".utf8).write(to: file)
+        let result = try run(["train", "--steps", "2", "--out", file.path], seconds: 60)
+        assertRefused(result, mentioning: ["not-a-directory"])
+        XCTAssertEqual(try Data(contentsOf: file), Data("x".utf8), "the file given as --out was changed")
+    }
+
     // MARK: Flags
 
     func testInvalidFlagsAreRefusedWithAnExplanation() throws {

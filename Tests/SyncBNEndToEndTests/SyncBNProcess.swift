@@ -155,21 +155,22 @@ final class SyncBNProcess: @unchecked Sendable {
             close(errPipe.read)
             throw SpawnError(description: "posix_spawn \(executable): \(String(cString: strerror(result)))")
         }
-        pid = child
+        let spawned = child
+        pid = spawned
 
-        Self.startReader(fd: outPipe.read, into: standardOutput, name: "stdout \(child)")
-        Self.startReader(fd: errPipe.read, into: standardError, name: "stderr \(child)")
+        Self.startReader(fd: outPipe.read, into: standardOutput, name: "stdout \(spawned)")
+        Self.startReader(fd: errPipe.read, into: standardError, name: "stderr \(spawned)")
         // Reaps the child as soon as it exits; waiting on the result is waiting on an event.
         let reaper = Thread { [self] in
             var status: Int32 = 0
             var reaped: pid_t
-            repeat { reaped = waitpid(child, &status, 0) } while reaped < 0 && errno == EINTR
+            repeat { reaped = waitpid(spawned, &status, 0) } while reaped < 0 && errno == EINTR
             exitCondition.lock()
-            termination = reaped == child ? Termination(waitStatus: status) : .exited(-1)
+            termination = reaped == spawned ? Termination(waitStatus: status) : .exited(-1)
             exitCondition.broadcast()
             exitCondition.unlock()
         }
-        reaper.name = "reaper \(child)"
+        reaper.name = "reaper \(spawned)"
         reaper.start()
     }
 

@@ -35,7 +35,12 @@ public struct IDXFile: Equatable {
             let o = 4 + 4 * d
             shape.append(Int(bytes[o]) << 24 | Int(bytes[o + 1]) << 16 | Int(bytes[o + 2]) << 8 | Int(bytes[o + 3]))
         }
-        let count = shape.reduce(1, *)
+        var count = 1
+        for dimension in shape {
+            let (product, overflow) = count.multipliedReportingOverflow(by: dimension)
+            guard !overflow, product <= bytes.count else { throw fail("its shape \(shape) holds more elements than the file's \(bytes.count) bytes") }
+            count = product
+        }
         let body = bytes[(4 + 4 * rank)...]
         switch type {
         case 0x08:
@@ -59,18 +64,21 @@ public struct IDXFile: Equatable {
     static func readPossiblyCompressed(_ path: String) throws -> [UInt8] {
         guard FileManager.default.fileExists(atPath: path) else { throw DataError("\(path): no such file") }
         guard let file = gzopen(path, "rb") else { throw DataError("\(path): cannot open (\(String(cString: strerror(errno))))") }
-        defer { gzclose(file) }
         var result: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
             let n = buffer.withUnsafeMutableBytes { gzread(file, $0.baseAddress, UInt32($0.count)) }
-            if n < 0 {
-                var code: Int32 = 0
-                throw DataError("\(path): cannot decompress (\(String(cString: gzerror(file, &code))))")
+            // gzread reports a stream cut short (or a bad trailer) only through gzerror, not its result.
+            var code: Int32 = Z_OK
+            let message = String(cString: gzerror(file, &code))
+            if n < 0 || (code != Z_OK && code != Z_STREAM_END) {
+                gzclose(file)
+                throw DataError("\(path): cannot decompress (\(message)): the file is damaged; reinstall it")
             }
             if n == 0 { break }
             result.append(contentsOf: buffer[0..<Int(n)])
         }
+        guard gzclose(file) == Z_OK else { throw DataError("\(path): the compressed file is damaged (bad checksum or cut short); reinstall it") }
         return result
     }
 }

@@ -128,7 +128,8 @@ public final class Network {
 
     // MARK: Training
 
-    /// One training step over `slice`, whose rows are in `input` and `labels`. Every replica of the job
+    /// One training step over `slice`, whose rows are in `input` and `labels`, and the whole global batch's
+    /// rows in `batchInput` (the first layer's gradient may be computed from all of them). Every replica of the job
     /// calls this for the same step with its own slice; the collective makes the results global.
     /// Returns the global batch's metrics if `computeMetrics`.
     @discardableResult
@@ -313,6 +314,7 @@ public final class Network {
             let logits = infer(x)
             for r in 0..<count {
                 let z = logits.row(r), label = Int(data.labels[start + r])
+                precondition(label < spec.classes, "label \(label) is outside the model's \(spec.classes) classes")
                 var best = 0, maxLogit = z[0]
                 for j in 1..<spec.classes where z[j] > maxLogit { best = j; maxLogit = z[j] }
                 var total = 0.0

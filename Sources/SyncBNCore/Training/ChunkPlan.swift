@@ -14,6 +14,17 @@ public struct ChunkPlan: Equatable, Sendable, Codable {
         self.chunkSize = min(chunkSize, batchSize)
     }
 
+    /// Decodes and checks a plan (a worker receives it from the coordinator): both sizes must be positive.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let batchSize = try container.decode(Int.self, forKey: .batchSize)
+        let chunkSize = try container.decode(Int.self, forKey: .chunkSize)
+        guard batchSize > 0, chunkSize > 0 else {
+            throw DecodingError.dataCorruptedError(forKey: .batchSize, in: container, debugDescription: "batch size \(batchSize) and chunk size \(chunkSize) must be positive")
+        }
+        self.init(batchSize: batchSize, chunkSize: chunkSize)
+    }
+
     public var chunkCount: Int { (batchSize + chunkSize - 1) / chunkSize }
 
     /// The rows of the global batch that chunk `index` holds (the last chunk may be shorter).

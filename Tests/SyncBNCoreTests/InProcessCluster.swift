@@ -1,0 +1,111 @@
+/// An in-process stand-in for the cluster: replicas run on threads and meet in `InProcessHub`, which plays
+/// the coordinator (gathers each round's per-chunk partials in rank order — which is chunk order — and
+/// reduces them with `Round.reduce` / `GradientExchange.reduce` over the whole plan). Used by the
+/// determinism and multi-worker gradient tests; it is test machinery, not an oracle by itself.
+import Foundation
+import XCTest
+@testable import SyncBNCore
+
+/// Plays the coordinator for replicas running on threads: every round, waits for all ranks' partials,
+/// concatenates them in rank order and reduces them over the whole plan.
+final class InProcessHub: @unchecked Sendable {
+    let plan: ChunkPlan
+    let workers: Int
+    private let condition = NSCondition()
+    private var contributions: [Any]
+    private var roundsSeen: [Round?]
+    private var arrived = 0, generation = 0
+    private var result: Any = ()
+    private(set) var problems: [String] = []
+    private(set) var log: [Round] = []
+
+    init(plan: ChunkPlan, workers: Int) {
+        self.plan = plan
+        self.workers = workers
+        contributions = Array(repeating: (), count: workers)
+        roundsSeen = Array(repeating: nil, count: workers)
+    }
+
+    func exchange<T>(rank: Int, round: Round, partials: [T], width: Int, combine: ([T]) -> [T]) -> [T] {
+        condition.lock()
+        defer { condition.unlock() }
+        let mine = generation
+        contributions[rank] = partials
+        roundsSeen[rank] = round
+        arrived += 1
+        if arrived == workers {
+            if Set(roundsSeen.map { $0! }).count != 1 { problems.append("ranks disagree on the round: \(roundsSeen)") }
+            let all = contributions.flatMap { $0 as! [T] }
+            if all.count != plan.chunkCount * width {
+                problems.append("\(round): \(all.count) partial values for \(plan.chunkCount) chunks of width \(width)")
+            }
+            result = combine(all)
+            log.append(round)
+            arrived = 0
+            generation += 1
+            condition.broadcast()
+        } else {
+            while generation == mine { condition.wait() }
+        }
+        return result as! [T]
+    }
+
+    func note(_ problem: String) {
+        condition.lock(); problems.append(problem); condition.unlock()
+    }
+}
+
+/// One replica's view of the hub.
+final class HubCollective: Collective {
+    let hub: InProcessHub
+    let rank: Int
+
+    init(hub: InProcessHub, rank: Int) {
+        self.hub = hub
+        self.rank = rank
+    }
+
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
+        let plan = hub.plan, width = result.count
+        let reduced = hub.exchange(rank: rank, round: round, partials: Array(partials), width: width) { all in
+            withDoubles(width) { out in
+                all.withUnsafeBufferPointer { round.reduce($0, plan: plan, chunks: 0..<plan.chunkCount, width: width, into: out) }
+            }
+        }
+        for i in 0..<width { result[i] = reduced[i] }
+    }
+
+    func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
+        let width = result.count
+        let combined = hub.exchange(rank: rank, round: .gradients, partials: Array(partials), width: exchange.chunkWidth) { all in
+            var out = [Float](repeating: .nan, count: width)
+            all.withUnsafeBufferPointer { p in out.withUnsafeMutableBufferPointer { exchange.reduce(p, into: $0) } }
+            return out
+        }
+        for i in 0..<width { result[i] = combined[i] }
+    }
+}
+
+/// Runs `body(rank, collective)` for every rank of `hub` on its own thread; false if they did not all
+/// finish within `timeout` seconds (a deadlock). Errors are recorded in `hub.problems`.
+func runReplicas(_ hub: InProcessHub, timeout: Double = 60, _ body: @escaping (Int, HubCollective) throws -> Void) -> Bool {
+    let done = DispatchGroup()
+    for rank in 0..<hub.workers {
+        done.enter()
+        let thread = Thread {
+            defer { done.leave() }
+            do { try body(rank, HubCollective(hub: hub, rank: rank)) } catch { hub.note("rank \(rank): \(error)") }
+        }
+        thread.start()
+    }
+    return done.wait(timeout: .now() + timeout) == .success
+}
+
+/// Per-rank losses written from the replicas' threads.
+final class LossTable: @unchecked Sendable {
+    private let lock = NSLock()
+    private var table: [[UInt64]]
+    init(workers: Int) { table = Array(repeating: [], count: workers) }
+    func append(rank: Int, _ value: UInt64) { lock.lock(); table[rank].append(value); lock.unlock() }
+    var losses: [[UInt64]] { lock.lock(); defer { lock.unlock() }; return table }
+}
