@@ -107,11 +107,7 @@ final class IDXFileTests: XCTestCase {
 
     func testHugeDimensionsAreAnErrorNotACrash() throws {
         // Oracle: the reader's contract ("Throws: DataError naming the file and what is wrong with it"). Two
-        // dimensions of 2³² − 1 overflow Int when multiplied; today that traps (kills the process) in
-        // `shape.reduce(1, *)`, so this test only runs with SYNCBN_RUN_CRASHING_TESTS=1 until that is fixed.
-        guard ProcessInfo.processInfo.environment["SYNCBN_RUN_CRASHING_TESTS"] == "1" else {
-            throw XCTSkip("IDXFile.parse traps on Int overflow of the element count; set SYNCBN_RUN_CRASHING_TESTS=1 to run")
-        }
+        // dimensions of 2³² − 1 overflow Int when multiplied, which must be an error, not a trap.
         var bytes: [UInt8] = [0, 0, 0x08, 3]
         bytes += [UInt8](repeating: 0xFF, count: 12)
         assertThrows(write(bytes, "huge-dims"), containing: [])
