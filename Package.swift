@@ -42,5 +42,6 @@ let package = Package(
         .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore"]),
         .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),
         .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore"]),
+        .testTarget(name: "SyncBNMultiHostTests"),
     ]
 )
