@@ -21,6 +21,8 @@ public final class Socket {
     }
 
     let handle: UnsafeMutableRawPointer
+    /// Held so that the context, whose termination waits for its sockets, outlives this socket.
+    public let context: Context
     private var closed = false
 
     public init(_ context: Context, _ kind: Kind) throws {
@@ -28,6 +30,7 @@ public final class Socket {
             throw ZMQError.last("zmq_socket")
         }
         self.handle = handle
+        self.context = context
         try setOption(ZMQ_LINGER, Int32(0))
     }
 

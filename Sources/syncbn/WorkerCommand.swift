@@ -18,11 +18,20 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Seconds to wait for the result of one all-reduce round.")
     var roundTimeout: Double = 120
 
+    @Option(help: "This worker's CurveZMQ secret key (from `syncbn keygen`).")
+    var secretKey: String?
+
+    @Option(help: "The coordinator's public key file (its .pub).")
+    var serverKey: String?
+
     @Flag(help: .hidden)
     var exitWithParent = false
 
     func validate() throws {
         guard connectTimeout > 0, roundTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
+        guard (secretKey == nil) == (serverKey == nil) else {
+            throw ValidationError("--secret-key and --server-key go together: give both to use keys, or neither")
+        }
     }
 
     func run() throws {
@@ -36,7 +45,8 @@ struct WorkerCommand: ParsableCommand {
         timeouts.connectSeconds = connectTimeout
         timeouts.roundSeconds = roundTimeout
         try reportingErrors(logger) {
-            let summary = try Worker(endpoint: connect, timeouts: timeouts, logger: logger).run()
+            let security = try secretKey.map { try WorkerSecurity(secretKeyFile: $0, serverKeyFile: serverKey!) }
+            let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, logger: logger).run()
             logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step")
         }
     }

@@ -23,6 +23,8 @@ public final class Coordinator: StepRunner {
     private let logger: Logger
     private let context: Context
     private let socket: Socket
+    /// Admits authorized CurveZMQ keys (only with keys).
+    private var authenticator: ZAPHandler?
     private var workers: [Peer] = []
     private let doublePartials: UnsafeMutableBufferPointer<Double>
     private let floatPartials: UnsafeMutableBufferPointer<Float>
@@ -37,9 +39,17 @@ public final class Coordinator: StepRunner {
         let description: String
     }
 
+    /// Binds `address`. With `security`, all traffic is encrypted with CurveZMQ and only workers whose
+    /// public key is authorized can connect. Without it, only addresses this machine alone can reach are
+    /// accepted, unless `allowInsecure`.
+    /// - Throws: `SecurityError` for an insecure non-local address, `ClusterError` if the address cannot be bound.
     public init(config: TrainingConfig, data: LabeledImages, bind address: String, workerCount: Int,
-                timeouts: ClusterTimeouts = ClusterTimeouts(), logger: Logger) throws {
+                timeouts: ClusterTimeouts = ClusterTimeouts(), security: CoordinatorSecurity? = nil,
+                allowInsecure: Bool = false, logger: Logger) throws {
         precondition(workerCount > 0)
+        if security == nil && !allowInsecure && !CoordinatorSecurity.isLocal(address) {
+            throw SecurityError("refusing to bind \(address) without keys: anyone who reaches it could join the job or read its data; give --secret-key and --authorized-keys (see `syncbn keygen`), or --insecure on a network you trust")
+        }
         self.config = config
         self.data = data
         self.workerCount = workerCount
@@ -47,10 +57,19 @@ public final class Coordinator: StepRunner {
         self.logger = logger
         network = config.makeNetwork()
         context = try Context()
+        if let security {
+            let refusals = RefusalLog(logger: logger)
+            authenticator = try ZAPHandler(context: context) { key in
+                if security.authorizedKeys.contains(key) { return true }
+                refusals.refused(key)
+                return false
+            }
+        }
         socket = try Socket(context, .router)
         try socket.setRouterMandatory(true)
         try socket.setMaximumMessageSize(WireProtocol.maximumMessageSize)
         try socket.setHighWaterMarks(send: 0, receive: 0)
+        if let security { try socket.makeCurveServer(secretKey: security.key.secret, domain: "syncbn") }
         do {
             try socket.bind(address)
         } catch let error as ZMQError {
@@ -67,6 +86,7 @@ public final class Coordinator: StepRunner {
 
     deinit {
         socket.close()
+        authenticator?.stop()
         doublePartials.deallocate()
         floatPartials.deallocate()
         doubleResult.deallocate()
@@ -257,3 +277,17 @@ public final class Coordinator: StepRunner {
 func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 
 import CZeroMQ
+
+/// Logs each refused CurveZMQ key once (called from the ZAP handler's thread).
+final class RefusalLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seen = Set<[UInt8]>()
+    private let logger: Logger
+
+    init(logger: Logger) { self.logger = logger }
+
+    func refused(_ key: [UInt8]) {
+        let first = lock.withLock { seen.insert(key).inserted }
+        if first { logger.warning("refused a worker whose key \(Curve.encode(key)) is not in --authorized-keys") }
+    }
+}

@@ -19,9 +19,13 @@ public final class Worker {
     private let timeouts: ClusterTimeouts
     private var logger: Logger
 
-    public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), logger: Logger) {
+    private let security: WorkerSecurity?
+
+    /// With `security`, the connection is encrypted with CurveZMQ and authenticates this worker's key.
+    public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), security: WorkerSecurity? = nil, logger: Logger) {
         self.endpoint = endpoint
         self.timeouts = timeouts
+        self.security = security
         self.logger = logger
     }
 
@@ -34,12 +38,14 @@ public final class Worker {
         defer { socket.close() }
         try socket.setMaximumMessageSize(WireProtocol.maximumMessageSize)
         try socket.setHighWaterMarks(send: 0, receive: 0)
+        if let security {
+            try socket.makeCurveClient(serverKey: security.serverKey, publicKey: security.key.publicKey, secretKey: security.key.secret)
+        }
+        let monitor = try SocketMonitor(socket)
         try socket.connect(endpoint)
         try socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid())").encoded())
-
-        guard let first = try receive(socket, seconds: timeouts.connectSeconds) else {
-            throw ClusterError("no coordinator answered at \(endpoint) within \(Int(timeouts.connectSeconds)) s: check the address and that `syncbn coordinator` is running there")
-        }
+        let first = try awaitWelcome(socket, monitor: monitor)
+        monitor.close()
         let welcome: Message
         do {
             welcome = try Message.decode(first)
@@ -100,6 +106,39 @@ public final class Worker {
             case let other:
                 throw ClusterError("expected a step from the coordinator, got a \(other.kind) message")
             }
+        }
+    }
+
+    /// The coordinator's first answer, watching the connection's handshakes meanwhile: a refused key or a
+    /// failed CurveZMQ handshake is reported at once rather than as a timeout.
+    private func awaitWelcome(_ socket: Socket, monitor: SocketMonitor) throws -> [UInt8] {
+        let deadline = Date().addingTimeInterval(timeouts.connectSeconds)
+        var handshakeFailure: SocketMonitor.Event?
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else {
+                var hint = "check the address and that `syncbn coordinator` is running there"
+                if handshakeFailure != nil {
+                    hint = security == nil
+                        ? "the connection's handshake failed: if the coordinator uses keys, give --secret-key and --server-key"
+                        : "the CurveZMQ handshake failed: check that --server-key is the coordinator's .pub"
+                }
+                throw ClusterError("no coordinator answered at \(endpoint) within \(Int(timeouts.connectSeconds)) s: \(hint)")
+            }
+            guard let ready = try waitForFirstReadable([socket, monitor.socket], timeoutMilliseconds: Int(left * 1000) + 1) else { continue }
+            if ready == 1 {
+                while let event = try monitor.nextEvent() {
+                    if event.kind == SocketMonitor.Event.handshakeFailedAuth {
+                        let key = security?.key.publicKey ?? "(none)"
+                        throw ClusterError("the coordinator at \(endpoint) did not authorize this worker: add its public key \(key) to the coordinator's --authorized-keys file")
+                    }
+                    if event.isHandshakeFailure { handshakeFailure = event }
+                }
+                continue
+            }
+            guard let frames = try socket.receiveFrames(dontWait: true) else { continue }
+            guard frames.count == 1 else { throw ClusterError("the coordinator sent a message of \(frames.count) frames; SyncBN messages are one frame") }
+            return frames[0]
         }
     }
 
