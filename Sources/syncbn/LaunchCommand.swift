@@ -30,12 +30,15 @@ struct LaunchCommand: ParsableCommand {
         let children = ChildProcesses()
         let executable = Bundle.main.executablePath ?? CommandLine.arguments[0]
 
-        // Ctrl-C or SIGTERM: stop every child by its id, then exit.
+        // Ctrl-C or SIGTERM: mark the run interrupted (so that the workers' deaths that follow are not
+        // reported as failures), stop every child by its id, then exit 130.
+        let interrupted = InterruptFlag()
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         let signals = [SIGINT, SIGTERM].map { number in
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
+                guard interrupted.set() else { return }
                 logger.warning("interrupted: stopping the workers")
                 children.signalAll(SIGTERM)
                 children.stopAll(graceSeconds: 2)
@@ -48,7 +51,7 @@ struct LaunchCommand: ParsableCommand {
 
         do {
             try runCoordinator(bind: bind, workers: workers, options: options, timeouts: ClusterTimeouts(), logger: logger) { coordinator in
-                coordinator.abortReason = { children.failure }
+                coordinator.abortReason = { interrupted.isSet ? "interrupted" : children.failure }
                 for index in 0..<workers {
                     try children.start(executable: executable,
                                        arguments: ["worker", "--connect", coordinator.endpoint, "--exit-with-parent"],
@@ -57,10 +60,25 @@ struct LaunchCommand: ParsableCommand {
                 logger.info("started \(workers) worker process(es): pids \(children.processIdentifiers.map(String.init).joined(separator: " "))")
             }
         } catch {
+            if interrupted.isSet {
+                // The signal handler is stopping the children and exits with 130.
+                while true { pause() }
+            }
             children.stopAll(graceSeconds: 2)
             logger.error("\(error)")
             throw ExitCode.failure
         }
         children.stopAll(graceSeconds: 10)
     }
+}
+
+/// A flag set once, from any thread.
+final class InterruptFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+
+    var isSet: Bool { lock.withLock { value } }
+
+    /// Sets the flag; true if this call set it (false if it was already set).
+    func set() -> Bool { lock.withLock { defer { value = true }; return !value } }
 }

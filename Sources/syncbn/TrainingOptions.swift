@@ -67,6 +67,10 @@ struct TrainingOptions: ParsableArguments {
         guard momentum.isFinite, momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1)") }
         guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1") }
         if let evalEvery { guard evalEvery >= 1 else { throw ValidationError("--eval-every must be at least 1") } }
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory), !isDirectory.boolValue {
+            throw ValidationError("--out \(out) is a file: give a directory for model.safetensors and metrics.jsonl")
+        }
     }
 
     /// Loads the data and turns the options into a job's settings.

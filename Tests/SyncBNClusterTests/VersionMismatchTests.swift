@@ -46,7 +46,9 @@ final class VersionMismatchTests: XCTestCase {
         }
 
         func wait(seconds: Double) -> Result<T, Error>? {
-            done.wait(timeout: .now() + seconds) == .success ? result : nil
+            guard done.wait(timeout: .now() + seconds) == .success else { return nil }
+            done.signal()  // so that later waits return at once too
+            return result
         }
     }
 

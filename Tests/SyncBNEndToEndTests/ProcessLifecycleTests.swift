@@ -4,7 +4,7 @@
 // - Nobody listening: a worker gives up after its --connect-timeout (not before, not much after) with
 //   "no coordinator answered".
 // - A coordinator whose workers do not all come gives up after --join-timeout and tells the worker that
-//   joined to exit non-zero.
+//   joined why (the `failure` message's reason, WireProtocol.md), so that it exits non-zero saying so.
 // - A worker that comes after the job is full is refused with the reason, and the job still saves
 //   train's model.
 // - A worker killed mid-run: `launch` notices, exits non-zero in bounded time naming the dead worker, and

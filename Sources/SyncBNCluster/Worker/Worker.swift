@@ -54,6 +54,7 @@ public final class Worker {
         }
         guard case .welcome(let rank, let workerCount, let configJSON, let model) = welcome else {
             if case .reject(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) refused this worker: \(reason)") }
+            if case .failure(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) stopped the job: \(reason)") }
             throw ClusterError("expected a welcome from the coordinator, got a \(welcome.kind) message")
         }
         let config: TrainingConfig
