@@ -66,7 +66,9 @@ final class BatchNormTests: XCTestCase {
 
     private func forward(_ norm: BatchNorm, _ store: ParameterStore, _ x: [Float], mode: BatchNormMode = .sync) throws -> [Float] {
         let matrix = makeMatrix(x, rows: plan.batchSize, columns: features)
-        return try norm.forward(matrix, slice: .whole(plan), mode: mode, collective: LocalCollective(plan: plan), store: store).toArray()
+        let y = try norm.forward(matrix, slice: .whole(plan), mode: mode, collective: LocalCollective(plan: plan), store: store).toArray()
+        norm.commitRunningStatistics(count: plan.batchSize)  // what Network.finishStep does at the end of a step
+        return y
     }
 
     private func backward(_ norm: BatchNorm, _ store: ParameterStore, dy: [Float], mode: BatchNormMode = .sync,

@@ -60,6 +60,26 @@ extension Network {
         }
     }
 
+    /// The name of SGD's momentum buffer in a training state (the whole parameter store, flat).
+    public static let velocityName = "optimizer.velocity"
+
+    /// Everything needed to continue training exactly: the state_dict and SGD's momentum buffer.
+    public func trainingState() -> [(name: String, tensor: Safetensors.Tensor)] {
+        stateDict() + [(Self.velocityName, Safetensors.Tensor(UnsafeBufferPointer(start: store.velocity, count: store.count), shape: [store.count]))]
+    }
+
+    /// Restores what `trainingState()` saved.
+    /// - Throws: `CheckpointError` for a missing, extra or mis-shaped tensor.
+    public func loadTrainingState(_ tensors: [String: Safetensors.Tensor], source: String) throws {
+        guard let velocity = tensors[Self.velocityName], velocity.dtype == .float32, velocity.shape == [store.count] else {
+            throw CheckpointError("\(source) has no \(Self.velocityName) [\(store.count)]: it is a model, not a training checkpoint of this network")
+        }
+        var model = tensors
+        model[Self.velocityName] = nil
+        try loadStateDict(model, source: source)
+        velocity.floats.withUnsafeBufferPointer { store.velocity.update(from: $0.baseAddress!, count: store.count) }
+    }
+
     public func saveModel(to path: String) throws {
         try Self.writeAtomically(Safetensors.encode(stateDict()), to: path)
     }

@@ -48,7 +48,8 @@ public enum Safetensors {
         }
     }
 
-    public static func encode(_ tensors: [(name: String, tensor: Tensor)]) -> [UInt8] {
+    /// Encodes tensors in order; `metadata` joins `"format": "pt"` in the header's `__metadata__`, sorted by key.
+    public static func encode(_ tensors: [(name: String, tensor: Tensor)], metadata: [String: String] = [:]) -> [UInt8] {
         var header = "{"
         var offset = 0
         for (name, tensor) in tensors {
@@ -56,12 +57,32 @@ public enum Safetensors {
             header += "\"\(name)\":{\"dtype\":\"\(tensor.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + tensor.bytes.count)]},"
             offset += tensor.bytes.count
         }
-        header += "\"__metadata__\":{\"format\":\"pt\"}}"
+        var entries = metadata
+        entries["format"] = "pt"
+        let metadataJSON = entries.keys.sorted().map { "\(jsonString($0)):\(jsonString(entries[$0]!))" }.joined(separator: ",")
+        header += "\"__metadata__\":{\(metadataJSON)}}"
         while header.utf8.count % 8 != 0 { header += " " }
         var out = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian, Array.init)
         out += Array(header.utf8)
         for (_, tensor) in tensors { out += tensor.bytes }
         return out
+    }
+
+    /// A JSON string literal for `text`.
+    private static func jsonString(_ text: String) -> String {
+        let data = try! JSONSerialization.data(withJSONObject: [text], options: [.withoutEscapingSlashes])
+        return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)
+    }
+
+    /// The header's `__metadata__` entries (string values only).
+    public static func metadata(_ bytes: [UInt8], source: String) throws -> [String: String] {
+        guard bytes.count >= 8 else { throw CheckpointError("\(source) is not a valid safetensors file: it is shorter than its 8-byte header length") }
+        let headerLength = bytes[0..<8].reversed().reduce(0) { $0 << 8 | Int($1) }
+        guard headerLength > 0, headerLength <= bytes.count - 8,
+              let json = try? JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as? [String: Any] else {
+            throw CheckpointError("\(source) is not a valid safetensors file: its header is not a JSON object")
+        }
+        return (json["__metadata__"] as? [String: String]) ?? [:]
     }
 
     /// Decodes a safetensors file's bytes into tensors by name.

@@ -52,6 +52,8 @@ public final class BatchNorm {
     private let partials: UnsafeMutableBufferPointer<Double>
     private let reduced: UnsafeMutableBufferPointer<Double>
     private let localReduced: UnsafeMutableBufferPointer<Double>
+    private let stagedMoments: UnsafeMutablePointer<Double>
+    private var hasStagedMoments = false
 
     init(index: Int, features: Int, gammaOffset: Int, betaOffset: Int, capacity: Int, maxChunks: Int) {
         self.index = index
@@ -71,12 +73,15 @@ public final class BatchNorm {
         reduced.initialize(repeating: 0)
         localReduced = .allocate(capacity: 2 * features)
         localReduced.initialize(repeating: 0)
+        stagedMoments = .allocate(capacity: 2 * features)
+        stagedMoments.initialize(repeating: 0, count: 2 * features)
     }
 
     deinit {
         partials.deallocate()
         reduced.deallocate()
         localReduced.deallocate()
+        stagedMoments.deallocate()
     }
 
     func initialize(_ store: ParameterStore) {
@@ -98,7 +103,7 @@ public final class BatchNorm {
         }
         let mine = UnsafeBufferPointer(rebasing: partials[0..<(chunks.count * width)])
         try collective.allReduce(.moments(layer: index), partials: mine, into: reduced)
-        updateRunningStatistics(moments: UnsafeBufferPointer(reduced), count: slice.plan.batchSize)
+        stageRunningStatistics(moments: UnsafeBufferPointer(reduced))
 
         output.rows = x.rows
         normalized.rows = x.rows
@@ -124,6 +129,22 @@ public final class BatchNorm {
             }
         }
         return output
+    }
+
+    /// Keeps the global batch's moments `[mean(F), M2(F)]` for `commitRunningStatistics`.
+    ///
+    /// The running statistics change only when a step completes, so that a step abandoned half-way (a
+    /// worker died, a partial was not finite) and redone leaves no trace.
+    public func stageRunningStatistics(moments: UnsafeBufferPointer<Double>) {
+        stagedMoments.update(from: moments.baseAddress!, count: 2 * features)
+        hasStagedMoments = true
+    }
+
+    /// Applies the staged moments to the running statistics, if a forward pass staged any.
+    public func commitRunningStatistics(count: Int) {
+        guard hasStagedMoments else { return }
+        hasStagedMoments = false
+        updateRunningStatistics(moments: UnsafeBufferPointer(start: stagedMoments, count: 2 * features), count: count)
     }
 
     /// running ← (1 − m)·running + m·batch, with the unbiased variance M2/(n − 1) of the global batch.

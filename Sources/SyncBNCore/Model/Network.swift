@@ -186,7 +186,7 @@ public final class Network {
                                      into: reducedMetrics)
             metrics = Self.metrics(UnsafeBufferPointer(reducedMetrics), batchSize: plan.batchSize)
         }
-        optimizer.step(store)
+        finishStep()
         return metrics
     }
 
@@ -197,7 +197,7 @@ public final class Network {
     public func apply(_ round: Round, doubles result: UnsafeBufferPointer<Double>) -> StepMetrics? {
         switch round {
         case .moments(let layer):
-            norms[layer].updateRunningStatistics(moments: result, count: plan.batchSize)
+            norms[layer].stageRunningStatistics(moments: result)
         case .sums(let layer):
             norms[layer].setParameterGradients(sums: result, store: store)
         case .metrics:
@@ -282,7 +282,12 @@ public final class Network {
         }
     }
 
-    public func finishStep() { optimizer.step(store) }
+    /// Completes a step: commits the staged running statistics and takes the optimizer step. Until then a
+    /// step can be abandoned and redone without trace.
+    public func finishStep() {
+        for norm in norms { norm.commitRunningStatistics(count: plan.batchSize) }
+        optimizer.step(store)
+    }
 
     private static func metrics(_ sums: UnsafeBufferPointer<Double>, batchSize: Int) -> StepMetrics {
         StepMetrics(loss: sums[0] / Double(batchSize), accuracy: sums[1] / Double(batchSize))
