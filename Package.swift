@@ -41,7 +41,7 @@ let package = Package(
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore"]),
         .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),
-        .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore"]),
+        .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ"]),
         .testTarget(name: "SyncBNMultiHostTests"),
     ]
 )

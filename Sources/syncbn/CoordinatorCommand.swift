@@ -7,19 +7,18 @@ import SyncBNCore
 struct CoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
-        abstract: "Run the coordinator: wait for N workers, then train with them.")
+        abstract: "Run the coordinator: wait for N workers, then train with them.",
+        discussion: """
+        Workers that die are dropped and their step is redone by the others; workers may join at any step.
+        On SIGINT or SIGTERM the coordinator saves a checkpoint and exits, leaving its workers waiting to rejoin:
+        `syncbn coordinator --resume DIR` continues, bit for bit.
+        """)
 
     @Option(help: "ZeroMQ address to bind, e.g. tcp://0.0.0.0:5555 or ipc:///tmp/syncbn.sock.")
     var bind = "tcp://127.0.0.1:5555"
 
-    @Option(help: "Number of workers to wait for.")
+    @Option(help: "Number of workers to wait for before the first step.")
     var workers: Int
-
-    @Option(help: "Seconds to wait for all workers to join.")
-    var joinTimeout: Double = 120
-
-    @Option(help: "Seconds an all-reduce round may wait for the slowest worker.")
-    var roundTimeout: Double = 120
 
     @Option(help: "This coordinator's CurveZMQ secret key (from `syncbn keygen`): encrypts all traffic.")
     var secretKey: String?
@@ -30,11 +29,14 @@ struct CoordinatorCommand: ParsableCommand {
     @Flag(help: "Allow binding a non-loopback address without keys (unauthenticated, unencrypted traffic).")
     var insecure = false
 
+    @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
+    var resume: String?
+
+    @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
-        guard joinTimeout > 0, roundTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
         guard (secretKey == nil) == (authorizedKeys == nil) else {
             throw ValidationError("--secret-key and --authorized-keys go together: give both to require keys, or neither")
         }
@@ -43,36 +45,75 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         let logger = makeLogger("syncbn.coordinator")
         BLAS.useSingleThread()
-        var timeouts = ClusterTimeouts()
-        timeouts.joinSeconds = joinTimeout
-        timeouts.roundSeconds = roundTimeout
+        let interrupted = InterruptFlag()
+        let signals = handleSignals { signal in
+            if interrupted.set() { logger.warning("signal \(signal): saving a checkpoint at the next step boundary") }
+        }
+        defer { signals.forEach { $0.cancel() } }
         try reportingErrors(logger) {
             let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
-            try runCoordinator(bind: bind, workers: workers, options: options, timeouts: timeouts, security: security,
-                               allowInsecure: insecure, logger: logger)
+            try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
+                               allowInsecure: insecure, resume: resume, logger: logger,
+                               interrupted: { interrupted.isSet })
         }
     }
 }
 
-/// Binds, admits the workers, trains, and tells the workers to stop (or why the job failed).
-/// `prepare` sees the coordinator once it is bound, before any worker joins (`launch` starts its workers there).
-func runCoordinator(bind: String, workers: Int, options: TrainingOptions, timeouts: ClusterTimeouts,
-                    security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger,
+/// Binds, admits the workers, trains, and tells the workers to stop (or why the job failed). Once training
+/// has started, a failure or an interruption saves a checkpoint first. `prepare` sees the coordinator once it
+/// is bound, before any worker joins (`launch` starts its workers there).
+func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluster: ClusterOptions,
+                    security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, resume: String? = nil,
+                    logger: Logger, interrupted: @escaping () -> Bool,
                     prepare: (Coordinator) throws -> Void = { _ in }) throws {
-    let (config, dataset) = try options.resolve()
+    var (config, dataset) = try options.resolve()
+    var checkpoint: TrainingCheckpoint?
+    if let resume {
+        checkpoint = try TrainingCheckpoint.load(directory: resume)
+        config = checkpoint!.config
+    }
+    let out = options.outputDirectory(or: resume ?? "runs/latest")
     let coordinator = try Coordinator(config: config, data: dataset.train, bind: bind, workerCount: workers,
-                                      timeouts: timeouts, security: security, allowInsecure: allowInsecure, logger: logger)
+                                      minWorkers: min(cluster.minWorkers, workers), timeouts: cluster.timeouts,
+                                      nonFinitePolicy: cluster.onNonfinite, security: security,
+                                      allowInsecure: allowInsecure, logger: logger)
+    coordinator.abortReason = { interrupted() ? "interrupted" : nil }
     if security != nil { logger.info("CurveZMQ on: traffic encrypted, only authorized worker keys admitted") }
+    var training = false
     do {
-        try options.loadInitialModel(into: coordinator.network)
+        if let checkpoint {
+            try coordinator.resume(from: checkpoint.state, nextStep: checkpoint.nextStep, source: TrainingCheckpoint.path(in: resume!))
+            logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(TrainingCheckpoint.path(in: resume!))")
+        } else {
+            try options.loadInitialModel(into: coordinator.network)
+        }
         try prepare(coordinator)
         try coordinator.admitWorkers()
         logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples (\(config.plan.chunkCount) chunks) on \(workers) worker(s)")
-        let summary = try TrainingRun(config: config, dataset: dataset, runner: coordinator, outputDirectory: options.out, logger: logger).run()
+        training = true
+        let summary = try TrainingRun(config: config, dataset: dataset, runner: coordinator, outputDirectory: out, logger: logger,
+                                      startStep: coordinator.nextStep, checkpointEvery: cluster.checkpointEvery).run()
         coordinator.finish()
         logger.info("\(summary.report())")
     } catch {
-        coordinator.finish(failure: "\(error)")
-        throw error
+        var reason = "\(error)"
+        if training {
+            let path = try TrainingCheckpoint.save(coordinator.network, config: config, nextStep: coordinator.nextStep, directory: out)
+            reason += "; checkpoint of step \(coordinator.nextStep) saved to \(path): continue with `syncbn coordinator --resume \(out) --workers \(workers) --bind \(bind)`"
+        }
+        // Interrupted: leave the workers waiting to rejoin a resumed coordinator.
+        coordinator.finish(failure: reason, releaseWorkers: !interrupted())
+        throw ClusterError(reason)
+    }
+}
+
+/// Calls `handler` (on a background queue) for SIGINT and SIGTERM instead of dying at once.
+func handleSignals(_ handler: @escaping @Sendable (Int32) -> Void) -> [DispatchSourceSignal] {
+    [SIGINT, SIGTERM].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { handler(number) }
+        source.resume()
+        return source
     }
 }

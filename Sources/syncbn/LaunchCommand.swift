@@ -7,7 +7,7 @@ struct LaunchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "launch",
         abstract: "Train with a coordinator and N worker processes on this machine.",
-        discussion: "Relays the workers' output, and stops them all when training ends, when one fails, or on Ctrl-C.")
+        discussion: "Relays the workers' output and stops them all when training ends or on Ctrl-C. A worker that dies is dropped and its step redone by the others.")
 
     @Option(help: "Number of worker processes.")
     var workers: Int
@@ -15,6 +15,7 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Address the coordinator binds (loopback or ipc only).")
     var bind = "tcp://127.0.0.1:*"
 
+    @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
 
     func validate() throws {
@@ -33,29 +34,23 @@ struct LaunchCommand: ParsableCommand {
         // Ctrl-C or SIGTERM: mark the run interrupted (so that the workers' deaths that follow are not
         // reported as failures), stop every child by its id, then exit 130.
         let interrupted = InterruptFlag()
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        let signals = [SIGINT, SIGTERM].map { number in
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                guard interrupted.set() else { return }
-                logger.warning("interrupted: stopping the workers")
-                children.signalAll(SIGTERM)
-                children.stopAll(graceSeconds: 2)
-                Foundation.exit(130)
-            }
-            source.resume()
-            return source
+        let signals = handleSignals { _ in
+            guard interrupted.set() else { return }
+            logger.warning("interrupted: stopping the workers")
+            children.signalAll(SIGTERM)
+            children.stopAll(graceSeconds: 2)
+            Foundation.exit(130)
         }
         defer { signals.forEach { $0.cancel() } }
 
         do {
-            try runCoordinator(bind: bind, workers: workers, options: options, timeouts: ClusterTimeouts(), logger: logger) { coordinator in
-                coordinator.abortReason = { interrupted.isSet ? "interrupted" : children.failure }
+            try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, logger: logger,
+                               interrupted: { interrupted.isSet }) { coordinator in
                 for index in 0..<workers {
                     try children.start(executable: executable,
-                                       arguments: ["worker", "--connect", coordinator.endpoint, "--exit-with-parent"],
-                                       index: index)
+                                       arguments: ["worker", "--connect", coordinator.endpoint, "--exit-with-parent",
+                                                   "--heartbeat-timeout", "\(cluster.heartbeatTimeout)"],
+                                       index: index) { failure in logger.warning("\(failure); the others carry on") }
                 }
                 logger.info("started \(workers) worker process(es): pids \(children.processIdentifiers.map(String.init).joined(separator: " "))")
             }

@@ -18,7 +18,7 @@ struct TrainCommand: ParsableCommand {
             try options.loadInitialModel(into: network)
             let runner = LocalStepRunner(network: network, data: dataset.train, config: config)
             logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process")
-            let summary = try TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: options.out, logger: logger).run()
+            let summary = try TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: options.outputDirectory(), logger: logger).run()
             logger.info("\(summary.report())")
         }
     }

@@ -47,8 +47,11 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Start from this safetensors model instead of random weights.")
     var `init`: String?
 
-    @Option(help: "Write model.safetensors and metrics.jsonl to this directory.")
-    var out = "runs/latest"
+    @Option(help: "Write model.safetensors, metrics.jsonl and checkpoints to this directory (default runs/latest; with --resume, that directory).")
+    var out: String?
+
+    /// Where results go: `--out`, or `fallback`.
+    func outputDirectory(or fallback: String = "runs/latest") -> String { out ?? fallback }
 
     @Option(help: "Compute and log the training loss every N steps.")
     var logEvery = 50
@@ -68,7 +71,7 @@ struct TrainingOptions: ParsableArguments {
         guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1") }
         if let evalEvery { guard evalEvery >= 1 else { throw ValidationError("--eval-every must be at least 1") } }
         var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory), !isDirectory.boolValue {
+        if let out, FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory), !isDirectory.boolValue {
             throw ValidationError("--out \(out) is a file: give a directory for model.safetensors and metrics.jsonl")
         }
     }

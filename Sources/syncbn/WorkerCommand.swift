@@ -18,6 +18,12 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Seconds to wait for the result of one all-reduce round.")
     var roundTimeout: Double = 120
 
+    @Option(help: "Seconds to keep trying to rejoin after losing the coordinator (it may be resumed).")
+    var rejoinTimeout: Double = 60
+
+    @Option(help: "Seconds without heartbeat answers after which the coordinator is considered gone.")
+    var heartbeatTimeout: Double = 2
+
     @Option(help: "This worker's CurveZMQ secret key (from `syncbn keygen`).")
     var secretKey: String?
 
@@ -28,7 +34,7 @@ struct WorkerCommand: ParsableCommand {
     var exitWithParent = false
 
     func validate() throws {
-        guard connectTimeout > 0, roundTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
+        guard connectTimeout > 0, roundTimeout > 0, rejoinTimeout > 0, heartbeatTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
         guard (secretKey == nil) == (serverKey == nil) else {
             throw ValidationError("--secret-key and --server-key go together: give both to use keys, or neither")
         }
@@ -44,6 +50,9 @@ struct WorkerCommand: ParsableCommand {
         var timeouts = ClusterTimeouts()
         timeouts.connectSeconds = connectTimeout
         timeouts.roundSeconds = roundTimeout
+        timeouts.rejoinSeconds = rejoinTimeout
+        timeouts.heartbeatTimeoutSeconds = heartbeatTimeout
+        timeouts.heartbeatIntervalSeconds = min(0.5, heartbeatTimeout / 4)
         try reportingErrors(logger) {
             let security = try secretKey.map { try WorkerSecurity(secretKeyFile: $0, serverKeyFile: serverKey!) }
             let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, logger: logger).run()

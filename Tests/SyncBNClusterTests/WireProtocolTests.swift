@@ -45,6 +45,8 @@ final class WireProtocolTests: XCTestCase {
                     .reduced(step: 4, round: .metrics, width: 2, element: .float64, payload: ArraySlice(repeating: 3, count: 16))]
         case .stop:
             return [.stop]
+        case .ping:
+            return [.ping]
         case .failure:
             return [.failure(reason: "worker 1 failed: out of memory"), .failure(reason: "")]
         }
@@ -139,7 +141,7 @@ final class WireProtocolTests: XCTestCase {
     }
 
     func testUnknownKindsAreMalformed() {
-        for kind: UInt16 in [0, 9, 42, .max] {
+        for kind: UInt16 in [0, 10, 42, .max] {
             assertMalformed(Self.frame(kind: kind), "kind \(kind)")
         }
     }

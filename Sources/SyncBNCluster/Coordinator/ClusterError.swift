@@ -6,16 +6,34 @@ public struct ClusterError: Error, CustomStringConvertible {
 
 /// Timeouts and limits of the coordinator and workers, in one place with their units.
 public struct ClusterTimeouts: Sendable {
-    /// How long the coordinator waits for all workers to join.
+    /// How long the coordinator waits for the first workers to join, and for workers to come back when
+    /// fewer than `--min-workers` are left.
     public var joinSeconds: Double = 120
-    /// How long one all-reduce round may wait for the slowest worker.
+    /// How long one all-reduce round may wait for a worker that is connected but silent (stuck).
     public var roundSeconds: Double = 120
-    /// How long a worker waits for the coordinator to answer its hello.
+    /// How long a worker waits for the coordinator to answer its first hello.
     public var connectSeconds: Double = 30
-    /// How long a worker waits for its next instruction before it concludes the coordinator is gone.
-    public var idleSeconds: Double = 300
-    /// Poll granularity: how often a waiting loop checks for an abort request. Waiting itself blocks.
-    public static let pollMilliseconds = 200
+    /// How long a worker that lost its coordinator keeps trying to rejoin one (a restarted or resumed one).
+    public var rejoinSeconds: Double = 60
+    /// How long a worker waits for its next instruction before it concludes the coordinator is stuck.
+    public var idleSeconds: Double = 600
+    /// ZMTP heartbeats: a ping every interval; a peer silent for the timeout is disconnected. A killed,
+    /// frozen (SIGSTOP) or cut-off peer is thus noticed within the timeout plus one probe.
+    public var heartbeatIntervalSeconds: Double = 0.5
+    public var heartbeatTimeoutSeconds: Double = 2
+    /// Poll granularity: how often a waiting loop checks for aborts and probes silent workers. Waiting
+    /// itself blocks in `zmq_poll`.
+    public static let pollMilliseconds = 100
+    /// A round slower than this starts probing the workers it waits for.
+    public static let probeAfterSeconds = 0.25
 
     public init() {}
+}
+
+/// What the coordinator does when a worker's partials hold NaN or infinity.
+public enum NonFinitePolicy: String, Sendable, CaseIterable {
+    /// Save a checkpoint and stop the job with the reason.
+    case abort
+    /// Drop the step (no replica changes) and go on with the next.
+    case skip
 }

@@ -3,20 +3,33 @@ import Logging
 import SyncBNCore
 import ZeroMQ
 
-/// The coordinator: binds a ROUTER socket, admits `workerCount` workers, and for every step sends each its
-/// slice of the global batch, then runs the step's all-reduce rounds: it gathers every worker's per-chunk
-/// partials, reduces them in chunk order, applies the result to its own replica and broadcasts it.
+/// The coordinator: binds a ROUTER socket, admits workers, and for every step sends each live worker the
+/// global batch and the chunks it owns, then runs the step's all-reduce rounds: it gathers every worker's
+/// per-chunk partials, reduces them in chunk order, applies the result to its own replica and broadcasts it.
 ///
-/// Its replica takes exactly the steps the workers take (it applies the same running-statistic updates,
-/// gradients and optimizer step), so it holds the model to save and evaluate without asking anyone.
+/// Its replica takes exactly the steps the workers take, so it holds the model to save, evaluate and hand to
+/// a worker that joins later, without asking anyone.
+///
+/// Failures: a worker that dies (killed, frozen, cut off: noticed through ZMTP heartbeats and a probe) is
+/// dropped and the interrupted step is redone by the survivors, sharing out its chunks. Replicas change only
+/// when a step completes, and chunks make the result independent of who computes what, so the final model
+/// is the same bits as without the failure. Below `minWorkers` the coordinator pauses until workers join.
 public final class Coordinator: StepRunner {
     public let network: Network
     public let config: TrainingConfig
+    /// The number of workers to wait for before the first step.
     public let workerCount: Int
+    /// Below this many live workers, training pauses until others join.
+    public let minWorkers: Int
+    public let nonFinitePolicy: NonFinitePolicy
     /// The address workers connect to (the bound address, with the port filled in).
     public let endpoint: String
-    /// Checked while waiting: a non-nil reason stops the job (used by `launch` when a child dies).
+    /// Checked while waiting: a non-nil reason stops the job (used on signals).
     public var abortReason: () -> String? = { nil }
+    /// The step being run, or the next one between steps: what a checkpoint taken now continues from.
+    public private(set) var nextStep = 0
+    /// Live workers, in the order they joined; ranks are positions in this list.
+    public var liveWorkers: [String] { members.map(\.description) }
 
     private let data: LabeledImages
     private let timeouts: ClusterTimeouts
@@ -25,7 +38,12 @@ public final class Coordinator: StepRunner {
     private let socket: Socket
     /// Admits authorized CurveZMQ keys (only with keys).
     private var authenticator: ZAPHandler?
-    private var workers: [Peer] = []
+    private var members: [Peer] = []
+    /// Workers that said hello and are welcomed at the next step boundary.
+    private var joining: [Peer] = []
+    /// Peers that sent malformed messages, and those cut off for sending too many.
+    private var malformedCount: [[UInt8]: Int] = [:]
+    private var cutOff: Set<[UInt8]> = []
     private let doublePartials: UnsafeMutableBufferPointer<Double>
     private let floatPartials: UnsafeMutableBufferPointer<Float>
     private let doubleResult: UnsafeMutableBufferPointer<Double>
@@ -34,26 +52,45 @@ public final class Coordinator: StepRunner {
     private var inbox: [[UInt8]] = [[], []]
     private var outbox: [UInt8] = []
 
+    /// A peer that keeps sending malformed messages is ignored after this many.
+    static let malformedLimit = 20
+
     struct Peer {
         let identity: [UInt8]
         let description: String
+        /// When the coordinator last received anything from it.
+        var lastHeard: Date
+    }
+
+    /// A worker is gone: the step is redone without it.
+    struct WorkerLost: Error {
+        let rank: Int
+        let reason: String
+    }
+
+    /// A worker sent NaN or infinity.
+    struct NonFinitePartials: Error {
+        let rank: Int
+        let round: Round
     }
 
     /// Binds `address`. With `security`, all traffic is encrypted with CurveZMQ and only workers whose
     /// public key is authorized can connect. Without it, only addresses this machine alone can reach are
     /// accepted, unless `allowInsecure`.
     /// - Throws: `SecurityError` for an insecure non-local address, `ClusterError` if the address cannot be bound.
-    public init(config: TrainingConfig, data: LabeledImages, bind address: String, workerCount: Int,
-                timeouts: ClusterTimeouts = ClusterTimeouts(), security: CoordinatorSecurity? = nil,
-                allowInsecure: Bool = false, logger: Logger) throws {
-        precondition(workerCount > 0)
+    public init(config: TrainingConfig, data: LabeledImages, bind address: String, workerCount: Int, minWorkers: Int = 1,
+                timeouts: ClusterTimeouts = ClusterTimeouts(), nonFinitePolicy: NonFinitePolicy = .abort,
+                security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger) throws {
+        precondition(workerCount > 0 && minWorkers > 0)
         if security == nil && !allowInsecure && !CoordinatorSecurity.isLocal(address) {
             throw SecurityError("refusing to bind \(address) without keys: anyone who reaches it could join the job or read its data; give --secret-key and --authorized-keys (see `syncbn keygen`), or --insecure on a network you trust")
         }
         self.config = config
         self.data = data
         self.workerCount = workerCount
+        self.minWorkers = minWorkers
         self.timeouts = timeouts
+        self.nonFinitePolicy = nonFinitePolicy
         self.logger = logger
         network = config.makeNetwork()
         context = try Context()
@@ -65,10 +102,16 @@ public final class Coordinator: StepRunner {
                 return false
             }
         }
+        let chunks = config.plan.chunkCount
+        let widestDouble = max(2, network.norms.map { 2 * $0.features }.max() ?? 2)
         socket = try Socket(context, .router)
         try socket.setRouterMandatory(true)
-        try socket.setMaximumMessageSize(WireProtocol.maximumMessageSize)
+        // The largest message a worker may send: its partials when it owns every chunk.
+        let largest = WireProtocol.headerSize + 64 + chunks * max(network.exchange.chunkWidth * 4, widestDouble * 8)
+        try socket.setMaximumMessageSize(Int64(max(largest, 1 << 16)))
         try socket.setHighWaterMarks(send: 0, receive: 0)
+        try socket.setHeartbeat(intervalMilliseconds: Int32(timeouts.heartbeatIntervalSeconds * 1000),
+                                timeoutMilliseconds: Int32(timeouts.heartbeatTimeoutSeconds * 1000))
         if let security { try socket.makeCurveServer(secretKey: security.key.secret, domain: "syncbn") }
         do {
             try socket.bind(address)
@@ -76,11 +119,9 @@ public final class Coordinator: StepRunner {
             throw ClusterError("cannot bind \(address): \(error.message)" + (error.code == EADDRINUSE ? ": another program uses that port; pick another with --bind" : ""))
         }
         endpoint = try socket.lastEndpoint
-        let chunks = config.plan.chunkCount
-        let widestDouble = network.norms.map { 2 * $0.features }.max() ?? 2
-        doublePartials = .allocate(capacity: chunks * max(2, widestDouble))
+        doublePartials = .allocate(capacity: chunks * widestDouble)
         floatPartials = .allocate(capacity: max(1, chunks * network.exchange.chunkWidth))
-        doubleResult = .allocate(capacity: max(2, widestDouble))
+        doubleResult = .allocate(capacity: widestDouble)
         floatResult = .allocate(capacity: max(1, network.exchange.resultWidth))
     }
 
@@ -93,52 +134,111 @@ public final class Coordinator: StepRunner {
         floatResult.deallocate()
     }
 
+    /// Continue from a checkpoint: the replica's state and the step to run next.
+    public func resume(from state: [String: Safetensors.Tensor], nextStep: Int, source: String) throws {
+        try network.loadTrainingState(state, source: source)
+        self.nextStep = nextStep
+    }
+
     // MARK: Joining
 
-    /// Waits until `workerCount` workers said hello, then welcomes each with its rank, the job's settings
-    /// and the initial model. Ranks follow the order of arrival.
+    /// Waits until `workerCount` workers said hello and welcomes them (ranks follow the order of arrival).
     public func admitWorkers() throws {
-        let deadline = Date().addingTimeInterval(timeouts.joinSeconds)
         logger.info("coordinator listening on \(endpoint), waiting for \(workerCount) worker(s)")
-        while workers.count < workerCount {
-            guard try receive(until: deadline) else {
-                throw ClusterError("only \(workers.count) of \(workerCount) workers joined within \(Int(timeouts.joinSeconds)) s: start the missing workers with `syncbn worker --connect \(endpoint)`")
-            }
-            let identity = inbox[0]
-            switch decode(inbox[1], from: identity) {
-            case .hello(let peer)?:
-                if workers.contains(where: { $0.identity == identity }) {
-                    logger.warning("worker \(peer) said hello twice; ignored")
-                    continue
-                }
-                workers.append(Peer(identity: identity, description: peer))
-                logger.info("worker \(workers.count - 1) joined: \(peer)")
-            case let other?:
-                logger.warning("dropped a \(other.kind) message from \(hex(identity)) before it joined")
-            case nil:
+        try waitForJoiners(until: workerCount, deadline: Date().addingTimeInterval(timeouts.joinSeconds)) {
+            "only \(self.members.count + self.joining.count) of \(self.workerCount) workers joined within \(Int(self.timeouts.joinSeconds)) s: start the missing workers with `syncbn worker --connect \(self.endpoint)`"
+        }
+    }
+
+    /// Collects hellos until `count` workers are members, welcoming each; throws `failure()` at the deadline.
+    private func waitForJoiners(until count: Int, deadline: Date, failure: () -> String) throws {
+        try welcomeJoiners()
+        while members.count < count {
+            guard try receive(until: deadline) else { throw ClusterError(failure()) }
+            try handleOutOfRound()
+            try welcomeJoiners()
+        }
+    }
+
+    /// Sends each waiting joiner its rank, the job's settings and the replica's current state.
+    private func welcomeJoiners() throws {
+        guard !joining.isEmpty else { return }
+        let configJSON = Array(try JSONEncoder().encode(config))
+        let state = Safetensors.encode(network.trainingState(), metadata: ["syncbn.step": "\(nextStep)"])
+        for var peer in joining {
+            let rank = members.count
+            do {
+                try send(.welcome(rank: UInt32(rank), workerCount: UInt32(max(workerCount, rank + 1)), config: configJSON, model: state), to: peer)
+            } catch {
+                logger.warning("worker \(peer.description) left before it was welcomed")
                 continue
             }
+            peer.lastHeard = Date()
+            members.append(peer)
+            logger.info("worker \(rank) joined at step \(nextStep + 1): \(peer.description) (\(members.count) live)")
         }
-        let configJSON = try JSONEncoder().encode(config)
-        let model = Safetensors.encode(network.stateDict())
-        for (rank, peer) in workers.enumerated() {
-            try send(.welcome(rank: UInt32(rank), workerCount: UInt32(workerCount), config: Array(configJSON), model: model), to: peer)
-        }
+        joining.removeAll()
     }
 
     // MARK: Steps
 
     public func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics? {
-        let plan = config.plan
-        let order = Array(samples)
-        network.batchInput.rows = plan.batchSize
-        // Every worker gets the whole batch (its first layer's weight gradient may be computed from all of
-        // it, see GradientExchange) and the chunks it owns.
+        nextStep = step
+        data.copyFeatures(of: Array(samples), into: network.batchInput.storage)
+        network.batchInput.rows = config.plan.batchSize
         let batch = BatchData(data, indices: samples)
-        for (rank, peer) in workers.enumerated() {
-            let chunks = plan.chunks(forRank: rank, of: workerCount)
-            try send(.step(step: UInt64(step), firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count),
-                           computeMetrics: computeMetrics, batch: batch), to: peer)
+        let stepStarted = Date()
+        var lostAt: Date?
+        while true {
+            try welcomeJoiners()
+            if members.count < minWorkers { try pauseForWorkers(step: step) }
+            do {
+                let metrics = try attemptStep(step, batch: batch, computeMetrics: computeMetrics)
+                if let lostAt {
+                    logger.info("step \(step + 1) redone by \(members.count) worker(s) in \(milliseconds(since: lostAt)) ms after the loss (\(milliseconds(since: stepStarted)) ms in all)")
+                }
+                nextStep = step + 1
+                return metrics
+            } catch let lost as WorkerLost {
+                let peer = members.remove(at: lost.rank)
+                // If it is still connected (stuck rather than dead), tell it it is out.
+                try? send(.reject(reason: "declared dead at step \(step + 1): \(lost.reason)"), to: peer)
+                lostAt = lostAt ?? Date()
+                logger.warning("worker \(lost.rank) (\(peer.description)) declared dead at step \(step + 1): \(lost.reason); last heard \(milliseconds(since: peer.lastHeard)) ms ago; redoing the step with \(members.count) worker(s)")
+            } catch let bad as NonFinitePartials {
+                let reason = "worker \(bad.rank) (\(members[bad.rank].description)) sent non-finite values in the \(bad.round) at step \(step + 1)"
+                switch nonFinitePolicy {
+                case .abort:
+                    throw ClusterError(reason + ": stopping (--on-nonfinite abort); lower --lr or check the data")
+                case .skip:
+                    logger.error("\(reason): step skipped (--on-nonfinite skip)")
+                    nextStep = step + 1
+                    return nil
+                }
+            }
+        }
+    }
+
+    /// Fewer than `minWorkers` are left: wait for workers to join, up to the join timeout.
+    private func pauseForWorkers(step: Int) throws {
+        logger.warning("paused before step \(step + 1): \(members.count) live worker(s), --min-workers is \(minWorkers); waiting up to \(Int(timeouts.joinSeconds)) s for workers to join at \(endpoint)")
+        try waitForJoiners(until: minWorkers, deadline: Date().addingTimeInterval(timeouts.joinSeconds)) {
+            "paused at step \(step + 1) with \(self.members.count) worker(s) for \(Int(self.timeouts.joinSeconds)) s; --min-workers is \(self.minWorkers)"
+        }
+        logger.info("resuming at step \(step + 1) with \(members.count) worker(s)")
+    }
+
+    /// One try at a step with the current members. Replicas change only if it completes.
+    private func attemptStep(_ step: Int, batch: BatchData, computeMetrics: Bool) throws -> StepMetrics? {
+        let plan = config.plan
+        for (rank, peer) in members.enumerated() {
+            let chunks = plan.chunks(forRank: rank, of: members.count)
+            do {
+                try send(.step(step: UInt64(step), firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count),
+                               computeMetrics: computeMetrics, batch: batch), to: peer)
+            } catch {
+                throw WorkerLost(rank: rank, reason: "its connection is closed")
+            }
         }
         var metrics: StepMetrics?
         for round in network.rounds(computeMetrics: computeMetrics) {
@@ -153,11 +253,9 @@ public final class Coordinator: StepRunner {
                 exchange.reduce(partials, into: result)
                 outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(exchange.resultWidth), element: element)
                 outbox += UnsafeRawBufferPointer(result)
-                for peer in workers { try send(raw: outbox, to: peer) }
+                try broadcast()
                 // The replica's own update runs while the workers run theirs.
-                data.copyFeatures(of: order, into: network.batchInput.storage)
                 network.apply(gradients: UnsafeBufferPointer(result))
-                continue
             } else {
                 let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
                 let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
@@ -165,62 +263,120 @@ public final class Coordinator: StepRunner {
                 if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
                 outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element)
                 outbox += UnsafeRawBufferPointer(result)
+                try broadcast()
             }
-            for peer in workers { try send(raw: outbox, to: peer) }
         }
         network.optimizer.learningRate = config.learningRate(atStep: step)
         network.finishStep()
         return metrics
     }
 
-    /// Collects one round's partials from every worker into the chunk-major buffer.
+    private func broadcast() throws {
+        for (rank, peer) in members.enumerated() {
+            do { try send(raw: outbox, to: peer) } catch { throw WorkerLost(rank: rank, reason: "its connection is closed") }
+        }
+    }
+
+    /// Collects one round's partials from every member into the chunk-major buffer. Probes members that are
+    /// slow to answer; one whose connection is gone, or that stays silent for the round timeout, is lost.
     private func gather(step: UInt64, round: Round, width: Int, element: WireProtocol.Element) throws {
-        var pending = Set(0..<workerCount)
-        let deadline = Date().addingTimeInterval(timeouts.roundSeconds)
+        var pending = Set(0..<members.count)
+        let started = Date()
+        let deadline = started.addingTimeInterval(timeouts.roundSeconds)
         while !pending.isEmpty {
-            guard try receive(until: deadline) else {
-                let missing = pending.sorted().map { "\($0) (\(workers[$0].description))" }.joined(separator: ", ")
-                throw ClusterError("step \(step + 1), \(round): no partials from worker(s) \(missing) within \(Int(timeouts.roundSeconds)) s")
-            }
-            let identity = inbox[0]
-            guard let message = decode(inbox[1], from: identity) else { continue }
-            guard let rank = workers.firstIndex(where: { $0.identity == identity }) else {
-                if case .hello(let peer) = message {
-                    logger.warning("refused late worker \(peer): the job already has its \(workerCount) workers")
-                    try? send(.reject(reason: "the job already has its \(workerCount) workers"), toIdentity: identity)
-                } else {
-                    logger.warning("dropped a \(message.kind) message from unknown peer \(hex(identity))")
+            let arrived = try receive(until: min(deadline, Date().addingTimeInterval(Double(ClusterTimeouts.pollMilliseconds) / 1000)))
+            if !arrived {
+                if Date() >= deadline, let rank = pending.min() {
+                    throw WorkerLost(rank: rank, reason: "it sent nothing for the \(round) within \(Int(timeouts.roundSeconds)) s (--round-timeout)")
                 }
+                if -started.timeIntervalSinceNow > ClusterTimeouts.probeAfterSeconds { try probe(pending) }
                 continue
             }
+            let identity = inbox[0]
+            guard let rank = members.firstIndex(where: { $0.identity == identity }) else {
+                try handleOutOfRound()
+                continue
+            }
+            members[rank].lastHeard = Date()
+            guard let message = decode(inbox[1], from: identity) else { continue }
             switch message {
             case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let payload):
-                let expected = config.plan.chunks(forRank: rank, of: workerCount)
+                let expected = config.plan.chunks(forRank: rank, of: members.count)
                 guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
                       Int(w) == width, e == element, pending.contains(rank) else {
-                    logger.warning("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w): expected step \(step + 1), \(round), chunks \(expected), width \(width)")
+                    // Left over from an abandoned try of this step, or wrong: either way not this round's.
+                    logger.debug("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w): expected step \(step + 1), \(round), chunks \(expected), width \(width)")
                     continue
                 }
-                payload.withUnsafeBytes { raw in
+                let finite = payload.withUnsafeBytes { raw -> Bool in
                     let byteOffset = expected.lowerBound * width * element.size
                     let base = element == .float32 ? UnsafeMutableRawPointer(floatPartials.baseAddress!) : UnsafeMutableRawPointer(doublePartials.baseAddress!)
                     if raw.count > 0 { (base + byteOffset).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+                    return element == .float32
+                        ? allFinite(UnsafeBufferPointer(start: floatPartials.baseAddress! + byteOffset / 4, count: raw.count / 4))
+                        : allFinite(UnsafeBufferPointer(start: doublePartials.baseAddress! + byteOffset / 8, count: raw.count / 8))
                 }
+                guard finite else { throw NonFinitePartials(rank: rank, round: round) }
                 pending.remove(rank)
             case .failure(let reason):
-                throw ClusterError("worker \(rank) (\(workers[rank].description)) failed: \(reason)")
+                throw WorkerLost(rank: rank, reason: "it failed: \(reason)")
+            case .hello(let description):
+                // The same connection says hello again: the worker lost track of us and rejoins.
+                joining.append(Peer(identity: identity, description: description, lastHeard: Date()))
+                throw WorkerLost(rank: rank, reason: "it restarted its session and rejoins")
             default:
-                logger.warning("dropped an unexpected \(message.kind) message from worker \(rank)")
+                noteMalformed(identity, "an unexpected \(message.kind) message from worker \(rank)")
             }
         }
     }
 
+    /// Sends a ping to each of `ranks`; with `ZMQ_ROUTER_MANDATORY` a send to a peer whose connection
+    /// libzmq closed (reset, or heartbeats unanswered) fails at once.
+    private func probe(_ ranks: Set<Int>) throws {
+        for rank in ranks.sorted() {
+            do {
+                try send(.ping, to: members[rank])
+            } catch {
+                let silence = Int(timeouts.heartbeatTimeoutSeconds * 1000)
+                throw WorkerLost(rank: rank, reason: "its connection closed (reset, or no heartbeat answer within \(silence) ms)")
+            }
+        }
+    }
+
+    /// A message from a peer that is not a member, or between rounds: a hello is queued to join; anything
+    /// else is dropped with its reason.
+    private func handleOutOfRound() throws {
+        let identity = inbox[0]
+        guard let message = decode(inbox[1], from: identity) else { return }
+        if let rank = members.firstIndex(where: { $0.identity == identity }) {
+            if case .hello(let description) = message {
+                members.remove(at: rank)
+                joining.append(Peer(identity: identity, description: description, lastHeard: Date()))
+                logger.warning("worker \(rank) (\(description)) restarted its session; it rejoins with the next step")
+            } else {
+                logger.debug("dropped a late \(message.kind) message from worker \(rank) between rounds")
+            }
+            return
+        }
+        guard case .hello(let description) = message else {
+            noteMalformed(identity, "a \(message.kind) message from \(hex(identity)), which has not joined")
+            return
+        }
+        guard !joining.contains(where: { $0.identity == identity }) else { return }
+        joining.append(Peer(identity: identity, description: description, lastHeard: Date()))
+        logger.info("worker \(description) asked to join; it starts with the next step")
+    }
+
     // MARK: Ending
 
-    /// Tells every worker to exit: cleanly after training, or with `failure` as the reason.
-    public func finish(failure: String? = nil) {
-        for peer in workers {
-            try? send(failure.map { .failure(reason: $0) } ?? .stop, to: peer)
+    /// Tells every worker to exit: cleanly after training, or with `failure` as the reason. With
+    /// `releaseWorkers: false` (the coordinator is interrupted and will be resumed) workers are left waiting
+    /// to rejoin.
+    public func finish(failure: String? = nil, releaseWorkers: Bool = true) {
+        if releaseWorkers {
+            for peer in members + joining {
+                try? send(failure.map { .failure(reason: $0) } ?? .stop, to: peer)
+            }
         }
         // Let libzmq flush the goodbyes when the socket closes, for a bounded time.
         try? socket.setOption(ZMQ_LINGER, Int32(2000))
@@ -229,10 +385,6 @@ public final class Coordinator: StepRunner {
     // MARK: Messages
 
     private func send(_ message: Message, to peer: Peer) throws { try send(raw: message.encoded(), to: peer) }
-
-    private func send(_ message: Message, toIdentity identity: [UInt8]) throws {
-        try socket.send(frames: [identity, message.encoded()])
-    }
 
     private func send(raw bytes: [UInt8], to peer: Peer) throws {
         do {
@@ -243,8 +395,8 @@ public final class Coordinator: StepRunner {
         }
     }
 
-    /// Waits for the next message and puts its identity and body in `inbox`; false at the deadline.
-    /// Blocks in `zmq_poll`; checks `abortReason` every `pollMilliseconds`.
+    /// Waits for the next message from a peer not cut off and puts its identity and body in `inbox`; false
+    /// at the deadline. Blocks in `zmq_poll`; checks `abortReason` every `pollMilliseconds`.
     private func receive(until deadline: Date) throws -> Bool {
         while true {
             if let reason = abortReason() { throw ClusterError(reason) }
@@ -252,31 +404,49 @@ public final class Coordinator: StepRunner {
             if left <= 0 { return false }
             let wait = min(ClusterTimeouts.pollMilliseconds, Int(left * 1000) + 1)
             guard try socket.waitReadable(timeoutMilliseconds: wait), let frames = try socket.receive(into: &inbox, dontWait: true) else { continue }
+            if cutOff.contains(inbox[0]) { continue }
             guard frames == 2 else {
-                logger.warning("dropped a message of \(frames - 1) frames from \(hex(inbox[0])): SyncBN messages are one frame")
+                noteMalformed(inbox[0], "a message of \(frames - 1) frames (SyncBN messages are one frame)")
                 continue
             }
             return true
         }
     }
 
-    /// Decodes a frame, answering a peer on another protocol version and logging anything malformed.
+    /// Decodes a frame, answering a peer on another protocol version and counting anything malformed.
     private func decode(_ frame: [UInt8], from identity: [UInt8]) -> Message? {
         do {
             return try Message.decode(frame)
         } catch ProtocolError.versionMismatch(let peerVersion) {
             logger.error("refused a peer speaking protocol version \(peerVersion); this coordinator speaks version \(WireProtocol.version): run the same syncbn release everywhere")
-            try? send(.reject(reason: "this coordinator speaks SyncBN protocol version \(WireProtocol.version), the worker speaks \(peerVersion): run the same syncbn release everywhere"), toIdentity: identity)
+            _ = try? socket.send(frames: [identity, Message.reject(reason: "this coordinator speaks SyncBN protocol version \(WireProtocol.version), the worker speaks \(peerVersion): run the same syncbn release everywhere").encoded()])
         } catch {
-            logger.warning("dropped a message from \(hex(identity)): \(error)")
+            noteMalformed(identity, "\(error)")
         }
         return nil
+    }
+
+    /// Logs a dropped message with its reason and the peer; cuts the peer off after `malformedLimit`.
+    private func noteMalformed(_ identity: [UInt8], _ reason: String) {
+        let count = malformedCount[identity, default: 0] + 1
+        malformedCount[identity] = count
+        if count <= 3 { logger.warning("dropped a message from peer \(hex(identity)): \(reason)") }
+        if count == Self.malformedLimit {
+            cutOff.insert(identity)
+            logger.warning("cut off peer \(hex(identity)) after \(count) malformed or unexpected messages")
+        }
     }
 }
 
 func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 
-import CZeroMQ
+func milliseconds(since date: Date) -> Int { Int((-date.timeIntervalSinceNow * 1000).rounded()) }
+
+func allFinite<T: BinaryFloatingPoint>(_ values: UnsafeBufferPointer<T>) -> Bool {
+    var ok = true
+    for v in values where !v.isFinite { ok = false; break }
+    return ok
+}
 
 /// Logs each refused CurveZMQ key once (called from the ZAP handler's thread).
 final class RefusalLog: @unchecked Sendable {
@@ -291,3 +461,5 @@ final class RefusalLog: @unchecked Sendable {
         if first { logger.warning("refused a worker whose key \(Curve.encode(key)) is not in --authorized-keys") }
     }
 }
+
+import CZeroMQ

@@ -18,8 +18,8 @@ public final class ChildProcesses: @unchecked Sendable {
 
     public var processIdentifiers: [Int32] { lock.withLock { processes.map(\.processIdentifier) } }
 
-    /// Starts `executable arguments` as child `index`.
-    public func start(executable: String, arguments: [String], index: Int) throws {
+    /// Starts `executable arguments` as child `index`; `onFailure` hears of an unexpected exit.
+    public func start(executable: String, arguments: [String], index: Int, onFailure: @escaping @Sendable (String) -> Void = { _ in }) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -28,11 +28,14 @@ public final class ChildProcesses: @unchecked Sendable {
         process.standardError = pipe
         process.terminationHandler = { [weak self] finished in
             guard let self else { return }
-            self.lock.withLock {
-                guard !self.stopping, self.failureReason == nil, finished.terminationStatus != 0 else { return }
+            let reason: String? = self.lock.withLock {
+                guard !self.stopping, finished.terminationStatus != 0 else { return nil }
                 let how = finished.terminationReason == .uncaughtSignal ? "was killed by signal" : "exited with status"
-                self.failureReason = "worker process \(index) (pid \(finished.processIdentifier)) \(how) \(finished.terminationStatus)"
+                let reason = "worker process \(index) (pid \(finished.processIdentifier)) \(how) \(finished.terminationStatus)"
+                if self.failureReason == nil { self.failureReason = reason }
+                return reason
             }
+            if let reason { onFailure(reason) }
         }
         do {
             try process.run()

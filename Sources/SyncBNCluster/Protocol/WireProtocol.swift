@@ -19,7 +19,7 @@ public enum WireProtocol {
     public static let maximumMessageSize: Int64 = 1 << 30
 
     public enum Kind: UInt16, CaseIterable, Sendable {
-        case hello = 1, welcome = 2, reject = 3, step = 4, partials = 5, reduced = 6, stop = 7, failure = 8
+        case hello = 1, welcome = 2, reject = 3, step = 4, partials = 5, reduced = 6, stop = 7, failure = 8, ping = 9
     }
 
     /// Element type of a partials or reduced payload.
@@ -48,6 +48,8 @@ public enum Message: Equatable {
     case stop
     /// Either way: the sender gave up, with the reason.
     case failure(reason: String)
+    /// Coordinator → worker: a liveness probe, ignored by the worker (a send to a closed connection fails).
+    case ping
 
     public var kind: WireProtocol.Kind {
         switch self {
@@ -59,6 +61,7 @@ public enum Message: Equatable {
         case .reduced: .reduced
         case .stop: .stop
         case .failure: .failure
+        case .ping: .ping
         }
     }
 }
@@ -168,7 +171,7 @@ extension Message {
             out.u32(width)
             out.u8(element.rawValue); out.u8(0); out.u16(0)
             out.bytes(payload)
-        case .stop:
+        case .stop, .ping:
             break
         }
         return out.buffer
@@ -217,6 +220,9 @@ extension Message {
         case .stop:
             guard reader.remaining == 0 else { throw ProtocolError.malformed("stop carries \(reader.remaining) unexpected bytes") }
             return .stop
+        case .ping:
+            guard reader.remaining == 0 else { throw ProtocolError.malformed("ping carries \(reader.remaining) unexpected bytes") }
+            return .ping
         case .step:
             let firstChunk = try reader.u32(), chunkCount = try reader.u32()
             let metricsFlag = try reader.u8()

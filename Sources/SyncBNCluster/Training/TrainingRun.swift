@@ -18,13 +18,20 @@ public final class TrainingRun {
     let outputDirectory: String?
     let logger: Logger
     let progress: ProgressDisplay
+    /// The first step to run: 0, or the step a resumed checkpoint continues from.
+    let startStep: Int
+    /// A checkpoint is written to the output directory every this many steps (0: never).
+    let checkpointEvery: Int
 
-    public init(config: TrainingConfig, dataset: ImageDataset, runner: StepRunner, outputDirectory: String?, logger: Logger) {
+    public init(config: TrainingConfig, dataset: ImageDataset, runner: StepRunner, outputDirectory: String?, logger: Logger,
+                startStep: Int = 0, checkpointEvery: Int = 0) {
         self.config = config
         self.dataset = dataset
         self.runner = runner
         self.outputDirectory = outputDirectory
         self.logger = logger
+        self.startStep = startStep
+        self.checkpointEvery = checkpointEvery
         progress = ProgressDisplay(logger: logger)
     }
 
@@ -34,8 +41,9 @@ public final class TrainingRun {
         if let outputDirectory {
             try FileManager.default.createDirectory(atPath: outputDirectory, withIntermediateDirectories: true)
             let path = (outputDirectory as NSString).appendingPathComponent("metrics.jsonl")
-            FileManager.default.createFile(atPath: path, contents: nil)
+            _ = FileManager.default.createFile(atPath: path, contents: Self.linesBefore(startStep, ofMetricsAt: path))
             metricsFile = FileHandle(forWritingAtPath: path)
+            metricsFile?.seekToEndOfFile()
         }
         defer { try? metricsFile?.close() }
 
@@ -45,7 +53,7 @@ public final class TrainingRun {
         stepSeconds.reserveCapacity(config.steps)
         var lastTest = StepMetrics(loss: .nan, accuracy: .nan)
         let started = Date()
-        for step in 0..<config.steps {
+        for step in startStep..<max(startStep, config.steps) {
             let epoch = step / order.stepsPerEpoch
             if epoch != permutationEpoch {
                 permutation = order.permutation(epoch: epoch)
@@ -59,9 +67,12 @@ public final class TrainingRun {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let metrics = try runner.runStep(step, samples: samples, computeMetrics: computeMetrics)
             stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            if checkpointEvery > 0, (step + 1) % checkpointEvery == 0, step + 1 < config.steps, let outputDirectory {
+                try TrainingCheckpoint.save(runner.network, config: config, nextStep: step + 1, directory: outputDirectory)
+            }
 
             guard let metrics else {
-                progress.update(step: step + 1, of: config.steps, loss: nil, samplesPerSecond: rate(step + 1, started), elapsed: -started.timeIntervalSinceNow)
+                progress.update(step: step + 1, of: config.steps, loss: nil, samplesPerSecond: rate(step + 1 - startStep, started), elapsed: -started.timeIntervalSinceNow)
                 continue
             }
             guard metrics.loss.isFinite else {
@@ -76,7 +87,7 @@ public final class TrainingRun {
             if let metricsFile, let line = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) {
                 metricsFile.write(line + Data("\n".utf8))
             }
-            progress.update(step: step + 1, of: config.steps, loss: metrics.loss, samplesPerSecond: rate(step + 1, started), elapsed: -started.timeIntervalSinceNow)
+            progress.update(step: step + 1, of: config.steps, loss: metrics.loss, samplesPerSecond: rate(step + 1 - startStep, started), elapsed: -started.timeIntervalSinceNow)
             if evaluate {
                 progress.log("step \(step + 1)/\(config.steps): loss \(format(metrics.loss)), test loss \(format(lastTest.loss)), test accuracy \(format(lastTest.accuracy))")
             }
@@ -89,8 +100,20 @@ public final class TrainingRun {
             try runner.network.saveModel(to: path)
             modelPath = path
         }
-        let median = stepSeconds.sorted()[stepSeconds.count / 2]
+        if lastTest.loss.isNaN { lastTest = runner.network.evaluate(dataset.test) }
+        let median = stepSeconds.isEmpty ? 0 : stepSeconds.sorted()[stepSeconds.count / 2]
         return Summary(steps: config.steps, test: lastTest, medianStepSeconds: median, modelPath: modelPath)
+    }
+
+    /// The lines of an existing metrics file for steps up to `step` (those a resumed run keeps).
+    static func linesBefore(_ step: Int, ofMetricsAt path: String) -> Data? {
+        guard step > 0, let data = FileManager.default.contents(atPath: path) else { return nil }
+        let kept = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { line in
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let lineStep = object["step"] as? Int else { return false }
+            return lineStep <= step
+        }
+        return Data(kept.map { $0 + "\n" }.joined().utf8)
     }
 
     private func rate(_ steps: Int, _ started: Date) -> Double {

@@ -2,21 +2,28 @@ import Foundation
 import SyncBNCore
 import ZeroMQ
 
+/// Why a worker stops waiting for a round's result.
+enum Interruption: Error {
+    /// The coordinator sent a new step (it redoes this one without a lost worker, or skipped it).
+    case preempted(Message)
+    /// The connection to the coordinator closed: it died, froze or was cut off.
+    case coordinatorLost
+}
+
 /// A worker's collective: each call sends this worker's per-chunk partials to the coordinator and blocks
 /// (in `zmq_poll`, spending no CPU) until the reduction over the global batch comes back.
 final class RemoteCollective: Collective {
-    private let socket: Socket
+    private let connection: CoordinatorConnection
     private let timeoutSeconds: Double
     var step: UInt64 = 0
     var slice: BatchSlice
     /// Time spent between sending partials and receiving the result, for the step being run.
     private(set) var waitingNanoseconds: UInt64 = 0
-    /// Reused message buffers, so that rounds allocate no large arrays.
+    /// Reused message buffer, so that rounds allocate no large arrays.
     private var outbox: [UInt8] = []
-    private var inbox: [[UInt8]] = [[]]
 
-    init(socket: Socket, slice: BatchSlice, timeoutSeconds: Double) {
-        self.socket = socket
+    init(connection: CoordinatorConnection, slice: BatchSlice, timeoutSeconds: Double) {
+        self.connection = connection
         self.slice = slice
         self.timeoutSeconds = timeoutSeconds
     }
@@ -46,30 +53,88 @@ final class RemoteCollective: Collective {
         outbox += Message.partialsHeader(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound),
                                          chunkCount: UInt32(slice.chunks.count), width: UInt32(width), element: element)
         outbox += partials
-        try socket.send(outbox)
+        try connection.socket.send(outbox)
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         while true {
-            let left = deadline.timeIntervalSinceNow
-            guard left > 0 else {
-                throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it still running?")
+            guard let message = try connection.next(until: deadline) else {
+                throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it stuck?")
             }
-            guard try socket.waitReadable(timeoutMilliseconds: Int(left * 1000) + 1),
-                  let frames = try socket.receive(into: &inbox, dontWait: true) else { continue }
-            guard frames == 1 else { throw ClusterError("the coordinator sent a message of \(frames) frames; SyncBN messages are one frame") }
-            switch try Message.decode(inbox[0]) {
+            switch message {
             case .reduced(let s, let r, let w, let e, let payload):
                 guard s == step, r == round, Int(w) == resultWidth, e == element else {
-                    throw ClusterError("expected the result of step \(step + 1), \(round) (\(resultWidth) values); the coordinator sent step \(s + 1), \(r) (\(w) values)")
+                    continue  // left over from an abandoned try of a step
                 }
                 payload.withUnsafeBytes { result.copyMemory(from: $0) }
                 return
+            case .step:
+                throw Interruption.preempted(message)
             case .failure(let reason):
                 throw ClusterError("the coordinator stopped the job: \(reason)")
+            case .reject(let reason):
+                throw ClusterError("the coordinator dropped this worker: \(reason)")
             case .stop:
                 throw ClusterError("the coordinator ended the job in the middle of step \(step + 1)")
+            case .ping:
+                continue
             case let other:
                 throw ClusterError("expected the result of step \(step + 1), \(round); the coordinator sent a \(other.kind) message")
             }
         }
     }
 }
+
+/// A worker's DEALER socket to the coordinator, with ZMTP heartbeats and a monitor that reports when the
+/// connection closes (the coordinator died, froze, or is cut off).
+final class CoordinatorConnection {
+    let socket: Socket
+    let monitor: SocketMonitor
+    /// Set when the monitor reported a closed connection or a failed handshake.
+    private(set) var lastHandshakeFailure: SocketMonitor.Event?
+    private var inbox: [[UInt8]] = [[]]
+
+    init(context: Context, endpoint: String, security: WorkerSecurity?, timeouts: ClusterTimeouts) throws {
+        socket = try Socket(context, .dealer)
+        try socket.setMaximumMessageSize(WireProtocol.maximumMessageSize)
+        try socket.setHighWaterMarks(send: 0, receive: 0)
+        try socket.setHeartbeat(intervalMilliseconds: Int32(timeouts.heartbeatIntervalSeconds * 1000),
+                                timeoutMilliseconds: Int32(timeouts.heartbeatTimeoutSeconds * 1000))
+        try socket.setOption(ZMQ_RECONNECT_IVL, Int32(100))
+        try socket.setOption(ZMQ_RECONNECT_IVL_MAX, Int32(2000))
+        if let security {
+            try socket.makeCurveClient(serverKey: security.serverKey, publicKey: security.key.publicKey, secretKey: security.key.secret)
+        }
+        monitor = try SocketMonitor(socket)
+        try socket.connect(endpoint)
+    }
+
+    func close() {
+        monitor.close()
+        socket.close()
+    }
+
+    /// The next message from the coordinator, or nil at the deadline.
+    /// - Throws: `Interruption.coordinatorLost` when the connection closes; `ClusterError` for a refused key;
+    ///   `ProtocolError` for an undecodable message.
+    func next(until deadline: Date) throws -> Message? {
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return nil }
+            guard let ready = try waitForFirstReadable([socket, monitor.socket], timeoutMilliseconds: Int(left * 1000) + 1) else { continue }
+            if ready == 1 {
+                while let event = try monitor.nextEvent() {
+                    if event.kind == SocketMonitor.Event.handshakeFailedAuth {
+                        throw ClusterError("the coordinator did not authorize this worker")
+                    }
+                    if event.isHandshakeFailure { lastHandshakeFailure = event }
+                    if event.kind == SocketMonitor.Event.disconnected { throw Interruption.coordinatorLost }
+                }
+                continue
+            }
+            guard let frames = try socket.receive(into: &inbox, dontWait: true) else { continue }
+            guard frames == 1 else { throw ClusterError("the coordinator sent a message of \(frames) frames; SyncBN messages are one frame") }
+            return try Message.decode(inbox[0])
+        }
+    }
+}
+
+import CZeroMQ

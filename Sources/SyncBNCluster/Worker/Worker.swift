@@ -3,9 +3,13 @@ import Logging
 import SyncBNCore
 import ZeroMQ
 
-/// A worker process: connects a DEALER socket to the coordinator, says hello, receives its rank, the job's
-/// settings and the initial model, then runs every step it is sent on its slice, calling the coordinator
-/// at each all-reduce round, until told to stop.
+/// A worker process: connects to the coordinator, says hello, receives the job's settings and the current
+/// training state, then runs every step it is sent on its chunks, calling the coordinator at each all-reduce
+/// round, until told to stop.
+///
+/// If the coordinator goes away (killed, frozen, restarted with `--resume`), the worker says hello again and
+/// waits for a welcome, retrying with capped back-off for `rejoinSeconds`; the new welcome brings the state
+/// to continue from.
 public final class Worker {
     public struct Summary: Sendable {
         public var rank: Int
@@ -17,9 +21,8 @@ public final class Worker {
 
     private let endpoint: String
     private let timeouts: ClusterTimeouts
-    private var logger: Logger
-
     private let security: WorkerSecurity?
+    private var logger: Logger
 
     /// With `security`, the connection is encrypted with CurveZMQ and authenticates this worker's key.
     public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), security: WorkerSecurity? = nil, logger: Logger) {
@@ -31,28 +34,119 @@ public final class Worker {
 
     /// Runs until the coordinator says stop.
     /// - Throws: `ClusterError` if nobody answers, the coordinator refuses this worker or fails, or a message
-    ///   cannot be understood; `ProtocolError.versionMismatch` for a coordinator on another version.
+    ///   cannot be understood.
     public func run() throws -> Summary {
         let context = try Context()
-        let socket = try Socket(context, .dealer)
-        defer { socket.close() }
-        try socket.setMaximumMessageSize(WireProtocol.maximumMessageSize)
-        try socket.setHighWaterMarks(send: 0, receive: 0)
-        if let security {
-            try socket.makeCurveClient(serverKey: security.serverKey, publicKey: security.key.publicKey, secretKey: security.key.secret)
+        var compute: [Double] = [], waiting: [Double] = []
+        var rank = 0
+        var joinDeadline = Date().addingTimeInterval(timeouts.connectSeconds)
+        var rejoining = false
+        while true {
+            let connection = try CoordinatorConnection(context: context, endpoint: endpoint, security: security, timeouts: timeouts)
+            defer { connection.close() }
+            try connection.socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid())").encoded())
+            let welcome: (TrainingConfig, Network, Int, Int)
+            do {
+                welcome = try awaitWelcome(connection, deadline: joinDeadline, rejoining: rejoining)
+            } catch Interruption.coordinatorLost {
+                continue  // connected, then lost again before the welcome: say hello on a fresh connection
+            }
+            let (config, network, assignedRank, workerCount) = welcome
+            rank = assignedRank
+            logger[metadataKey: "rank"] = "\(rank)"
+            logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint)")
+            let collective = RemoteCollective(connection: connection, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
+            do {
+                var next = try connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
+                while true {
+                    guard let message = next else {
+                        throw ClusterError("no instruction from the coordinator for \(Int(timeouts.idleSeconds)) s: it is stuck")
+                    }
+                    switch message {
+                    case .step:
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        do {
+                            try runStep(message, config: config, network: network, collective: collective)
+                        } catch Interruption.preempted(let newer) {
+                            next = newer  // the coordinator redoes this step (a worker was lost) or moved on
+                            continue
+                        }
+                        let total = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                        let waited = Double(collective.waitingNanoseconds) / 1e9
+                        compute.append(total - waited)
+                        waiting.append(waited)
+                    case .ping, .reduced:
+                        break  // a probe, or a result of a step abandoned meanwhile
+                    case .stop:
+                        logger.info("training finished; worker \(rank) exits")
+                        return Summary(rank: rank, steps: compute.count, medianComputeSeconds: median(compute), medianWaitingSeconds: median(waiting))
+                    case .failure(let reason):
+                        throw ClusterError("the coordinator stopped the job: \(reason)")
+                    case .reject(let reason):
+                        throw ClusterError("the coordinator dropped this worker: \(reason)")
+                    case let other:
+                        throw ClusterError("expected a step from the coordinator, got a \(other.kind) message")
+                    }
+                    next = try connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
+                }
+            } catch Interruption.coordinatorLost {
+                logger.warning("lost the coordinator at \(endpoint); trying to rejoin for up to \(Int(timeouts.rejoinSeconds)) s")
+                rejoining = true
+                joinDeadline = Date().addingTimeInterval(timeouts.rejoinSeconds)
+            }
         }
-        let monitor = try SocketMonitor(socket)
-        try socket.connect(endpoint)
-        try socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid())").encoded())
-        let first = try awaitWelcome(socket, monitor: monitor)
-        monitor.close()
-        let welcome: Message
-        do {
-            welcome = try Message.decode(first)
-        } catch let error as ProtocolError {
-            throw ClusterError("refused by the coordinator at \(endpoint): \(error)")
+    }
+
+    private func runStep(_ message: Message, config: TrainingConfig, network: Network, collective: RemoteCollective) throws {
+        guard case .step(let step, let firstChunk, let chunkCount, let computeMetrics, let batch) = message else { return }
+        let chunks = Int(firstChunk)..<(Int(firstChunk) + Int(chunkCount))
+        guard chunks.upperBound <= config.plan.chunkCount else {
+            throw ClusterError("step \(step + 1) assigns chunks \(chunks), but the batch has \(config.plan.chunkCount)")
         }
-        guard case .welcome(let rank, let workerCount, let configJSON, let model) = welcome else {
+        let slice = BatchSlice(plan: config.plan, chunks: chunks)
+        guard batch.rows == config.plan.batchSize, batch.featureSize == config.model.inputSize else {
+            throw ClusterError("step \(step + 1) carries \(batch.rows) rows of \(batch.featureSize) features for a batch of \(config.plan.batchSize) rows of \(config.model.inputSize)")
+        }
+        batch.copyFeatures(into: network.batchInput.storage)
+        let rows = slice.globalRows
+        network.input.storage.update(from: network.batchInput.row(rows.lowerBound), count: rows.count * config.model.inputSize)
+        for (row, label) in batch.labels[rows].enumerated() {
+            guard Int(label) < config.model.classes else { throw ClusterError("step \(step + 1) has label \(label) for a model of \(config.model.classes) classes") }
+            network.labels[row] = Int32(label)
+        }
+        collective.beginStep(step, slice: slice)
+        network.optimizer.learningRate = config.learningRate(atStep: Int(step))
+        try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
+    }
+
+    /// Waits for the coordinator's welcome and builds the replica from it. A refused key, a failed handshake
+    /// or a refusal is reported at once rather than as a timeout.
+    private func awaitWelcome(_ connection: CoordinatorConnection, deadline: Date, rejoining: Bool) throws -> (TrainingConfig, Network, Int, Int) {
+        var message: Message?
+        while message == nil {
+            do {
+                message = try connection.next(until: deadline)
+                if message == nil { break }
+                if case .ping = message! { message = nil }
+            } catch let error as ProtocolError {
+                throw ClusterError("refused by the coordinator at \(endpoint): \(error)")
+            } catch let error as ClusterError where error.description.hasPrefix("the coordinator did not authorize") {
+                let key = security?.key.publicKey ?? "(none)"
+                throw ClusterError("the coordinator at \(endpoint) did not authorize this worker: add its public key \(key) to the coordinator's --authorized-keys file")
+            }
+        }
+        guard let welcome = message else {
+            var hint = "check the address and that `syncbn coordinator` is running there"
+            if connection.lastHandshakeFailure != nil {
+                hint = security == nil
+                    ? "the connection's handshake failed: if the coordinator uses keys, give --secret-key and --server-key"
+                    : "the CurveZMQ handshake failed: check that --server-key is the coordinator's .pub"
+            }
+            let seconds = Int(rejoining ? timeouts.rejoinSeconds : timeouts.connectSeconds)
+            if rejoining { hint = "it did not come back (restart it with `syncbn coordinator --resume DIR`)" }
+            throw ClusterError("no coordinator answered at \(endpoint) within \(seconds) s: \(hint)")
+        }
+        guard case .welcome(let rank, let workerCount, let configJSON, let state) = welcome else {
             if case .reject(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) refused this worker: \(reason)") }
             if case .failure(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) stopped the job: \(reason)") }
             throw ClusterError("expected a welcome from the coordinator, got a \(welcome.kind) message")
@@ -64,95 +158,9 @@ public final class Worker {
             throw ClusterError("the coordinator's settings cannot be read (\(error)): run the same syncbn release everywhere")
         }
         let network = config.makeNetwork()
-        try network.loadStateDict(Safetensors.decode(model, source: "the coordinator's initial model"), source: "the coordinator's initial model")
-        logger[metadataKey: "rank"] = "\(rank)"
-        logger.info("joined as worker \(rank) of \(workerCount) at \(endpoint)")
-
-        let collective = RemoteCollective(socket: socket, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
-        var compute: [Double] = [], waiting: [Double] = []
-        while true {
-            guard let frame = try receive(socket, seconds: timeouts.idleSeconds) else {
-                throw ClusterError("no instruction from the coordinator for \(Int(timeouts.idleSeconds)) s: it is gone or stuck")
-            }
-            switch try Message.decode(frame) {
-            case .step(let step, let firstChunk, let chunkCount, let computeMetrics, let batch):
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                let chunks = Int(firstChunk)..<(Int(firstChunk) + Int(chunkCount))
-                guard chunks.upperBound <= config.plan.chunkCount else {
-                    throw ClusterError("step \(step + 1) assigns chunks \(chunks), but the batch has \(config.plan.chunkCount)")
-                }
-                let slice = BatchSlice(plan: config.plan, chunks: chunks)
-                guard batch.rows == config.plan.batchSize, batch.featureSize == config.model.inputSize else {
-                    throw ClusterError("step \(step + 1) carries \(batch.rows) rows of \(batch.featureSize) features for a batch of \(config.plan.batchSize) rows of \(config.model.inputSize)")
-                }
-                batch.copyFeatures(into: network.batchInput.storage)
-                let rows = slice.globalRows
-                network.input.storage.update(from: network.batchInput.row(rows.lowerBound), count: rows.count * config.model.inputSize)
-                for (row, label) in batch.labels[rows].enumerated() {
-                    guard Int(label) < config.model.classes else { throw ClusterError("step \(step + 1) has label \(label) for a model of \(config.model.classes) classes") }
-                    network.labels[row] = Int32(label)
-                }
-                collective.beginStep(step, slice: slice)
-                network.optimizer.learningRate = config.learningRate(atStep: Int(step))
-                try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
-                let total = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-                let waited = Double(collective.waitingNanoseconds) / 1e9
-                compute.append(total - waited)
-                waiting.append(waited)
-            case .stop:
-                logger.info("training finished; worker \(rank) exits")
-                return Summary(rank: Int(rank), steps: compute.count, medianComputeSeconds: median(compute), medianWaitingSeconds: median(waiting))
-            case .failure(let reason):
-                throw ClusterError("the coordinator stopped the job: \(reason)")
-            case let other:
-                throw ClusterError("expected a step from the coordinator, got a \(other.kind) message")
-            }
-        }
-    }
-
-    /// The coordinator's first answer, watching the connection's handshakes meanwhile: a refused key or a
-    /// failed CurveZMQ handshake is reported at once rather than as a timeout.
-    private func awaitWelcome(_ socket: Socket, monitor: SocketMonitor) throws -> [UInt8] {
-        let deadline = Date().addingTimeInterval(timeouts.connectSeconds)
-        var handshakeFailure: SocketMonitor.Event?
-        while true {
-            let left = deadline.timeIntervalSinceNow
-            guard left > 0 else {
-                var hint = "check the address and that `syncbn coordinator` is running there"
-                if handshakeFailure != nil {
-                    hint = security == nil
-                        ? "the connection's handshake failed: if the coordinator uses keys, give --secret-key and --server-key"
-                        : "the CurveZMQ handshake failed: check that --server-key is the coordinator's .pub"
-                }
-                throw ClusterError("no coordinator answered at \(endpoint) within \(Int(timeouts.connectSeconds)) s: \(hint)")
-            }
-            guard let ready = try waitForFirstReadable([socket, monitor.socket], timeoutMilliseconds: Int(left * 1000) + 1) else { continue }
-            if ready == 1 {
-                while let event = try monitor.nextEvent() {
-                    if event.kind == SocketMonitor.Event.handshakeFailedAuth {
-                        let key = security?.key.publicKey ?? "(none)"
-                        throw ClusterError("the coordinator at \(endpoint) did not authorize this worker: add its public key \(key) to the coordinator's --authorized-keys file")
-                    }
-                    if event.isHandshakeFailure { handshakeFailure = event }
-                }
-                continue
-            }
-            guard let frames = try socket.receiveFrames(dontWait: true) else { continue }
-            guard frames.count == 1 else { throw ClusterError("the coordinator sent a message of \(frames.count) frames; SyncBN messages are one frame") }
-            return frames[0]
-        }
-    }
-
-    private func receive(_ socket: Socket, seconds: Double) throws -> [UInt8]? {
-        let deadline = Date().addingTimeInterval(seconds)
-        while true {
-            let left = deadline.timeIntervalSinceNow
-            if left <= 0 { return nil }
-            guard try socket.waitReadable(timeoutMilliseconds: Int(left * 1000) + 1),
-                  let frames = try socket.receiveFrames(dontWait: true) else { continue }
-            guard frames.count == 1 else { throw ClusterError("the coordinator sent a message of \(frames.count) frames; SyncBN messages are one frame") }
-            return frames[0]
-        }
+        let source = "the coordinator's training state"
+        try network.loadTrainingState(Safetensors.decode(state, source: source), source: source)
+        return (config, network, Int(rank), Int(workerCount))
     }
 }
 

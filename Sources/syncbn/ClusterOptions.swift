@@ -1,0 +1,40 @@
+import ArgumentParser
+import SyncBNCluster
+
+extension NonFinitePolicy: ExpressibleByArgument {}
+
+/// How a coordinator copes with failures, shared by `coordinator` and `launch`.
+struct ClusterOptions: ParsableArguments {
+    @Option(help: "Below this many live workers, pause and wait for workers to join.")
+    var minWorkers = 1
+
+    @Option(help: "Seconds to wait for the workers to join (at the start, and when paused below --min-workers); then save a checkpoint and stop.")
+    var joinTimeout: Double = 120
+
+    @Option(help: "Seconds a round may wait for a worker that is connected but silent (stuck).")
+    var roundTimeout: Double = 120
+
+    @Option(help: "Seconds without heartbeat answers after which a worker is declared dead.")
+    var heartbeatTimeout: Double = 2
+
+    @Option(help: "Write a checkpoint to --out every N steps (0: only when interrupted or stopped).")
+    var checkpointEvery = 500
+
+    @Option(help: "On NaN or infinity in a worker's partials: abort (save a checkpoint and stop) or skip the step.")
+    var onNonfinite: NonFinitePolicy = .abort
+
+    func validate() throws {
+        guard minWorkers >= 1 else { throw ValidationError("--min-workers must be at least 1") }
+        guard joinTimeout > 0, roundTimeout > 0, heartbeatTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
+        guard checkpointEvery >= 0 else { throw ValidationError("--checkpoint-every must be 0 or more") }
+    }
+
+    var timeouts: ClusterTimeouts {
+        var timeouts = ClusterTimeouts()
+        timeouts.joinSeconds = joinTimeout
+        timeouts.roundSeconds = roundTimeout
+        timeouts.heartbeatTimeoutSeconds = heartbeatTimeout
+        timeouts.heartbeatIntervalSeconds = min(0.5, heartbeatTimeout / 4)
+        return timeouts
+    }
+}
