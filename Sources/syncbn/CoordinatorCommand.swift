@@ -99,7 +99,7 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
         var reason = "\(error)"
         if training {
             let path = try TrainingCheckpoint.save(coordinator.network, config: config, nextStep: coordinator.nextStep, directory: out)
-            reason += "; checkpoint of step \(coordinator.nextStep) saved to \(path): continue with `syncbn coordinator --resume \(out) --workers \(workers) --bind \(bind)`"
+            reason += "; checkpoint of step \(coordinator.nextStep) saved to \(path): continue with --resume \(out)"
         }
         // Interrupted: leave the workers waiting to rejoin a resumed coordinator.
         coordinator.finish(failure: reason, releaseWorkers: !interrupted())

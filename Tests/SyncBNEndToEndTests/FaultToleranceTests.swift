@@ -123,6 +123,22 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
 
     func testTerminatedCoordinatorSavesACheckpointAndResumes() throws { try checkCoordinatorResume(signal: SIGTERM) }
 
+    func testNonFinitePartialsStopTheJobWithACheckpointOrSkipTheStep() throws {
+        try requireDataSet()
+        // A learning rate of 1e38 overflows the weights after the first steps: partials become NaN or infinite.
+        let blowUp = ["--steps", "20", "--lr", "1e38", "--momentum", "0", "--lr-schedule", "constant"]
+        let aborted = try makeTemporaryDirectory("nonfinite")
+        let abort = try run(["launch", "--workers", "2"] + blowUp + ["--out", aborted.path])
+        XCTAssertFalse(abort.succeeded, abort.transcript)
+        let error = try XCTUnwrap(abort.errorLines.first { $0.contains("non-finite") }, abort.transcript)
+        XCTAssertTrue(error.contains("worker ") && error.contains("BatchNorm") && error.contains("--on-nonfinite abort"), error)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: aborted.appendingPathComponent("checkpoint.safetensors").path), "no checkpoint after an abort")
+
+        let skipped = try makeTemporaryDirectory("skip")
+        let skip = try run(["launch", "--workers", "2", "--on-nonfinite", "skip"] + blowUp + ["--out", skipped.path])
+        XCTAssertTrue(skip.stderr.contains("step skipped (--on-nonfinite skip)"), skip.transcript)
+    }
+
     func testHostileClientThroughoutChangesNothing() throws {
         try requireDataSet()
         let expected = try reference()
