@@ -38,6 +38,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // The wire decoder's fuzz target (Scripts/fuzz.sh); built normally, it replays the corpus.
+        .executableTarget(name: "syncbn-fuzz-wire", dependencies: ["SyncBNCluster"], path: "Fuzz/WireDecoder",
+                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore"]),
         .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),

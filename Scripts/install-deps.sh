@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages SyncBN builds against and trains on. Safe to run again: it does nothing
-# when everything is already there.
+# Installs the Debian packages SyncBN builds against and trains on (with --tests, also what the test suite
+# needs: sshd and iproute2 for the multi-host test in network namespaces). Safe to run again: it does
+# nothing when everything is already there.
 set -euo pipefail
 packages=(libzmq3-dev libopenblas-dev zlib1g-dev pkg-config dataset-fashion-mnist)
+[ "${1:-}" = "--tests" ] && packages+=(openssh-server openssh-client iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -205,6 +205,8 @@ extension Message {
         let rawKind = try reader.u16()
         guard let kind = WireProtocol.Kind(rawValue: rawKind) else { throw ProtocolError.malformed("unknown message kind \(rawKind)") }
         let step = try reader.u64()
+        let carriesStep = kind == .step || kind == .partials || kind == .reduced
+        guard carriesStep || step == 0 else { throw ProtocolError.malformed("a \(kind) message carries step \(step)") }
         switch kind {
         case .hello:
             return .hello(peer: try reader.string())
@@ -229,7 +231,7 @@ extension Message {
             guard metricsFlag <= 1 else { throw ProtocolError.malformed("step has metrics flag \(metricsFlag)") }
             let rawElement = try reader.u8()
             guard let element = BatchData.Element(rawValue: rawElement) else { throw ProtocolError.malformed("step has unknown feature type \(rawElement)") }
-            _ = try reader.u16()
+            try reader.reserved(2)
             let rows = Int(try reader.u32()), featureSize = Int(try reader.u32())
             let (featureBytes, overflow) = rows.multipliedReportingOverflow(by: featureSize * (element == .float32 ? 4 : 1))
             guard !overflow, reader.remaining == rows + featureBytes else {
@@ -243,7 +245,7 @@ extension Message {
             let round = try reader.round()
             let firstChunk = try reader.u32(), chunkCount = try reader.u32(), width = try reader.u32()
             let element = try reader.element()
-            _ = try reader.u8(); _ = try reader.u16()
+            try reader.reserved(3)
             let (expected, overflow) = Int(chunkCount).multipliedReportingOverflow(by: Int(width) * element.size)
             guard !overflow, reader.remaining == expected else {
                 throw ProtocolError.malformed("partials for \(chunkCount) chunks of \(width) values carry \(reader.remaining) bytes")
@@ -253,7 +255,7 @@ extension Message {
             let round = try reader.round()
             let width = try reader.u32()
             let element = try reader.element()
-            _ = try reader.u8(); _ = try reader.u16()
+            try reader.reserved(3)
             guard reader.remaining == Int(width) * element.size else {
                 throw ProtocolError.malformed("reduced result of \(width) values carries \(reader.remaining) bytes")
             }
@@ -294,6 +296,10 @@ struct ByteReader {
         let out = data.prefix(n)
         data = data.dropFirst(n)
         return out
+    }
+    /// Reserved bytes, which must be zero.
+    mutating func reserved(_ n: Int) throws {
+        guard try bytes(n).allSatisfy({ $0 == 0 }) else { throw ProtocolError.malformed("reserved bytes are not zero") }
     }
     mutating func rest() -> ArraySlice<UInt8> { defer { data = data.suffix(0) }; return data }
     mutating func u8() throws -> UInt8 { try bytes(1).first! }

@@ -1,0 +1,87 @@
+import Foundation
+import SyncBNCluster
+
+/// Fuzz target for the wire protocol's decoder: any bytes must decode or throw `ProtocolError`, never
+/// crash, and whatever decodes must encode back to the same bytes.
+///
+/// Built with `-sanitize=fuzzer -D FUZZING` (Scripts/fuzz.sh) it is a libFuzzer target; built normally it
+/// replays the files or directories given as arguments (the committed corpus), for the test suite.
+func checkDecoder(_ bytes: [UInt8]) {
+    guard let message = try? Message.decode(bytes) else { return }
+    let encoded = message.encoded()
+    if encoded != bytes {
+        fatalError("decode then encode changed \(bytes.count) bytes into \(encoded.count): \(message.kind)")
+    }
+}
+
+#if FUZZING
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    checkDecoder(size == 0 ? [] : Array(UnsafeBufferPointer(start: data!, count: size)))
+    return 0
+}
+
+/// libFuzzer's entry point when the program has its own `main` (SwiftPM gives every executable one).
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
+) -> Int32
+
+@main
+struct Fuzz {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv = CommandLine.unsafeArgv
+        exit(runFuzzerDriver(&argc, &argv, fuzzOne))
+    }
+}
+#else
+/// One message of every kind, the fuzzer's starting points.
+func seedMessages() -> [Message] {
+    let batch = BatchData(rows: 2, featureSize: 3, labels: [1, 7], element: .unsignedByte, features: [0, 64, 128, 192, 255, 9])
+    return [
+        .hello(peer: "host pid 1"),
+        .welcome(rank: 1, workerCount: 2, config: Array("{\"seed\":1}".utf8), model: [8, 0, 0, 0, 0, 0, 0, 0, 123, 125, 32, 32, 32, 32, 32, 32]),
+        .reject(reason: "full"),
+        .step(step: 5, firstChunk: 1, chunkCount: 2, computeMetrics: true, batch: batch),
+        .partials(step: 5, round: .moments(layer: 2), firstChunk: 1, chunkCount: 1, width: 2, element: .float64, payload: ArraySlice([UInt8](repeating: 1, count: 16))),
+        .partials(step: 5, round: .gradients, firstChunk: 0, chunkCount: 2, width: 1, element: .float32, payload: ArraySlice([UInt8](repeating: 2, count: 8))),
+        .reduced(step: 5, round: .sums(layer: 0), width: 1, element: .float64, payload: ArraySlice([UInt8](repeating: 3, count: 8))),
+        .reduced(step: 6, round: .metrics, width: 2, element: .float64, payload: ArraySlice([UInt8](repeating: 4, count: 16))),
+        .stop, .failure(reason: "gave up"), .ping,
+    ]
+}
+
+@main
+struct ReplayCorpus {
+    static func main() throws {
+        if CommandLine.arguments.count == 3, CommandLine.arguments[1] == "--write-seeds" {
+            let directory = CommandLine.arguments[2]
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            for (index, message) in seedMessages().enumerated() {
+                let path = (directory as NSString).appendingPathComponent(String(format: "seed-%02d-%@", index, "\(message.kind)"))
+                try Data(message.encoded()).write(to: URL(fileURLWithPath: path))
+            }
+            return
+        }
+        var count = 0
+        for argument in CommandLine.arguments.dropFirst() {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: argument, isDirectory: &isDirectory) else {
+                fputs("no such file or directory: \(argument)\n", stderr)
+                exit(2)
+            }
+            let files = isDirectory.boolValue
+                ? try FileManager.default.contentsOfDirectory(atPath: argument).sorted().map { (argument as NSString).appendingPathComponent($0) }
+                : [argument]
+            for file in files {
+                checkDecoder(Array(try Data(contentsOf: URL(fileURLWithPath: file))))
+                count += 1
+            }
+        }
+        print("replayed \(count) inputs through the wire decoder")
+    }
+}
+#endif
