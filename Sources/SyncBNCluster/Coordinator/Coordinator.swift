@@ -52,6 +52,9 @@ public final class Coordinator: StepRunner {
     private var inbox: [[UInt8]] = [[], []]
     private var outbox: [UInt8] = []
 
+    /// How a worker's hello names its OpenBLAS kernels, compared with the coordinator's at join.
+    public static let blasTag = "blas="
+
     /// A peer that keeps sending malformed messages is ignored after this many.
     static let malformedLimit = 20
 
@@ -363,6 +366,12 @@ public final class Coordinator: StepRunner {
             return
         }
         guard !joining.contains(where: { $0.identity == identity }) else { return }
+        if let tag = description.range(of: Self.blasTag) {
+            let kernels = String(description[tag.upperBound...].prefix { !$0.isWhitespace })
+            if kernels != BLAS.kernelName {
+                logger.warning("worker \(description) uses OpenBLAS kernels \(kernels), this coordinator \(BLAS.kernelName): the model will not be bit-identical to a one-process run; set OPENBLAS_CORETYPE=\(BLAS.kernelName) for every process")
+            }
+        }
         joining.append(Peer(identity: identity, description: description, lastHeard: Date()))
         logger.info("worker \(description) asked to join; it starts with the next step")
     }

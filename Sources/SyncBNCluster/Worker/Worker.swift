@@ -44,7 +44,7 @@ public final class Worker {
         while true {
             let connection = try CoordinatorConnection(context: context, endpoint: endpoint, security: security, timeouts: timeouts)
             defer { connection.close() }
-            try connection.socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid())").encoded())
+            try connection.socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid()) \(Coordinator.blasTag)\(BLAS.kernelName)").encoded())
             let welcome: (TrainingConfig, Network, Int, Int)
             do {
                 welcome = try awaitWelcome(connection, deadline: joinDeadline, rejoining: rejoining)

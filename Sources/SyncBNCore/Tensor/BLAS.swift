@@ -1,3 +1,4 @@
+import Foundation
 import CBLAS
 
 /// The few OpenBLAS calls SyncBN needs, row-major throughout.
@@ -5,6 +6,13 @@ public enum BLAS {
     /// One BLAS thread per process: workers already fill the cores, and one thread keeps results
     /// independent of scheduling.
     public static func useSingleThread() { openblas_set_num_threads(1) }
+
+    /// The CPU kernels OpenBLAS chose (e.g. "Haswell"). Processes whose kernels differ round differently, so
+    /// bit-identical results across hosts need the same kernels (set `OPENBLAS_CORETYPE` to force them).
+    public static var kernelName: String {
+        guard let name = openblas_get_corename() else { return "unknown" }
+        return String(cString: name).trimmingCharacters(in: .whitespaces)
+    }
 
     /// C ← α·op(A)·op(B) + β·C, with op(A) m×k, op(B) k×n and C m×n, all row-major.
     @inline(__always)
