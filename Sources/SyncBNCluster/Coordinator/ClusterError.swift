@@ -25,7 +25,7 @@ public struct ClusterTimeouts: Sendable {
     /// itself blocks in `zmq_poll`.
     public static let pollMilliseconds = 100
     /// A round slower than this starts probing the workers it waits for.
-    public static let probeAfterSeconds = 0.25
+    public static let probeAfterSeconds = 0.1
 
     public init() {}
 }
