@@ -23,6 +23,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "On NaN or infinity in a worker's partials: abort (save a checkpoint and stop) or skip the step.")
     var onNonfinite: NonFinitePolicy = .abort
 
+    @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
+    var resume: String?
+
     func validate() throws {
         guard minWorkers >= 1 else { throw ValidationError("--min-workers must be at least 1") }
         guard joinTimeout > 0, roundTimeout > 0, heartbeatTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
@@ -33,8 +36,7 @@ struct ClusterOptions: ParsableArguments {
         var timeouts = ClusterTimeouts()
         timeouts.joinSeconds = joinTimeout
         timeouts.roundSeconds = roundTimeout
-        timeouts.heartbeatTimeoutSeconds = heartbeatTimeout
-        timeouts.heartbeatIntervalSeconds = min(0.5, heartbeatTimeout / 4)
+        timeouts.setHeartbeatTimeout(heartbeatTimeout)
         return timeouts
     }
 }

@@ -29,9 +29,6 @@ struct CoordinatorCommand: ParsableCommand {
     @Flag(help: "Allow binding a non-loopback address without keys (unauthenticated, unencrypted traffic).")
     var insecure = false
 
-    @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
-    var resume: String?
-
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
 
@@ -53,7 +50,7 @@ struct CoordinatorCommand: ParsableCommand {
         try reportingErrors(logger) {
             let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
             try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
-                               allowInsecure: insecure, resume: resume, logger: logger,
+                               allowInsecure: insecure, logger: logger,
                                interrupted: { interrupted.isSet })
         }
     }
@@ -63,9 +60,9 @@ struct CoordinatorCommand: ParsableCommand {
 /// has started, a failure or an interruption saves a checkpoint first. `prepare` sees the coordinator once it
 /// is bound, before any worker joins (`launch` starts its workers there).
 func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluster: ClusterOptions,
-                    security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, resume: String? = nil,
-                    logger: Logger, interrupted: @escaping () -> Bool,
+                    security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger, interrupted: @escaping () -> Bool,
                     prepare: (Coordinator) throws -> Void = { _ in }) throws {
+    let resume = cluster.resume
     var (config, dataset) = try options.resolve()
     var checkpoint: TrainingCheckpoint?
     if let resume {

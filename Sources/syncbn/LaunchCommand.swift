@@ -15,9 +15,6 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Address the coordinator binds (loopback or ipc only).")
     var bind = "tcp://127.0.0.1:*"
 
-    @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
-    var resume: String?
-
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
 
@@ -47,7 +44,7 @@ struct LaunchCommand: ParsableCommand {
         defer { signals.forEach { $0.cancel() } }
 
         do {
-            try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, resume: resume, logger: logger,
+            try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, logger: logger,
                                interrupted: { interrupted.isSet }) { coordinator in
                 for index in 0..<workers {
                     try children.start(executable: executable,

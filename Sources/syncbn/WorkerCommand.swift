@@ -51,8 +51,7 @@ struct WorkerCommand: ParsableCommand {
         timeouts.connectSeconds = connectTimeout
         timeouts.roundSeconds = roundTimeout
         timeouts.rejoinSeconds = rejoinTimeout
-        timeouts.heartbeatTimeoutSeconds = heartbeatTimeout
-        timeouts.heartbeatIntervalSeconds = min(0.5, heartbeatTimeout / 4)
+        timeouts.setHeartbeatTimeout(heartbeatTimeout)
         try reportingErrors(logger) {
             let security = try secretKey.map { try WorkerSecurity(secretKeyFile: $0, serverKeyFile: serverKey!) }
             let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, logger: logger).run()

@@ -28,6 +28,13 @@ public struct ClusterTimeouts: Sendable {
     public static let probeAfterSeconds = 0.1
 
     public init() {}
+
+    /// Heartbeats that declare a silent peer dead after `seconds`, pinging four times in that span
+    /// (at most every 0.5 s).
+    public mutating func setHeartbeatTimeout(_ seconds: Double) {
+        heartbeatTimeoutSeconds = seconds
+        heartbeatIntervalSeconds = min(0.5, seconds / 4)
+    }
 }
 
 /// What the coordinator does when a worker's partials hold NaN or infinity.

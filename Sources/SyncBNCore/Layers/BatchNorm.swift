@@ -53,6 +53,8 @@ public final class BatchNorm {
     private let reduced: UnsafeMutableBufferPointer<Double>
     private let localReduced: UnsafeMutableBufferPointer<Double>
     private let stagedMoments: UnsafeMutablePointer<Double>
+    /// Per-feature factors of the backward pass: γ/σ, mean(dy), mean(dy·x̂).
+    private let coefficients: UnsafeMutablePointer<Float>
     private var hasStagedMoments = false
 
     init(index: Int, features: Int, gammaOffset: Int, betaOffset: Int, capacity: Int, maxChunks: Int) {
@@ -75,6 +77,8 @@ public final class BatchNorm {
         localReduced.initialize(repeating: 0)
         stagedMoments = .allocate(capacity: 2 * features)
         stagedMoments.initialize(repeating: 0, count: 2 * features)
+        coefficients = .allocate(capacity: 3 * features)
+        coefficients.initialize(repeating: 0, count: 3 * features)
     }
 
     deinit {
@@ -82,6 +86,7 @@ public final class BatchNorm {
         reduced.deallocate()
         localReduced.deallocate()
         stagedMoments.deallocate()
+        coefficients.deallocate()
     }
 
     func initialize(_ store: ParameterStore) {
@@ -209,9 +214,7 @@ public final class BatchNorm {
         guard dy.rows > 0 else { return inputGradient }
         let gamma = store.values + gammaOffset
         let n = Double(count)
-        var scale = [Float](repeating: 0, count: features)
-        var meanDy = [Float](repeating: 0, count: features)
-        var meanDyXhat = [Float](repeating: 0, count: features)
+        let scale = coefficients, meanDy = coefficients + features, meanDyXhat = coefficients + 2 * features
         for f in 0..<features {
             scale[f] = Float(Double(gamma[f]) * inverseStd[f])
             meanDy[f] = Float(sums[f] / n)
