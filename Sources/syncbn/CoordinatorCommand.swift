@@ -10,8 +10,8 @@ struct CoordinatorCommand: ParsableCommand {
         abstract: "Run the coordinator: wait for N workers, then train with them.",
         discussion: """
         Workers that die are dropped and their step is redone by the others; workers may join at any step.
-        On SIGINT or SIGTERM the coordinator saves a checkpoint and exits, leaving its workers waiting to rejoin:
-        `syncbn coordinator --resume DIR` continues, bit for bit.
+        On SIGINT or SIGTERM the coordinator saves a checkpoint and exits with status 75, leaving its workers
+        waiting to rejoin: `syncbn coordinator --resume DIR` continues, bit for bit.
         """)
 
     @Option(help: "ZeroMQ address to bind, e.g. tcp://0.0.0.0:5555 or ipc:///tmp/syncbn.sock.")
@@ -44,15 +44,26 @@ struct CoordinatorCommand: ParsableCommand {
         BLAS.useSingleThread()
         let interrupted = InterruptFlag()
         let signals = handleSignals { signal in
-            if interrupted.set() { logger.warning("signal \(signal): saving a checkpoint at the next step boundary") }
+            if interrupted.set() { logger.warning("signal \(signal): stopping; the step under way is saved to be redone on --resume") }
         }
         defer { signals.forEach { $0.cancel() } }
-        try reportingErrors(logger) {
-            let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
-            try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
-                               allowInsecure: insecure, logger: logger,
-                               interrupted: { interrupted.isSet })
+        do {
+            try reportingErrors(logger) {
+                try train(logger: logger, interrupted: interrupted)
+            }
+        } catch where interrupted.isSet {
+            throw ExitCode(Self.interruptedExitCode)
         }
+    }
+
+    /// The exit status after SIGINT or SIGTERM once the checkpoint is saved (EX_TEMPFAIL): stopped on
+    /// purpose, to be resumed, not failed.
+    static let interruptedExitCode: Int32 = 75
+
+    private func train(logger: Logger, interrupted: InterruptFlag) throws {
+        let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
+        try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
+                           allowInsecure: insecure, logger: logger, interrupted: { interrupted.isSet })
     }
 }
 
