@@ -1,9 +1,9 @@
 // The multi-host test: Tests/multihost/run-multihost-test.sh builds three network namespaces with an sshd
 // in each and drives Scripts/syncbn-hosts across them (CurveZMQ keys, 2 hosts × 2 workers, an unauthorized
-// worker, the launcher's errors and its stopping). This wrapper runs it with a time bound, checks its exit
-// status and its summary lines, and skips only where `ip netns add` is not permitted (not root, or a
-// container without CAP_SYS_ADMIN). Needs the Debian packages iproute2, openssh-server, openssh-client,
-// which Scripts/test.sh installs; nothing is installed here.
+// worker, a host cut off the network while training, the launcher's errors and its stopping). This wrapper
+// runs it with a time bound, checks its exit status and its summary lines, and skips only where `ip netns
+// add` is not permitted (not root, or a container without CAP_SYS_ADMIN). Needs the Debian packages
+// iproute2, openssh-server, openssh-client, which Scripts/test.sh installs; nothing is installed here.
 
 import Foundation
 import XCTest
@@ -125,12 +125,22 @@ final class MultiHostTests: XCTestCase {
         for prefix in [
             "multihost: training over ssh: 4 workers (h1:2, h2:2) with CurveZMQ keys, model identical to syncbn train",
             "multihost: unauthorized worker: exit status ",
+            "multihost: cut off h2: its 2 workers declared dead in ",
             "multihost: coordinator on the first host (h1, over ssh) with 3 workers: model identical",
             "multihost: errors: cannot reach host ",
             "multihost: stopping: no syncbn left on any host ",
             "multihost: teardown: namespaces, veths, bridge and sshds removed",
         ] {
             XCTAssertTrue(lines.contains { $0.hasPrefix(prefix) }, "no line starting \"\(prefix)\" in:\n\(run.output)")
+        }
+        // The cut-off host: each of its workers declared dead within 5 s of the cut.
+        let cutMarker = "multihost: cut off h2: its 2 workers declared dead in "
+        if let cut = lines.first(where: { $0.hasPrefix(cutMarker) }) {
+            let words = cut.dropFirst(cutMarker.count).split(separator: " ")
+            let seconds = words.count >= 4 && words[1] == "s" && words[2] == "and" ? [Double(words[0]), Double(words[3])] : []
+            XCTAssertEqual(seconds.compactMap { $0 }.count, 2, "cannot read two times in: \(cut)")
+            for case let s? in seconds { XCTAssertLessThan(s, 5.0, "a worker of the cut-off host was declared dead after \(s) s: \(cut)") }
+            XCTAssertTrue(cut.contains("; model identical"), "cut off: \(cut)")
         }
         let summary = lines.last ?? ""
         let marker = "multihost: OK model identical, unauthorized worker refused in "

@@ -11,9 +11,12 @@
 #   2. a worker with a key that is not in authorized_keys, started while the job trains, is refused
 #      (non-zero exit, a message about authorization) within 2 s; the coordinator logs the refused key
 #      once; training completes with the identical model;
-#   3. an identical model too with the coordinator on the first host (started over ssh), 3 workers;
-#   4. syncbn-hosts' one-line errors: an unreachable host, a missing binary, a port already in use;
-#   5. syncbn-hosts stops everything, leaving no syncbn process on any host: when a worker fails, on
+#   3. a host cut off the network while the job trains (its veth taken down at the bridge): the coordinator
+#      declares each of its 2 workers dead within 5 s, training completes with the identical model,
+#      syncbn-hosts exits 0, and once the link is back no process of the job is left on any host;
+#   4. an identical model too with the coordinator on the first host (started over ssh), 3 workers;
+#   5. syncbn-hosts' one-line errors: an unreachable host, a missing binary, a port already in use;
+#   6. syncbn-hosts stops everything, leaving no syncbn process on any host: when a worker fails, on
 #      Ctrl-C (SIGINT to its process group), and when it is killed with SIGKILL.
 # Everything the test made (namespaces, veths, bridge, sshds, processes, files) is removed on exit, even on
 # failure. The last line is "multihost: OK model identical, unauthorized worker refused in X.XX s".
@@ -201,7 +204,102 @@ refused_lines=$(grep -cF "$rogue_pub" "$work/main.log")
 (( refused_lines == 1 )) || { show_log "$work/main.log"; fail "the coordinator logged the refused key $refused_lines times, not once"; }
 say "unauthorized worker: exit status $rogue_status in $refused_in s: $(grep -i 'authoriz' "$work/rogue.log" | head -n 1 | sed 's/^[0-9:.]* //')"
 
-# The coordinator on the first host (over ssh, like the workers), a short run.
+# --- 3: a host cut off the network while the job trains ---------------------------------------------
+# h2's veth is taken down at the bridge (the cable pulled at the switch: no FIN, no RST, nothing) halfway
+# through the job (metrics.jsonl has the line of step 300 of 600). The coordinator must declare each of
+# h2's workers dead within 5 s (ZMTP heartbeats, --heartbeat-timeout 2, then a probe), redo the step with
+# h1's workers and finish with the model of `syncbn train` (the options of 1, so the same reference). The
+# link stays down until the coordinator has finished, then comes back so that the launcher can stop h2's
+# workers (trying to rejoin) over their ssh sessions, after --grace 1. syncbn-hosts exits with the
+# coordinator's status (0) only if training ends before its ssh sessions to h2 time out (ServerAliveInterval
+# 5 x ServerAliveCountMax 3: about 15-18 s after the cut): an ssh client's exit 255 while the coordinator
+# runs counts as a failed worker, and syncbn-hosts then stops the whole job. Hence the cut halfway.
+h2_syncbn() { local p; for p in $(ip netns pids "${ns[2]}" 2>/dev/null); do [[ $(cat "/proc/$p/comm" 2>/dev/null) == syncbn ]] && echo "$p"; done; return 0; }
+tod() { date +%H:%M:%S.%N | awk -F: '{ printf "%.3f", $1 * 3600 + $2 * 60 + $3 }'; }   # the logs' clock
+t0=$(now)
+ip netns exec "${ns[0]}" timeout -k 5 240 "$launcher" -H h1:2,h2:2 "${hosts_opts[@]}" --keys "$work/keys" --port 5560 \
+    --grace 1 -- "${train_opts[@]}" --heartbeat-timeout 2 --out "$work/cutoff" >"$work/cutoff.log" 2>&1 &
+cut_pid=$!
+bg_pids+=("$cut_pid")
+# Halfway (with --steps N: about N/2); training cannot end before h2's workers are declared dead anyway.
+cut_step=$(( steps / 2 - steps / 2 % 100 )); (( cut_step >= 100 )) || cut_step=100   # (--log-every 100)
+wait_for_line "$work/cutoff/metrics.jsonl" 120 "\"step\":${cut_step}[,}]" "$cut_pid" ||
+    { show_log "$work/cutoff.log"; fail "cut off: training across the hosts did not reach step $cut_step (metrics.jsonl)"; }
+read -r -a h2_pids <<<"$(h2_syncbn | tr '\n' ' ')"
+(( ${#h2_pids[@]} == 2 )) || { show_syncbn; fail "cut off: expected 2 syncbn workers in ${ns[2]}, found ${#h2_pids[@]}"; }
+cut_tod=$(tod)
+cut_at=$(now)
+ip -n "$BRIDGE_NS" link set p2 down || fail "cut off: cannot take p2 down in $BRIDGE_NS"
+link_down=1
+restore_link() { (( link_down )) && ip -n "$BRIDGE_NS" link set p2 up && link_down=0; }
+# The coordinator's "declared dead" line for each of h2's workers (named by pid in the worker's description).
+declare -a dead_in=()
+for p in "${h2_pids[@]}"; do
+    wait_for_line "$work/cutoff.log" 10 "^\[coordinator\] .*\(.* pid $p [^)]*\) declared dead" "$cut_pid"
+    case $? in
+        1) restore_link; show_log "$work/cutoff.log"; fail "cut off: worker pid $p on h2 was not declared dead within 10 s" ;;
+        2) restore_link; show_log "$work/cutoff.log"; fail "cut off: syncbn-hosts ended before worker pid $p on h2 was declared dead (more --steps?)" ;;
+    esac
+    stamp=$(grep -m 1 -E "^\[coordinator\] .*\(.* pid $p [^)]*\) declared dead" "$work/cutoff.log" | awk '{ print $2 }')
+    dead_in+=("$(awk -v s="$stamp" -v c="$cut_tod" 'BEGIN { split(s, a, ":"); d = a[1] * 3600 + a[2] * 60 + a[3] - c
+        if (d < -43200) d += 86400; printf "%.2f", d }')")
+done
+# Keep h2 cut off until the coordinator has finished (or the launcher ends), then reconnect it.
+wait_for_line "$work/cutoff.log" 120 '^\[coordinator\] .*finished ' "$cut_pid"
+restore_link || fail "cut off: cannot bring p2 back up in $BRIDGE_NS"
+down_secs=$(elapsed "$cut_at" "$(now)")
+wait_exit "$cut_pid" 60 || fail "cut off: syncbn-hosts did not finish in time"
+cut_status=$status
+cut_secs=$(elapsed "$t0" "$(now)")
+t1=$(now)
+wait_no_syncbn 20 || { show_syncbn; fail "cut off: syncbn processes left 20 s after syncbn-hosts ended"; }
+# Nothing of the job on any host: the only processes left in the namespaces are the listening sshds
+# (a remote wrapper may take a moment to notice that its syncbn is gone: wait up to 10 s for that).
+non_sshd() {
+    local n p
+    for n in "${ns[@]}"; do
+        for p in $(ip netns pids "$n" 2>/dev/null); do
+            [[ " $SSHD_PIDS " == *" $p "* ]] || printf '    | %s: %s %s\n' "$n" "$p" "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
+        done
+    done
+}
+deadline=$(( SECONDS + 10 ))
+left=$(non_sshd)
+while [[ -n $left ]] && (( SECONDS < deadline )); do
+    sleep 0.05
+    left=$(non_sshd)
+done
+[[ -z $left ]] || { printf '%s\n' "$left"; problem "cut off: processes other than the sshds left in the namespaces"; }
+cleared_in=$(elapsed "$t1" "$(now)")
+ip netns exec "${ns[0]}" timeout 10 ssh -F "$cluster/ssh_config" h2 true </dev/null ||
+    fail "cut off: h2 is not reachable over ssh again after its link came back"
+dead_lines=$(grep -c '^\[coordinator\] .* declared dead' "$work/cutoff.log")
+if (( cut_status != 0 )); then
+    show_log "$work/cutoff.log" 40
+    hint=""
+    grep -q '^syncbn-hosts: \[h2 [23]\] exited with status 255; stopping every process' "$work/cutoff.log" &&
+        hint=": its ssh session to h2 timed out (ServerAliveInterval 5 x ServerAliveCountMax 3) before training ended, and syncbn-hosts stops the job when a worker fails"
+    problem "cut off: syncbn-hosts exited with status $cut_status (link down for $down_secs s)$hint"
+elif ! grep -q '^\[coordinator\] .*finished ' "$work/cutoff.log"; then
+    show_log "$work/cutoff.log"; problem "cut off: no 'finished' line from the coordinator"
+elif ! cmp -s "$work/reference/model.safetensors" "$work/cutoff/model.safetensors"; then
+    problem "cut off: the model differs from syncbn train's ($(cmp "$work/reference/model.safetensors" "$work/cutoff/model.safetensors" 2>&1))"
+elif (( dead_lines != 2 )); then
+    show_log "$work/cutoff.log" 40; problem "cut off: the coordinator declared $dead_lines workers dead, not 2 (h2's)"
+elif ! grep -q '^\[coordinator\] .*step [0-9]* redone by 2 worker' "$work/cutoff.log"; then
+    show_log "$work/cutoff.log" 40; problem "cut off: no 'step ... redone by 2 worker(s)' line from the coordinator"
+elif ! awk -v a="${dead_in[0]}" -v b="${dead_in[1]}" 'BEGIN { exit !(a >= 0 && b >= 0 && a < 5 && b < 5) }'; then
+    grep '^\[coordinator\] .* declared dead' "$work/cutoff.log" | sed 's/^/    | /'
+    problem "cut off: h2's workers were declared dead ${dead_in[0]} s and ${dead_in[1]} s after the cut, not within 5 s"
+else
+    for label in '\[h1 0\]' '\[h1 1\]'; do
+        grep -q "^$label .*training finished" "$work/cutoff.log" || problem "cut off: no line from $label saying training finished"
+    done
+    say "cut off h2: its 2 workers declared dead in ${dead_in[0]} s and ${dead_in[1]} s; model identical" \
+        "(syncbn-hosts exit 0 in $cut_secs s, link down $down_secs s, no process left $cleared_in s later)"
+fi
+
+# --- 4: the coordinator on the first host (over ssh, like the workers), a short run -----------------
 short_opts=(--steps 60 --no-shuffle)
 timeout -k 5 120 "$syncbn" train "${short_opts[@]}" --out "$work/reference-short" >"$work/reference-short.log" 2>&1 ||
     { show_log "$work/reference-short.log"; fail "syncbn train (short) failed"; }
@@ -219,7 +317,7 @@ else
     say "coordinator on the first host (h1, over ssh) with 3 workers: model identical ($(elapsed "$t0" "$(now)") s)"
 fi
 
-# --- 4: one-line errors --------------------------------------------------------------------------------
+# --- 5: one-line errors --------------------------------------------------------------------------------
 # An address of the test subnet that no namespace holds.
 in_h0 timeout -k 5 60 "$launcher" -H "h1:1,$SUBNET.200:1" "${hosts_opts[@]}" --check-timeout 2 --keys "$work/keys" \
     -- "${train_opts[@]}" --out "$work/x" >"$work/unreachable.log" 2>&1
@@ -251,12 +349,12 @@ say "errors: $(grep -h '^syncbn-hosts: cannot reach' "$work/unreachable.log" | h
     "$(grep -h '^syncbn-hosts: h2:' "$work/nobinary.log" | head -n 1 | cut -c15-) |" \
     "$(grep -h 'cannot bind' "$work/portinuse.log" | head -n 1 | sed 's/^.*ERROR [^:]*: //')"
 
-# --- 5: stopping --------------------------------------------------------------------------------------
+# --- 6: stopping --------------------------------------------------------------------------------------
 # A long job (no time to finish), started with job control so that it has a process group of its own
 # that does not ignore SIGINT, as from a terminal.
-long_job() { # PORT LOG
+long_job() { # PORT LOG [LAUNCHER OPTION...]
     set -m
-    ip netns exec "${ns[0]}" "$launcher" -H h1:2,h2:2 "${hosts_opts[@]}" --keys "$work/keys" --port "$1" \
+    ip netns exec "${ns[0]}" "$launcher" -H h1:2,h2:2 "${hosts_opts[@]}" "${@:3}" --keys "$work/keys" --port "$1" \
         -- --steps 1000000 --no-shuffle --log-every 100000 --out "$work/long" >"$2" 2>&1 &
     job=$!
     set +m
@@ -268,8 +366,8 @@ long_job() { # PORT LOG
     n=$(syncbn_pids | wc -l)
     (( n == 5 )) || { show_syncbn; fail "expected 5 syncbn processes in the namespaces, found $n"; }
 }
-# A worker fails: syncbn-hosts stops everything and exits non-zero.
-long_job 5557 "$work/workerfails.log"
+# A worker fails, with --on-worker-failure stop: syncbn-hosts stops everything and exits non-zero.
+long_job 5557 "$work/workerfails.log" --on-worker-failure stop
 victim=$(for p in $(ip netns pids "${ns[2]}"); do [[ $(cat "/proc/$p/comm" 2>/dev/null) == syncbn ]] && echo "$p"; done | head -n 1)
 [[ -n $victim ]] || fail "no worker process found in ${ns[2]}"
 t0=$(now)
