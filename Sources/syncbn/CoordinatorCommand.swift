@@ -43,10 +43,9 @@ struct CoordinatorCommand: ParsableCommand {
         let logger = makeLogger("syncbn.coordinator")
         BLAS.useSingleThread()
         let interrupted = InterruptFlag()
-        let signals = handleSignals { signal in
+        handleSignals { signal in
             if interrupted.set() { logger.warning("signal \(signal): stopping; the step under way is saved to be redone on --resume") }
         }
-        defer { signals.forEach { $0.cancel() } }
         do {
             try reportingErrors(logger) {
                 try train(logger: logger, interrupted: interrupted)
@@ -115,13 +114,3 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
     }
 }
 
-/// Calls `handler` (on a background queue) for SIGINT and SIGTERM instead of dying at once.
-func handleSignals(_ handler: @escaping @Sendable (Int32) -> Void) -> [DispatchSourceSignal] {
-    [SIGINT, SIGTERM].map { number in
-        signal(number, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler { handler(number) }
-        source.resume()
-        return source
-    }
-}

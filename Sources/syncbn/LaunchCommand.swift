@@ -34,14 +34,13 @@ struct LaunchCommand: ParsableCommand {
         // Ctrl-C or SIGTERM: mark the run interrupted (so that the workers' deaths that follow are not
         // reported as failures), stop every child by its id, then exit 130.
         let interrupted = InterruptFlag()
-        let signals = handleSignals { _ in
+        handleSignals { _ in
             guard interrupted.set() else { return }
             logger.warning("interrupted: stopping the workers")
             children.signalAll(SIGTERM)
             children.stopAll(graceSeconds: 2)
             Foundation.exit(130)
         }
-        defer { signals.forEach { $0.cancel() } }
 
         do {
             try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, logger: logger,

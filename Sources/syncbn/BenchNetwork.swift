@@ -1,0 +1,232 @@
+import CSystemShims
+import Foundation
+import SyncBNCluster
+import SyncBNCore
+import ZeroMQ
+
+/// The ZeroMQ halves of `syncbn bench`: the child helpers (echo, stream sender, all-reduce worker) and the
+/// parent's measurements against them. The parent is always the ROUTER, the children DEALERs.
+enum BenchNetwork {
+    static let timeoutMilliseconds = 30_000
+
+    // MARK: Children
+
+    /// Runs one helper role in a child process. Dies with its parent; gives up after 30 s without news.
+    static func runHelper(role: String, connect endpoint: String, size: Int, rank: Int, width: Int, element: String) throws {
+        _ = syncbn_exit_with_parent(SIGKILL)
+        let context = try Context()
+        let dealer = try Socket(context, .dealer)
+        defer { dealer.close() }
+        try dealer.setHighWaterMarks(send: 0, receive: 0)
+        try dealer.setReceiveTimeout(milliseconds: Int32(timeoutMilliseconds))
+        try dealer.connect(endpoint)
+        switch role {
+        case "echo":
+            // Bounce every message back until told to stop (an empty message) or the parent goes quiet.
+            try dealer.send([0])
+            while let frames = try dealer.receiveFrames() {
+                if frames.count == 1 && frames[0].isEmpty { return }
+                try dealer.send(frames: frames)
+            }
+            throw BenchError("echo helper: the parent went quiet")
+        case "stream":
+            // On [1, count (u32 LE)]: send `count` messages of `size` bytes. On an empty message: exit.
+            try dealer.setHighWaterMarks(send: 4, receive: 0)  // keeps the queue (and memory) small; the pipe stays full
+            try dealer.send([0])
+            let payload = [UInt8](repeating: 0x5a, count: size)
+            while let frames = try dealer.receiveFrames() {
+                guard let command = frames.first, command.count == 5, command[0] == 1 else { return }
+                let count = Int(command[1]) | Int(command[2]) << 8 | Int(command[3]) << 16 | Int(command[4]) << 24
+                for _ in 0..<count { try dealer.send(payload) }
+            }
+            throw BenchError("stream helper: the parent went quiet")
+        case "allreduce":
+            // Loop { send partials of `width` values as chunk `rank`; wait for the reduced result } until stop.
+            let kind: WireProtocol.Element = element == "f64" ? .float64 : .float32
+            let round: Round = kind == .float64 ? .moments(layer: 0) : .gradients
+            var frame = Message.partialsHeader(step: 0, round: round, firstChunk: UInt32(rank), chunkCount: 1, width: UInt32(width), element: kind)
+            if kind == .float64 {
+                [Double](repeating: Double(rank + 1), count: width).withUnsafeBytes { frame += $0 }
+            } else {
+                [Float](repeating: Float(rank + 1), count: width).withUnsafeBytes { frame += $0 }
+            }
+            var buffers: [[UInt8]] = [[]]
+            while true {
+                try dealer.send(frame)
+                guard let count = try dealer.receive(into: &buffers) else { throw BenchError("all-reduce helper \(rank): the parent went quiet") }
+                guard count == 1 else { throw BenchError("all-reduce helper \(rank): a message of \(count) frames") }
+                switch try Message.decode(buffers[0]) {
+                case .reduced(_, _, let w, let e, _) where w == UInt32(width) && e == kind: continue
+                case .stop: return
+                case let other: throw BenchError("all-reduce helper \(rank): unexpected \(other.kind)")
+                }
+            }
+        default:
+            throw BenchError("unknown helper role \(role)")
+        }
+    }
+
+    private static func spawnHelper(_ arguments: [String]) throws -> BenchChild {
+        try BenchChild(arguments: ["bench"] + arguments)
+    }
+
+    /// A ROUTER bound on `transport` (tcp loopback or ipc), router-mandatory, without high-water marks.
+    /// The caller closes it with `close(_:)`, which also removes an ipc socket file.
+    private static func makeRouter(_ context: Context, transport: String) throws -> (Socket, String) {
+        let router = try Socket(context, .router)
+        try router.setRouterMandatory(true)
+        try router.setHighWaterMarks(send: 0, receive: 0)
+        if transport == "ipc" { unlink(ipcPath) }
+        try router.bind(transport == "ipc" ? "ipc://" + ipcPath : "tcp://127.0.0.1:*")
+        return (router, try router.lastEndpoint)
+    }
+
+    private static var ipcPath: String { "/tmp/syncbn-bench-\(getpid()).sock" }
+
+    private static func close(_ router: Socket) {
+        router.close()
+        unlink(ipcPath)
+    }
+
+    private static func receive(_ router: Socket, into buffers: inout [[UInt8]], what: String) throws -> Int {
+        while true {
+            guard try router.waitReadable(timeoutMilliseconds: timeoutMilliseconds) else { throw BenchError("\(what): no message for \(timeoutMilliseconds / 1000) s") }
+            if let count = try router.receive(into: &buffers, dontWait: true) { return count }
+        }
+    }
+
+    // MARK: Raw baselines
+
+    /// Median round trip (µs) of `size`-byte messages, one value per repeat (each the median of `count` trips).
+    static func roundTrip(transport: String, size: Int = 64, count: Int, warmup: Int = 200, repeats: Int) throws -> [Double] {
+        let context = try Context()
+        let (router, endpoint) = try makeRouter(context, transport: transport)
+        defer { close(router) }
+        let child = try spawnHelper(["--helper", "echo", "--connect", endpoint])
+        defer { child.stop(graceSeconds: 2) }
+        var buffers: [[UInt8]] = [[], []]
+        _ = try receive(router, into: &buffers, what: "echo helper hello")
+        let identity = buffers[0]
+        let payload = [UInt8](repeating: 7, count: size)
+        var medians: [Double] = []
+        for _ in 0..<repeats {
+            var times: [Double] = []
+            for i in 0..<(warmup + count) {
+                let t0 = benchNow()
+                try router.send(frames: [identity, payload])
+                let frames = try receive(router, into: &buffers, what: "echo helper")
+                guard frames == 2, buffers[1].count == size else { throw BenchError("echo helper: wrong reply") }
+                if i >= warmup { times.append(Double(benchNow() - t0) / 1e3) }
+            }
+            medians.append(benchMedian(times)!)
+        }
+        try router.send(frames: [identity, []])
+        child.wait(timeoutSeconds: 5)
+        return medians
+    }
+
+    /// One-way throughput (GB/s, 1e9 bytes) of `messages` messages of `size` bytes, DEALER → ROUTER, one value per
+    /// repeat. Timed at the receiver, from asking for the stream to receiving its last message.
+    static func throughput(transport: String, size: Int, messages: Int, repeats: Int) throws -> [Double] {
+        let context = try Context()
+        let (router, endpoint) = try makeRouter(context, transport: transport)
+        defer { close(router) }
+        let child = try spawnHelper(["--helper", "stream", "--connect", endpoint, "--size", "\(size)"])
+        defer { child.stop(graceSeconds: 2) }
+        var buffers: [[UInt8]] = [[], []]
+        _ = try receive(router, into: &buffers, what: "stream helper hello")
+        let identity = buffers[0]
+        func stream(_ count: Int) throws -> Double {
+            let command: [UInt8] = [1, UInt8(count & 0xff), UInt8(count >> 8 & 0xff), UInt8(count >> 16 & 0xff), UInt8(count >> 24 & 0xff)]
+            let t0 = benchNow()
+            try router.send(frames: [identity, command])
+            for _ in 0..<count {
+                let frames = try receive(router, into: &buffers, what: "stream helper")
+                guard frames == 2, buffers[1].count == size else { throw BenchError("stream helper: wrong message") }
+            }
+            return Double(benchNow() - t0) / 1e9
+        }
+        _ = try stream(max(4, messages / 10))  // warm up
+        var rates: [Double] = []
+        for _ in 0..<repeats {
+            let seconds = try stream(messages)
+            rates.append(Double(messages * size) / seconds / 1e9)
+        }
+        try router.send(frames: [identity, []])
+        child.wait(timeoutSeconds: 5)
+        return rates
+    }
+
+    // MARK: All-reduce star
+
+    /// Round times (seconds) of an all-reduce through a coordinator-like star over tcp loopback: `workers` child
+    /// processes each send partials of `width` values; the parent sums them in worker order with OrderedReduction
+    /// and sends the reduced result back to each. One median per repeat of `rounds` rounds, after `warmup` rounds.
+    /// A round is timed from the end of the previous one (the last reduced sent) to the end of this one.
+    static func allReduce(workers: Int, width: Int, element: WireProtocol.Element, rounds: Int, warmup: Int, repeats: Int) throws -> [Double] {
+        let context = try Context()
+        let (router, endpoint) = try makeRouter(context, transport: "tcp")
+        defer { close(router) }
+        var children: [BenchChild] = []
+        defer { for child in children { child.stop(graceSeconds: 2) } }
+        for rank in 0..<workers {
+            children.append(try spawnHelper(["--helper", "allreduce", "--connect", endpoint, "--rank", "\(rank)",
+                                             "--width", "\(width)", "--element", element == .float64 ? "f64" : "f32"]))
+        }
+        let valueSize = element == .float64 ? 8 : 4
+        let rowBytes = width * valueSize
+        var chunks = [UInt8](repeating: 0, count: workers * rowBytes)
+        var result = [UInt8](repeating: 0, count: rowBytes)
+        var buffers: [[UInt8]] = [[], []]
+        var identities = [[UInt8]](repeating: [], count: workers)
+        var times: [Double] = []
+        var previousEnd = benchNow()
+        let round: Round = element == .float64 ? .moments(layer: 0) : .gradients
+        var received = [Bool](repeating: false, count: workers)
+        for index in 0..<(warmup + rounds * repeats) {
+            for i in received.indices { received[i] = false }
+            var gathered = 0
+            while gathered < workers {
+                let frames = try receive(router, into: &buffers, what: "all-reduce (\(gathered) of \(workers) partials)")
+                guard frames == 2 else { throw BenchError("all-reduce: a message of \(frames) frames") }
+                guard case .partials(_, _, let first, let count, let w, let e, let payload) = try Message.decode(buffers[1]),
+                      count == 1, w == UInt32(width), e == element, Int(first) < workers, !received[Int(first)] else {
+                    throw BenchError("all-reduce: unexpected message")
+                }
+                let rank = Int(first)
+                received[rank] = true
+                if identities[rank] != buffers[0] { identities[rank] = buffers[0] }
+                chunks.withUnsafeMutableBytes { destination in
+                    payload.withUnsafeBytes { source in
+                        (destination.baseAddress! + rank * rowBytes).copyMemory(from: source.baseAddress!, byteCount: rowBytes)
+                    }
+                }
+                gathered += 1
+            }
+            chunks.withUnsafeBytes { source in
+                result.withUnsafeMutableBytes { destination in
+                    if element == .float64 {
+                        OrderedReduction.sum(source.bindMemory(to: Double.self), width: width, into: destination.bindMemory(to: Double.self))
+                    } else {
+                        OrderedReduction.sum(source.bindMemory(to: Float.self), width: width, into: destination.bindMemory(to: Float.self))
+                    }
+                }
+            }
+            // Worker r sends r + 1 everywhere: the sum is n(n + 1)/2, exactly, in either precision.
+            let first = result.withUnsafeBytes { element == .float64 ? $0.load(as: Double.self) : Double($0.load(as: Float.self)) }
+            guard first == Double(workers * (workers + 1) / 2) else { throw BenchError("all-reduce: wrong sum \(first)") }
+            let reply = Message.reducedHeader(step: UInt64(index), round: round, width: UInt32(width), element: element) + result
+            for identity in identities { try router.send(frames: [identity, reply]) }
+            let end = benchNow()
+            if index >= warmup { times.append(Double(end - previousEnd) / 1e9) }
+            previousEnd = end
+        }
+        let stop = Message.stop.encoded()
+        for identity in identities { try router.send(frames: [identity, stop]) }
+        for child in children {
+            let exit = child.wait(timeoutSeconds: 10)
+            guard exit.succeeded else { throw BenchError("an all-reduce helper \(exit.description)") }
+        }
+        return (0..<repeats).map { benchMedian(Array(times[($0 * rounds)..<(($0 + 1) * rounds)]))! }
+    }
+}
