@@ -204,8 +204,11 @@ public final class Coordinator: StepRunner {
                 return metrics
             } catch let lost as WorkerLost {
                 let peer = members.remove(at: lost.rank)
-                // If it is still connected (stuck rather than dead), tell it it is out.
-                try? send(.reject(reason: "declared dead at step \(step + 1): \(lost.reason)"), to: peer)
+                // If it is still connected (stuck rather than dead), tell it it is out — unless it is
+                // rejoining, in which case it is welcomed again with the next try.
+                if !joining.contains(where: { $0.identity == peer.identity }) {
+                    try? send(.reject(reason: "declared dead at step \(step + 1): \(lost.reason)"), to: peer)
+                }
                 lostAt = lostAt ?? Date()
                 logger.warning("worker \(lost.rank) (\(peer.description)) declared dead at step \(step + 1): \(lost.reason); last heard \(milliseconds(since: peer.lastHeard)) ms ago; redoing the step with \(members.count) worker(s)")
             } catch let bad as NonFinitePartials {
