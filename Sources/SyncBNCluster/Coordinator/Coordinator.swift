@@ -28,8 +28,6 @@ public final class Coordinator: StepRunner {
     public var abortReason: () -> String? = { nil }
     /// The step being run, or the next one between steps: what a checkpoint taken now continues from.
     public private(set) var nextStep = 0
-    /// Live workers, in the order they joined; ranks are positions in this list.
-    public var liveWorkers: [String] { members.map(\.description) }
 
     private let data: LabeledImages
     private let timeouts: ClusterTimeouts

@@ -2,19 +2,15 @@ import Foundation
 import Logging
 
 /// Worker processes started on this machine by `syncbn launch`: their output is relayed line by line with
-/// a `[worker i]` prefix, a failure of any of them is reported through `failure`, and every one of them is
-/// stopped by process id when the launch ends.
+/// a `[worker i]` prefix, an unexpected exit of any of them is reported to its `onFailure`, and every one of
+/// them is stopped by process id when the launch ends.
 public final class ChildProcesses: @unchecked Sendable {
     private let lock = NSLock()
     private var processes: [Process] = []
-    private var failureReason: String?
     private var stopping = false
     private var relays: [Thread] = []
 
     public init() {}
-
-    /// The first unexpected exit of a child, if any.
-    public var failure: String? { lock.withLock { failureReason } }
 
     public var processIdentifiers: [Int32] { lock.withLock { processes.map(\.processIdentifier) } }
 
@@ -31,9 +27,7 @@ public final class ChildProcesses: @unchecked Sendable {
             let reason: String? = self.lock.withLock {
                 guard !self.stopping, finished.terminationStatus != 0 else { return nil }
                 let how = finished.terminationReason == .uncaughtSignal ? "was killed by signal" : "exited with status"
-                let reason = "worker process \(index) (pid \(finished.processIdentifier)) \(how) \(finished.terminationStatus)"
-                if self.failureReason == nil { self.failureReason = reason }
-                return reason
+                return "worker process \(index) (pid \(finished.processIdentifier)) \(how) \(finished.terminationStatus)"
             }
             if let reason { onFailure(reason) }
         }
