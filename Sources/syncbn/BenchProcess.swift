@@ -168,7 +168,7 @@ func installBenchSignalHandlers() {
         FileHandle.standardError.write(Data("bench: interrupted, stopping the child processes\n".utf8))
         BenchChildRegistry.shared.stopAll()
         if let scratch = BenchChildRegistry.shared.scratchDirectory { try? FileManager.default.removeItem(atPath: scratch) }
-        exit(130)
+        _exit(130)  // not exit(): no atexit handlers or destructors racing the other threads
     }
 }
 

@@ -39,7 +39,7 @@ struct LaunchCommand: ParsableCommand {
             logger.warning("interrupted: stopping the workers")
             children.signalAll(SIGTERM)
             children.stopAll(graceSeconds: 2)
-            Foundation.exit(130)
+            _exit(130)  // not exit(): no atexit handlers or destructors racing the other threads
         }
 
         do {
