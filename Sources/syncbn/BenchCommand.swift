@@ -117,6 +117,8 @@ struct BenchReport: Codable {
         var medianStepMs: Double
         var medianComputeMs: Double?
         var medianWaitingMs: Double?
+        /// CPU time a worker's thread burnt per step while waiting (should be ~0: waits block).
+        var medianWaitingCPUMicroseconds: Double?
         var rounds: Int?
         /// compute + 1.2 × rounds × raw tcp round trip.
         var targetMs: Double?
@@ -197,11 +199,13 @@ struct BenchRun {
                     }
                     let compute = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerComputeMs) })
                     let waiting = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerWaitingMs) })
+                    let waitingCPU = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerWaitingCPUMicroseconds) })
                     let step = benchMedian(runs.map(\.medianStepMs))!
                     var row = BenchReport.Training(
                         model: model.name, batchSize: model.batch, steps: model.steps, command: command, workers: workers,
                         medianStepMs: step, medianComputeMs: compute, medianWaitingMs: waiting,
                         peakRSSMiB: Double(runs.map(\.maxRSSKiB).max() ?? 0) / 1024)
+                    row.medianWaitingCPUMicroseconds = waitingCPU
                     if workers != nil { row.rounds = Self.roundsPerStep }
                     report.training.append(row)
                 }
@@ -338,17 +342,19 @@ extension BenchReport {
         lines.append("")
         lines.append("3. Training step times (--no-shuffle; target = compute + 1.2 × \(BenchRun.roundsPerStep) rounds × raw tcp RTT)")
         lines.append("   " + pad("model, batch, steps", 26) + pad("command", 18) + lpad("step", 11) + lpad("compute", 11)
-                     + lpad("waiting", 11) + lpad("target", 11) + lpad("ratio", 8) + lpad("peak RSS", 11))
+                     + lpad("waiting", 11) + lpad("wait CPU", 10) + lpad("target", 11) + lpad("ratio", 8) + lpad("peak RSS", 11))
         for row in training {
             lines.append("   " + pad("\(row.model), \(row.batchSize), \(row.steps)", 26) + pad(row.command, 18)
                          + lpad(String(format: "%.3f ms", row.medianStepMs), 11)
                          + lpad(row.medianComputeMs.map { String(format: "%.3f ms", $0) } ?? "", 11)
                          + lpad(row.medianWaitingMs.map { String(format: "%.3f ms", $0) } ?? "", 11)
+                         + lpad(row.medianWaitingCPUMicroseconds.map { String(format: "%.1f us", $0) } ?? "", 10)
                          + lpad(row.targetMs.map { String(format: "%.3f ms", $0) } ?? "", 11)
                          + lpad(row.ratioToTarget.map { String(format: "%.2fx", $0) } ?? "", 8)
                          + lpad(String(format: "%.1f MiB", row.peakRSSMiB), 11))
         }
-        lines.append("   (compute, waiting: median over workers of each worker's median; peak RSS: wait4 ru_maxrss, max over repeats;")
+        lines.append("   (compute, waiting, wait CPU (CPU time burnt per step while waiting): median over workers of each worker's median;")
+        lines.append("    peak RSS: wait4 ru_maxrss, max over repeats;")
         lines.append("    for launch, the largest of coordinator and workers; no reading can be below this process's own peak at spawn, \(String(format: "%.1f", spawnFloorMiB)) MiB)")
 
         lines.append("")

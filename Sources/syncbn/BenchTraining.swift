@@ -7,6 +7,7 @@ enum BenchTraining {
         /// Per worker (launch only), from each worker's closing line.
         var workerComputeMs: [Double]
         var workerWaitingMs: [Double]
+        var workerWaitingCPUMicroseconds: [Double]
         var maxRSSKiB: Int
         var wallSeconds: Double
     }
@@ -38,17 +39,19 @@ enum BenchTraining {
               let step = number(after: "median step ", in: finished) else {
             throw BenchError("\(command): no \"finished … median step X ms\" line in its log")
         }
-        var compute: [Double] = [], waiting: [Double] = []
+        var compute: [Double] = [], waiting: [Double] = [], waitingCPU: [Double] = []
         for line in lines where line.contains("median compute ") {
             if let c = number(after: "median compute ", in: line), let w = number(after: "median waiting ", in: line) {
                 compute.append(c)
                 waiting.append(w)
+                if let cpu = number(after: "CPU while waiting ", in: line) { waitingCPU.append(cpu) }
             }
         }
         if let workers, compute.count != workers {
             throw BenchError("\(command): \(compute.count) of \(workers) workers reported their compute and waiting times")
         }
-        return Run(medianStepMs: step, workerComputeMs: compute, workerWaitingMs: waiting, maxRSSKiB: exit.maxRSSKiB, wallSeconds: wall)
+        return Run(medianStepMs: step, workerComputeMs: compute, workerWaitingMs: waiting, workerWaitingCPUMicroseconds: waitingCPU,
+                   maxRSSKiB: exit.maxRSSKiB, wallSeconds: wall)
     }
 
     /// The decimal number right after `prefix` in `line`.

@@ -55,7 +55,7 @@ struct WorkerCommand: ParsableCommand {
         try reportingErrors(logger) {
             let security = try secretKey.map { try WorkerSecurity(secretKeyFile: $0, serverKeyFile: serverKey!) }
             let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, logger: logger).run()
-            logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step")
+            logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step, CPU while waiting \(String(format: "%.1f", summary.medianWaitingCPUSeconds * 1e6)) us")
         }
     }
 }

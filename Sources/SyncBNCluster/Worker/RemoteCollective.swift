@@ -19,6 +19,8 @@ final class RemoteCollective: Collective {
     var slice: BatchSlice
     /// Time spent between sending partials and receiving the result, for the step being run.
     private(set) var waitingNanoseconds: UInt64 = 0
+    /// CPU time this thread burnt while waiting for results (blocking waits spend ~none), for the step.
+    private(set) var waitingCPUNanoseconds: UInt64 = 0
     /// Reused message buffer, so that rounds allocate no large arrays.
     private var outbox: [UInt8] = []
 
@@ -32,6 +34,7 @@ final class RemoteCollective: Collective {
         self.step = step
         self.slice = slice
         waitingNanoseconds = 0
+        waitingCPUNanoseconds = 0
     }
 
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
@@ -54,6 +57,8 @@ final class RemoteCollective: Collective {
                                          chunkCount: UInt32(slice.chunks.count), width: UInt32(width), element: element)
         outbox += partials
         try connection.socket.send(outbox)
+        let cpu0 = threadCPUNanoseconds()
+        defer { waitingCPUNanoseconds += threadCPUNanoseconds() - cpu0 }
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         while true {
             guard let message = try connection.next(until: deadline) else {
@@ -81,6 +86,13 @@ final class RemoteCollective: Collective {
             }
         }
     }
+}
+
+/// CPU time consumed by the calling thread.
+func threadCPUNanoseconds() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
 }
 
 /// A worker's DEALER socket to the coordinator, with ZMTP heartbeats and a monitor that reports when the

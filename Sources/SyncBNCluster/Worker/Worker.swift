@@ -17,6 +17,8 @@ public final class Worker {
         /// Medians per step: time computing, and time waiting for the coordinator's results.
         public var medianComputeSeconds: Double
         public var medianWaitingSeconds: Double
+        /// Median CPU time burnt per step while waiting (blocking waits: about none).
+        public var medianWaitingCPUSeconds: Double
     }
 
     private let endpoint: String
@@ -37,7 +39,7 @@ public final class Worker {
     ///   cannot be understood.
     public func run() throws -> Summary {
         let context = try Context()
-        var compute: [Double] = [], waiting: [Double] = []
+        var compute: [Double] = [], waiting: [Double] = [], waitingCPU: [Double] = []
         var rank = 0
         var joinDeadline = Date().addingTimeInterval(timeouts.connectSeconds)
         var rejoining = false
@@ -75,11 +77,13 @@ public final class Worker {
                         let waited = Double(collective.waitingNanoseconds) / 1e9
                         compute.append(total - waited)
                         waiting.append(waited)
+                        waitingCPU.append(Double(collective.waitingCPUNanoseconds) / 1e9)
                     case .ping, .reduced:
                         break  // a probe, or a result of a step abandoned meanwhile
                     case .stop:
                         logger.info("training finished; worker \(rank) exits")
-                        return Summary(rank: rank, steps: compute.count, medianComputeSeconds: median(compute), medianWaitingSeconds: median(waiting))
+                        return Summary(rank: rank, steps: compute.count, medianComputeSeconds: median(compute),
+                                       medianWaitingSeconds: median(waiting), medianWaitingCPUSeconds: median(waitingCPU))
                     case .failure(let reason):
                         throw ClusterError("the coordinator stopped the job: \(reason)")
                     case .reject(let reason):
