@@ -36,6 +36,8 @@ public final class Socket {
 
     deinit { close() }
 
+    public var isClosed: Bool { closed }
+
     /// Closes the socket, dropping unsent messages (linger is 0).
     public func close() {
         guard !closed else { return }

@@ -22,6 +22,10 @@ public final class SocketMonitor {
 
     private static var counter = 0
     public let socket: Socket
+    /// The monitored socket: monitoring must be stopped on it before the PAIR closes, or libzmq's I/O thread
+    /// blocks forever sending the next event to a PAIR that is gone.
+    private let target: Socket
+    private var stopped = false
 
     /// Starts monitoring `target` for `events` (a mask of `ZMQ_EVENT_*`, all by default).
     public init(_ target: Socket, events: Int32 = ZMQ_EVENT_ALL) throws {
@@ -30,6 +34,7 @@ public final class SocketMonitor {
         guard zmq_socket_monitor(target.handle, endpoint, events) == 0 else { throw ZMQError.last("zmq_socket_monitor") }
         socket = try Socket(target.context, .pair)
         try socket.connect(endpoint)
+        self.target = target
     }
 
     /// The next event if one is waiting (call after `socket.waitReadable`), else nil.
@@ -41,7 +46,15 @@ public final class SocketMonitor {
         return Event(kind: kind, value: value, endpoint: String(decoding: frames[1], as: UTF8.self))
     }
 
-    public func close() { socket.close() }
+    /// Stops monitoring the target, then closes the event PAIR. Call before closing the target.
+    public func close() {
+        guard !stopped else { return }
+        stopped = true
+        if !target.isClosed { zmq_socket_monitor(target.handle, nil, 0) }
+        socket.close()
+    }
+
+    deinit { close() }
 }
 
 /// Waits for the first of several sockets to become readable; returns the index, or nil at the timeout.

@@ -107,9 +107,9 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
         let first = try finish(coordinator, seconds: 30)
         XCTAssertFalse(first.succeeded, first.transcript)
         if signal == SIGTERM { XCTAssertTrue(first.stderr.contains("saved to"), first.transcript) }
-        let resumed = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--resume", out.path])
+        let resumed = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--join-timeout", "60", "--resume", out.path])
         let run = try finish(resumed, seconds: 120)
-        XCTAssertTrue(run.succeeded, run.transcript)
+        XCTAssertTrue(run.succeeded, "\(run.transcript)\nfirst coordinator:\n\(first.transcript)\nworkers:\n\(workers.map(\.transcript).joined(separator: "\n"))")
         XCTAssertTrue(run.stderr.contains("resuming at step"), run.transcript)
         for worker in workers {
             let result = try finish(worker, seconds: 30)

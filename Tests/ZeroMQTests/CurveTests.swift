@@ -53,9 +53,9 @@ final class CurveTests: XCTestCase {
         XCTAssertTrue(sawAuthFailure, "an unlisted key sees HANDSHAKE_FAILED_AUTH")
         XCTAssertFalse(try router.waitReadable(timeoutMilliseconds: 100), "nothing from the refused client arrives")
 
-        for socket in [admitted, refused, router] { socket.close() }
         admittedMonitor.close()
         refusedMonitor.close()
+        for socket in [admitted, refused, router] { socket.close() }
         zap.stop()
     }
 }

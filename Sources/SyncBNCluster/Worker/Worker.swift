@@ -21,9 +21,9 @@ public final class Worker {
         public var medianWaitingCPUSeconds: Double
     }
 
-    private let endpoint: String
-    private let timeouts: ClusterTimeouts
-    private let security: WorkerSecurity?
+    fileprivate let endpoint: String
+    fileprivate let timeouts: ClusterTimeouts
+    fileprivate let security: WorkerSecurity?
     private var logger: Logger
 
     /// With `security`, the connection is encrypted with CurveZMQ and authenticates this worker's key.
@@ -49,7 +49,14 @@ public final class Worker {
             try connection.socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid()) \(Coordinator.blasTag)\(BLAS.kernelName)").encoded())
             let welcome: (TrainingConfig, Network, Int, Int)
             do {
-                welcome = try awaitWelcome(connection, deadline: joinDeadline, rejoining: rejoining)
+                // A hello can be lost (say, taken by a coordinator that was just shutting down): without an
+                // answer, say it again on a fresh connection every few seconds until the join deadline.
+                let attemptDeadline = min(joinDeadline, Date().addingTimeInterval(Self.helloRetrySeconds))
+                guard let answer = try awaitWelcome(connection, deadline: attemptDeadline) else {
+                    if Date() < joinDeadline { continue }
+                    throw noAnswer(connection, rejoining: rejoining)
+                }
+                welcome = answer
             } catch Interruption.coordinatorLost {
                 continue  // connected, then lost again before the welcome: say hello on a fresh connection
             }
@@ -123,14 +130,17 @@ public final class Worker {
         try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
     }
 
-    /// Waits for the coordinator's welcome and builds the replica from it. A refused key, a failed handshake
-    /// or a refusal is reported at once rather than as a timeout.
-    private func awaitWelcome(_ connection: CoordinatorConnection, deadline: Date, rejoining: Bool) throws -> (TrainingConfig, Network, Int, Int) {
+    /// How long a worker waits for an answer to one hello before it says hello again.
+    static let helloRetrySeconds = 3.0
+
+    /// Waits for the coordinator's welcome and builds the replica from it; nil at the deadline. A refused key,
+    /// a refusal or a failed job is reported at once rather than as a timeout.
+    private func awaitWelcome(_ connection: CoordinatorConnection, deadline: Date) throws -> (TrainingConfig, Network, Int, Int)? {
         var message: Message?
         while message == nil {
             do {
                 message = try connection.next(until: deadline)
-                if message == nil { break }
+                if message == nil { return nil }
                 if case .ping = message! { message = nil }
             } catch let error as ProtocolError {
                 throw ClusterError("refused by the coordinator at \(endpoint): \(error)")
@@ -139,17 +149,7 @@ public final class Worker {
                 throw ClusterError("the coordinator at \(endpoint) did not authorize this worker: add its public key \(key) to the coordinator's --authorized-keys file")
             }
         }
-        guard let welcome = message else {
-            var hint = "check the address and that `syncbn coordinator` is running there"
-            if connection.lastHandshakeFailure != nil {
-                hint = security == nil
-                    ? "the connection's handshake failed: if the coordinator uses keys, give --secret-key and --server-key"
-                    : "the CurveZMQ handshake failed: check that --server-key is the coordinator's .pub"
-            }
-            let seconds = Int(rejoining ? timeouts.rejoinSeconds : timeouts.connectSeconds)
-            if rejoining { hint = "it did not come back (restart it with `syncbn coordinator --resume DIR`)" }
-            throw ClusterError("no coordinator answered at \(endpoint) within \(seconds) s: \(hint)")
-        }
+        let welcome = message!
         guard case .welcome(let rank, let workerCount, let configJSON, let state) = welcome else {
             if case .reject(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) refused this worker: \(reason)") }
             if case .failure(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) stopped the job: \(reason)") }
@@ -165,6 +165,21 @@ public final class Worker {
         let source = "the coordinator's training state"
         try network.loadTrainingState(Safetensors.decode(state, source: source), source: source)
         return (config, network, Int(rank), Int(workerCount))
+    }
+}
+
+extension Worker {
+    /// The error for a coordinator that never answered, with the likeliest reason.
+    fileprivate func noAnswer(_ connection: CoordinatorConnection, rejoining: Bool) -> ClusterError {
+        var hint = "check the address and that `syncbn coordinator` is running there"
+        if connection.lastHandshakeFailure != nil {
+            hint = security == nil
+                ? "the connection's handshake failed: if the coordinator uses keys, give --secret-key and --server-key"
+                : "the CurveZMQ handshake failed: check that --server-key is the coordinator's .pub"
+        }
+        let seconds = Int(rejoining ? timeouts.rejoinSeconds : timeouts.connectSeconds)
+        if rejoining { hint = "it did not come back (restart it with `syncbn coordinator --resume DIR`)" }
+        return ClusterError("no coordinator answered at \(endpoint) within \(seconds) s: \(hint)")
     }
 }
 
