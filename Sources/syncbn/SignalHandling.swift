@@ -32,3 +32,14 @@ func handleSignals(_ handler: @escaping @Sendable (Int32) -> Void) {
     thread.name = "signals"
     thread.start()
 }
+
+/// A flag set once, from any thread.
+final class InterruptFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+
+    var isSet: Bool { lock.withLock { value } }
+
+    /// Sets the flag; true if this call set it (false if it was already set).
+    func set() -> Bool { lock.withLock { defer { value = true }; return !value } }
+}

@@ -187,14 +187,16 @@ public final class Coordinator: StepRunner {
         nextStep = step
         data.copyFeatures(of: Array(samples), into: network.batchInput.storage)
         network.batchInput.rows = config.plan.batchSize
-        let batch = BatchData(data, indices: samples)
+        // Encoded once; each worker's copy differs only in its chunk assignment.
+        var stepMessage = Message.step(step: UInt64(step), firstChunk: 0, chunkCount: 0, computeMetrics: computeMetrics,
+                                       batch: BatchData(data, indices: samples)).encoded()
         let stepStarted = Date()
         var lostAt: Date?
         while true {
             try welcomeJoiners()
             if members.count < minWorkers { try pauseForWorkers(step: step) }
             do {
-                let metrics = try attemptStep(step, batch: batch, computeMetrics: computeMetrics)
+                let metrics = try attemptStep(step, message: &stepMessage, computeMetrics: computeMetrics)
                 if let lostAt {
                     logger.info("step \(step + 1) redone by \(members.count) worker(s) in \(milliseconds(since: lostAt)) ms after the loss (\(milliseconds(since: stepStarted)) ms in all)")
                 }
@@ -233,13 +235,13 @@ public final class Coordinator: StepRunner {
     }
 
     /// One try at a step with the current members. Replicas change only if it completes.
-    private func attemptStep(_ step: Int, batch: BatchData, computeMetrics: Bool) throws -> StepMetrics? {
+    private func attemptStep(_ step: Int, message: inout [UInt8], computeMetrics: Bool) throws -> StepMetrics? {
         let plan = config.plan
         for (rank, peer) in members.enumerated() {
             let chunks = plan.chunks(forRank: rank, of: members.count)
+            Message.setStepAssignment(&message, firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count))
             do {
-                try send(.step(step: UInt64(step), firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count),
-                               computeMetrics: computeMetrics, batch: batch), to: peer)
+                try send(raw: message, to: peer)
             } catch {
                 throw WorkerLost(rank: rank, reason: "its connection is closed")
             }

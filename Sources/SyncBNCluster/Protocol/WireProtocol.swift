@@ -177,6 +177,14 @@ extension Message {
         return out.buffer
     }
 
+    /// Sets the chunk assignment of an encoded `step` message in place, so that the batch it carries is
+    /// encoded once per step and sent to every worker with only these 8 bytes changed.
+    public static func setStepAssignment(_ bytes: inout [UInt8], firstChunk: UInt32, chunkCount: UInt32) {
+        precondition(bytes.count >= WireProtocol.headerSize + 8 && bytes[6] == UInt8(WireProtocol.Kind.step.rawValue), "not an encoded step message")
+        withUnsafeBytes(of: firstChunk.littleEndian) { bytes.replaceSubrange(16..<20, with: $0) }
+        withUnsafeBytes(of: chunkCount.littleEndian) { bytes.replaceSubrange(20..<24, with: $0) }
+    }
+
     /// Header and fixed fields of a partials message, for senders that append the payload themselves
     /// (straight from a tensor buffer, without an intermediate array).
     public static func partialsHeader(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
