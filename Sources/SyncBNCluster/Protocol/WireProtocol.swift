@@ -242,7 +242,7 @@ extension Message {
             try reader.reserved(2)
             let rows = Int(try reader.u32()), featureSize = Int(try reader.u32())
             let (featureBytes, overflow) = rows.multipliedReportingOverflow(by: featureSize * (element == .float32 ? 4 : 1))
-            guard !overflow, reader.remaining == rows + featureBytes else {
+            guard !overflow, reader.remaining >= rows, reader.remaining - rows == featureBytes else {
                 throw ProtocolError.malformed("step for \(rows) rows of \(featureSize) features carries \(reader.remaining) bytes")
             }
             let labels = Array(try reader.bytes(rows))
