@@ -200,7 +200,7 @@ grep -qi 'authoriz' "$work/rogue.log" ||
     { show_log "$work/rogue.log"; fail "the unauthorized worker's message does not mention authorization"; }
 awk -v s="$refused_in" 'BEGIN { exit !(s < 2.0) }' || fail "the unauthorized worker was refused after $refused_in s, not within 2 s"
 (( finished_before == 0 )) || fail "training had finished before the unauthorized worker was refused: use more --steps"
-refused_lines=$(grep -cF "$rogue_pub" "$work/main.log")
+refused_lines=$(grep -cF -- "$rogue_pub" "$work/main.log")
 (( refused_lines == 1 )) || { show_log "$work/main.log"; fail "the coordinator logged the refused key $refused_lines times, not once"; }
 say "unauthorized worker: exit status $rogue_status in $refused_in s: $(grep -i 'authoriz' "$work/rogue.log" | head -n 1 | sed 's/^[0-9:.]* //')"
 
