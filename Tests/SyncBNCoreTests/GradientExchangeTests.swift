@@ -58,8 +58,9 @@ final class GradientExchangeTests: XCTestCase {
         XCTAssertEqual(all.sumWidth, 0)
     }
 
-    func testReduceSumsInChunkOrderAndConcatenatesFactorRows() {
-        // Oracle: (1 + 1e8) − 1e8 = 0 in Float32 only when summed left to right; factor rows copied verbatim.
+    func testReduceSumsInTreeOrderAndConcatenatesFactorRows() {
+        // Oracle: (1 + 1e8) − 1e8 = 0 in Float32 only when chunks 0 and 1 are added first, as the tree over
+        // three chunks does; factor rows copied verbatim.
         let plan = ChunkPlan(batchSize: 3, chunkSize: 1)
         let layers = linears([1, 1, 1], capacity: 3)  // partial 2 values; factors 1 (layer 0) ≥ … see methods
         let exchange = GradientExchange(linears: layers, extraSumRanges: [], plan: plan)

@@ -70,15 +70,16 @@ public struct GradientExchange: Sendable {
     }
 
     /// Combines every chunk's partial (`partials.count == chunkCount × chunkWidth`, chunk-major): sums the
-    /// summed part left to right in chunk order, and concatenates the factor rows in chunk order.
+    /// summed part over chunks by `TreeReduction`'s fixed tree, and concatenates the factor rows in chunk order.
     public func reduce(_ partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) {
         precondition(partials.count == chunkCount * chunkWidth && result.count == resultWidth, "gradient partials must hold every chunk")
         let p = partials.baseAddress!, out = result.baseAddress!
         if sumWidth > 0 {
-            out.update(from: p, count: sumWidth)
-            for c in 1..<chunkCount {
-                let chunk = p + c * chunkWidth
-                for i in 0..<sumWidth { out[i] += chunk[i] }
+            let chunkWidth = chunkWidth
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: TreeReduction.scratchCount(chunkCount: chunkCount) * sumWidth) { scratch in
+                TreeReduction.evaluate(0..<chunkCount, chunkCount: chunkCount, width: sumWidth,
+                                       value: { $0.count == 1 ? UnsafePointer(p + $0.lowerBound * chunkWidth) : nil },
+                                       into: out, scratch: scratch.baseAddress!)
             }
         }
         let rowsBlock = chunkSize * factorRowWidth
@@ -86,4 +87,7 @@ public struct GradientExchange: Sendable {
             (out + sumWidth + c * rowsBlock).update(from: p + c * chunkWidth + sumWidth, count: rowsBlock)
         }
     }
+
+    /// Values of one chunk's factor rows.
+    public var rowsPerChunk: Int { chunkSize * factorRowWidth }
 }
