@@ -42,7 +42,7 @@ struct Fuzz {
 func seedMessages() -> [Message] {
     let batch = BatchData(rows: 2, featureSize: 3, labels: [1, 7], element: .unsignedByte, features: [0, 64, 128, 192, 255, 9])
     return [
-        .hello(peer: "host pid 1"),
+        .hello(peer: "host pid 1", peerEndpoint: "tcp://127.0.0.1:4000"),
         .welcome(rank: 1, workerCount: 2, config: Array("{\"seed\":1}".utf8), model: [8, 0, 0, 0, 0, 0, 0, 0, 123, 125, 32, 32, 32, 32, 32, 32]),
         .reject(reason: "full"),
         .step(step: 5, firstChunk: 1, chunkCount: 2, computeMetrics: true, batch: batch),
@@ -51,6 +51,10 @@ func seedMessages() -> [Message] {
         .reduced(step: 5, round: .sums(layer: 0), width: 1, element: .float64, payload: ArraySlice([UInt8](repeating: 3, count: 8))),
         .reduced(step: 6, round: .metrics, width: 2, element: .float64, payload: ArraySlice([UInt8](repeating: 4, count: 16))),
         .stop, .failure(reason: "gave up"), .ping,
+        .peers(epoch: 1, rank: 1, endpoints: ["tcp://127.0.0.1:4000", "tcp://127.0.0.1:4001"]),
+        .gradientTiles(step: 5, epoch: 1, from: 1, shardOffset: 2, shardWidth: 1, tiles: [1..<2, 2..<4],
+                       rowsFirstChunk: 1, rowsChunkCount: 3, rowsWidth: 1, payload: ArraySlice([UInt8](repeating: 5, count: 20))),
+        .gradientShard(step: 5, epoch: 1, from: 0, shardOffset: 0, shardWidth: 2, payload: ArraySlice([UInt8](repeating: 6, count: 8))),
     ]
 }
 

@@ -7,7 +7,7 @@ import CZeroMQ
 /// signal (EINTR) are retried.
 public final class Socket {
     public enum Kind {
-        case router, dealer, pair, req, rep
+        case router, dealer, pair, req, rep, push, pull
 
         var rawValue: Int32 {
             switch self {
@@ -16,6 +16,8 @@ public final class Socket {
             case .pair: ZMQ_PAIR
             case .req: ZMQ_REQ
             case .rep: ZMQ_REP
+            case .push: ZMQ_PUSH
+            case .pull: ZMQ_PULL
             }
         }
     }
@@ -131,6 +133,26 @@ public final class Socket {
     @discardableResult
     public func send(_ bytes: [UInt8], more: Bool = false, dontWait: Bool = false) throws -> Bool {
         try bytes.withUnsafeBytes { try send($0, more: more, dontWait: dontWait) }
+    }
+
+    /// Sends one frame of `size` bytes that `fill` writes straight into libzmq's message: the caller's
+    /// pieces (a header, slices of tensors) are copied once, with no intermediate array.
+    @discardableResult
+    public func send(size: Int, more: Bool = false, dontWait: Bool = false, fill: (UnsafeMutableRawBufferPointer) -> Void) throws -> Bool {
+        var message = zmq_msg_t()
+        guard zmq_msg_init_size(&message, size) == 0 else { throw ZMQError.last("zmq_msg_init_size") }
+        fill(UnsafeMutableRawBufferPointer(start: zmq_msg_data(&message), count: size))
+        var flags: Int32 = 0
+        if more { flags |= ZMQ_SNDMORE }
+        if dontWait { flags |= ZMQ_DONTWAIT }
+        while true {
+            if zmq_msg_send(&message, handle, flags) >= 0 { return true }  // libzmq owns the message now
+            let error = ZMQError.last("zmq_msg_send")
+            if error.isInterrupted { continue }
+            zmq_msg_close(&message)
+            if error.isAgain { return false }
+            throw error
+        }
     }
 
     /// Sends all frames as one multipart message.

@@ -2,6 +2,7 @@ import ArgumentParser
 import SyncBNCluster
 
 extension NonFinitePolicy: ExpressibleByArgument {}
+extension GradientExchangeMode: ExpressibleByArgument {}
 
 /// How a coordinator copes with failures, shared by `coordinator` and `launch`.
 struct ClusterOptions: ParsableArguments {
@@ -22,6 +23,9 @@ struct ClusterOptions: ParsableArguments {
 
     @Option(help: "On NaN or infinity in a worker's partials: abort (save a checkpoint and stop) or skip the step.")
     var onNonfinite: NonFinitePolicy = .abort
+
+    @Option(help: "How gradients travel: star (through the coordinator) or peers (reduce-scatter + all-gather among the workers, whose coordinator traffic does not grow with the worker count; not with keys).")
+    var gradientExchange: GradientExchangeMode = .star
 
     @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
     var resume: String?

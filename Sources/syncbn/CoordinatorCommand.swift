@@ -82,7 +82,7 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
     let out = options.outputDirectory(or: resume ?? "runs/latest")
     let coordinator = try Coordinator(config: config, data: dataset.train, bind: bind, workerCount: workers,
                                       minWorkers: min(cluster.minWorkers, workers), timeouts: cluster.timeouts,
-                                      nonFinitePolicy: cluster.onNonfinite, security: security,
+                                      nonFinitePolicy: cluster.onNonfinite, gradientExchange: cluster.gradientExchange, security: security,
                                       allowInsecure: allowInsecure, logger: logger)
     coordinator.abortReason = { interrupted() ? "interrupted" : nil }
     if security != nil { logger.info("CurveZMQ on: traffic encrypted, only authorized worker keys admitted") }

@@ -30,6 +30,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "The coordinator's public key file (its .pub).")
     var serverKey: String?
 
+    @Option(help: "The address other workers reach this one at, for a coordinator with --gradient-exchange peers (default: this host's address on its route to the coordinator).")
+    var peerAddress: String?
+
     @Flag(help: .hidden)
     var exitWithParent = false
 
@@ -54,7 +57,7 @@ struct WorkerCommand: ParsableCommand {
         timeouts.setHeartbeatTimeout(heartbeatTimeout)
         try reportingErrors(logger) {
             let security = try secretKey.map { try WorkerSecurity(secretKeyFile: $0, serverKeyFile: serverKey!) }
-            let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, logger: logger).run()
+            let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, peerAddress: peerAddress, logger: logger).run()
             logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step, CPU while waiting \(String(format: "%.1f", summary.medianWaitingCPUSeconds * 1e6)) us")
         }
     }

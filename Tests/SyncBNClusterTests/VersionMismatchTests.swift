@@ -78,13 +78,13 @@ final class VersionMismatchTests: XCTestCase {
         defer { dealer.close() }
         try dealer.connect(coordinator.endpoint)
 
-        // A hello from a worker on version 99, and a frame of a kind version 1 does not know: both get a reject.
+        // A hello from a worker on version 99, and a frame of a kind this version does not know: both get a reject.
         for kind: UInt16 in [1, 42] {
             try dealer.send(Self.rawFrame(version: 99, kind: kind, body: Array("future-host pid 1".utf8)))
             let frames = try receive(dealer)
             XCTAssertEqual(frames.count, 1, "a SyncBN message is one frame")
             let reply = try XCTUnwrap(frames.first)
-            XCTAssertEqual(Array(reply.prefix(6)), Array("SYBN".utf8) + [1, 0], "the reject is written in the coordinator's own version 1")
+            XCTAssertEqual(Array(reply.prefix(6)), Array("SYBN".utf8) + [UInt8(WireProtocol.version), 0], "the reject is written in the coordinator's own version")
             guard case .reject(let reason) = try Message.decode(reply) else {
                 XCTFail("expected a reject, got \(try Message.decode(reply))")
                 continue
@@ -96,7 +96,7 @@ final class VersionMismatchTests: XCTestCase {
         XCTAssertNil(admitting.wait(seconds: 0), "a rejected peer must not count as a worker")
 
         // The refusals left the coordinator able to admit a real worker on the same connection.
-        try dealer.send(Message.hello(peer: "real worker").encoded())
+        try dealer.send(Message.hello(peer: "real worker", peerEndpoint: "").encoded())
         let welcomeFrames = try receive(dealer)
         guard case .welcome(let rank, let workerCount, let configJSON, let model)? = try welcomeFrames.first.map(Message.decode) else {
             return XCTFail("expected a welcome, got \(welcomeFrames)")
@@ -137,7 +137,7 @@ final class VersionMismatchTests: XCTestCase {
 
         let hello = try receive(router, file: file, line: line)
         XCTAssertEqual(hello.count, 2, "identity + one frame", file: file, line: line)
-        guard case .hello(let peer)? = try hello.last.map(Message.decode) else {
+        guard case .hello(let peer, _)? = try hello.last.map(Message.decode) else {
             XCTFail("the worker's first message is not a hello", file: file, line: line)
             return nil
         }

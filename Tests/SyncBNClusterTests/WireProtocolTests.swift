@@ -14,7 +14,8 @@ final class WireProtocolTests: XCTestCase {
     static func samples(of kind: WireProtocol.Kind) -> [Message] {
         switch kind {
         case .hello:
-            return [.hello(peer: "host-a pid 42"), .hello(peer: ""), .hello(peer: "ünïcødé ✓")]
+            return [.hello(peer: "host-a pid 42", peerEndpoint: "tcp://10.0.0.2:40001"), .hello(peer: "", peerEndpoint: ""),
+                    .hello(peer: "ünïcødé ✓", peerEndpoint: "ipc:///tmp/p")]
         case .welcome:
             return [.welcome(rank: 0, workerCount: 1, config: [], model: []),
                     .welcome(rank: 2, workerCount: 3, config: Array(#"{"steps":30}"#.utf8), model: [8, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3])]
@@ -49,6 +50,16 @@ final class WireProtocolTests: XCTestCase {
             return [.ping]
         case .failure:
             return [.failure(reason: "worker 1 failed: out of memory"), .failure(reason: "")]
+        case .peers:
+            return [.peers(epoch: 3, rank: 1, endpoints: ["tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001"]),
+                    .peers(epoch: 0, rank: 0, endpoints: [""])]
+        case .gradientTiles:
+            return [.gradientTiles(step: 4, epoch: 2, from: 1, shardOffset: 10, shardWidth: 2, tiles: [2..<4, 4..<5],
+                                   rowsFirstChunk: 2, rowsChunkCount: 3, rowsWidth: 1, payload: ArraySlice(repeating: 1, count: (2 * 2 + 3) * 4)),
+                    .gradientTiles(step: 5, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0, tiles: [],
+                                   rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 7, payload: [])]
+        case .gradientShard:
+            return [.gradientShard(step: 4, epoch: 2, from: 3, shardOffset: 6, shardWidth: 2, payload: ArraySlice(repeating: 9, count: 8))]
         }
     }
 
@@ -81,27 +92,28 @@ final class WireProtocolTests: XCTestCase {
 
     func testHeaderAndFieldsSitWhereTheProtocolDocumentSays() {
         XCTAssertEqual(WireProtocol.headerSize, 16)
-        XCTAssertEqual(Message.hello(peer: "w").encoded(),
-                       Array("SYBN".utf8) + [1, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + Array("w".utf8))
-        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [1, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
+        // hello: description length u16, description, peer endpoint (the rest).
+        XCTAssertEqual(Message.hello(peer: "w", peerEndpoint: "e").encoded(),
+                       Array("SYBN".utf8) + [2, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("we".utf8))
+        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [2, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
 
         // partials: round kind u16, layer u16, first chunk u32, chunk count u32, width u32, element u8, 0 u8, 0 u16.
         let partials = Message.partialsHeader(step: 0x0102_0304_0506_0708, round: .sums(layer: 2), firstChunk: 3, chunkCount: 4,
                                               width: 0x0102, element: .float32)
-        XCTAssertEqual(partials, Array("SYBN".utf8) + [1, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
+        XCTAssertEqual(partials, Array("SYBN".utf8) + [2, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
                        + [2, 0, 2, 0] + [3, 0, 0, 0] + [4, 0, 0, 0] + [2, 1, 0, 0] + [1, 0, 0, 0])
         // reduced: round kind u16, layer u16, width u32, element u8, 0 u8, 0 u16. Round kinds 1–4.
         for (round, code) in [(Round.moments(layer: 5), [1, 0, 5, 0]), (.sums(layer: 0), [2, 0, 0, 0]), (.gradients, [3, 0, 0, 0]), (.metrics, [4, 0, 0, 0])] as [(Round, [UInt8])] {
             XCTAssertEqual(Message.reducedHeader(step: 1, round: round, width: 2, element: .float64),
-                           Array("SYBN".utf8) + [1, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
+                           Array("SYBN".utf8) + [2, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
         }
         // welcome: rank u32, worker count u32, config length u32, config, model.
         XCTAssertEqual(Message.welcome(rank: 1, workerCount: 2, config: [9, 9], model: [5]).encoded(),
-                       Array("SYBN".utf8) + [1, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
+                       Array("SYBN".utf8) + [2, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
         // step: first chunk u32, chunk count u32, metrics u8, feature type u8, 0 u16, rows u32, features u32, labels, features.
         let slice = BatchData(rows: 1, featureSize: 2, labels: [6], element: .unsignedByte, features: [10, 20])
         XCTAssertEqual(Message.step(step: 2, firstChunk: 1, chunkCount: 1, computeMetrics: true, batch: slice).encoded(),
-                       Array("SYBN".utf8) + [1, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
+                       Array("SYBN".utf8) + [2, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
                        + [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 6, 10, 20])
     }
 
@@ -141,13 +153,14 @@ final class WireProtocolTests: XCTestCase {
     }
 
     func testUnknownKindsAreMalformed() {
-        for kind: UInt16 in [0, 10, 42, .max] {
+        for kind: UInt16 in [0, 13, 42, .max] {
             assertMalformed(Self.frame(kind: kind), "kind \(kind)")
         }
     }
 
     func testBodiesWhoseLengthDisagreesWithTheirFieldsAreMalformed() {
-        for message in Self.samples(of: .partials) + Self.samples(of: .reduced) + Self.samples(of: .step) {
+        for message in Self.samples(of: .partials) + Self.samples(of: .reduced) + Self.samples(of: .step)
+            + Self.samples(of: .peers) + Self.samples(of: .gradientTiles) + Self.samples(of: .gradientShard) {
             let bytes = message.encoded()
             assertMalformed(bytes + [0], "\(message.kind) with one extra byte")
             assertMalformed(Array(bytes.dropLast()), "\(message.kind) one byte short")
@@ -184,12 +197,22 @@ final class WireProtocolTests: XCTestCase {
         partials[16] = 3; partials[18] = 1  // gradients of "layer 1"
         assertMalformed(partials, "gradients round with a layer")
 
-        assertMalformed(Self.frame(kind: 1, body: [0xff, 0xfe, 0xc0]), "hello that is not UTF-8")
+        assertMalformed(Self.frame(kind: 1, body: [3, 0, 0xff, 0xfe, 0xc0]), "hello that is not UTF-8")
+        assertMalformed(Self.frame(kind: 1, body: [9, 0, 0x41]), "hello whose description runs past the frame")
+        assertMalformed(Message.peers(epoch: 1, rank: 0, endpoints: ["a"]).encoded().enumerated().map { $0.offset == 20 ? 1 : $0.element },
+                        "peers with rank = endpoint count")
+        let tiles = Message.gradientTiles(step: 1, epoch: 1, from: 0, shardOffset: 0, shardWidth: 1, tiles: [3..<4, 1..<2],
+                                          rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 0, payload: ArraySlice(repeating: 0, count: 8))
+        assertMalformed(tiles.encoded(), "gradient tiles out of order")
+        // tile count × shard width overflowing Int must be refused, not trap.
+        assertMalformed(Self.frame(kind: 11, step: 1, body: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] + [0xff, 0xff, 0xff, 0xff] + [1, 0, 0, 0]
+                                   + [0, 0, 0, 0] + [0xff, 0xff, 0xff, 0xff] + [0xff, 0xff, 0xff, 0xff] + [0, 0, 0, 0, 1, 0, 0, 0]),
+                        "gradient tiles of 2^32 rows × 2^32 values")
         assertMalformed(Self.frame(kind: 3, body: [0xc3]), "reject that is not UTF-8")
     }
 
     func testAnotherVersionIsAVersionMismatchWhateverFollows() {
-        for version: UInt16 in [0, 2, 99, .max] {
+        for version: UInt16 in [0, 1, 3, 99, .max] {
             for (kind, body) in [(UInt16(1), Array("hello".utf8)), (2, []), (42, [1, 2, 3])] {
                 let frame = Self.frame(version: version, kind: kind, body: body)
                 XCTAssertThrowsError(try Message.decode(frame)) { error in

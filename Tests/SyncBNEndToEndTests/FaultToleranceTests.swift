@@ -160,7 +160,7 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
                 Message.reduced(step: 1, round: .metrics, width: 0, element: .float64, payload: []).encoded(),
                 Message.stop.encoded(), Message.ping.encoded(), Message.failure(reason: "hostile").encoded(),
                 Message.welcome(rank: 0, workerCount: 1, config: [1, 2], model: [3]).encoded(),
-                Array(Message.hello(peer: "x").encoded().prefix(6)) + [99, 0] + Array(Message.hello(peer: "x").encoded().dropFirst(8)),
+                Array(Message.hello(peer: "x", peerEndpoint: "").encoded().prefix(6)) + [99, 0] + Array(Message.hello(peer: "x", peerEndpoint: "").encoded().dropFirst(8)),
             ]
             while stop.wait(timeout: .now()) == .timedOut {
                 // A fresh connection now and then, so that cut-off identities do not end the attack.

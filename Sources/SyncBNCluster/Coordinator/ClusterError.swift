@@ -44,3 +44,13 @@ public enum NonFinitePolicy: String, Sendable, CaseIterable {
     /// Drop the step (no replica changes) and go on with the next.
     case skip
 }
+
+/// How the gradient round travels.
+public enum GradientExchangeMode: String, CaseIterable, Sendable {
+    /// Every worker sends its partials to the coordinator, which reduces them and sends the result to each:
+    /// the fewest messages, best for small gradients and few workers.
+    case star
+    /// Reduce-scatter and all-gather among the workers (`PeerGradientExchange`): the coordinator receives
+    /// each sum and row once, whatever the number of workers. Not with keys (peer links are not encrypted).
+    case peers
+}

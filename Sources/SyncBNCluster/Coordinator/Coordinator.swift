@@ -22,6 +22,8 @@ public final class Coordinator: StepRunner {
     /// Below this many live workers, training pauses until others join.
     public let minWorkers: Int
     public let nonFinitePolicy: NonFinitePolicy
+    /// How the gradient round travels: through the coordinator, or among the workers.
+    public let gradientExchange: GradientExchangeMode
     /// The address workers connect to (the bound address, with the port filled in).
     public let endpoint: String
     /// Checked while waiting: a non-nil reason stops the job (used on signals).
@@ -42,6 +44,9 @@ public final class Coordinator: StepRunner {
     /// Peers that sent malformed messages, and those cut off for sending too many.
     private var malformedCount: [[UInt8]: Int] = [:]
     private var cutOff: Set<[UInt8]> = []
+    /// The table of peers the members hold (`.peers` mode): its epoch and the identities it lists.
+    private var peerEpoch: UInt32 = 0
+    private var peerTableMembers: [[UInt8]] = []
     private let doublePartials: UnsafeMutableBufferPointer<Double>
     private let floatPartials: UnsafeMutableBufferPointer<Float>
     private let doubleResult: UnsafeMutableBufferPointer<Double>
@@ -59,6 +64,8 @@ public final class Coordinator: StepRunner {
     struct Peer {
         let identity: [UInt8]
         let description: String
+        /// Where it receives from other workers (empty: it cannot take part in peer exchanges).
+        let peerEndpoint: String
         /// When the coordinator last received anything from it.
         var lastHeard: Date
     }
@@ -81,8 +88,13 @@ public final class Coordinator: StepRunner {
     /// - Throws: `SecurityError` for an insecure non-local address, `ClusterError` if the address cannot be bound.
     public init(config: TrainingConfig, data: LabeledImages, bind address: String, workerCount: Int, minWorkers: Int = 1,
                 timeouts: ClusterTimeouts = ClusterTimeouts(), nonFinitePolicy: NonFinitePolicy = .abort,
+                gradientExchange: GradientExchangeMode = .star,
                 security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger) throws {
         precondition(workerCount > 0 && minWorkers > 0)
+        if security != nil && gradientExchange == .peers {
+            throw SecurityError("--gradient-exchange peers sends gradients between workers unencrypted, and this job uses keys: use --gradient-exchange star (the default) with keys")
+        }
+        self.gradientExchange = gradientExchange
         if security == nil && !allowInsecure && !CoordinatorSecurity.isLocal(address) {
             throw SecurityError("refusing to bind \(address) without keys: anyone who reaches it could join the job or read its data; give --secret-key and --authorized-keys (see `syncbn keygen`), or --insecure on a network you trust")
         }
@@ -168,6 +180,11 @@ public final class Coordinator: StepRunner {
         let state = Safetensors.encode(network.trainingState(), metadata: ["syncbn.step": "\(nextStep)"])
         for var peer in joining {
             let rank = members.count
+            if gradientExchange == .peers && peer.peerEndpoint.isEmpty {
+                logger.warning("refused worker \(peer.description): it has no peer endpoint, and this job exchanges gradients among workers")
+                try? send(.reject(reason: "this job exchanges gradients among workers (--gradient-exchange peers) and this worker listens for none: run it without keys, or give it --peer-address"), to: peer)
+                continue
+            }
             do {
                 try send(.welcome(rank: UInt32(rank), workerCount: UInt32(max(workerCount, rank + 1)), config: configJSON, model: state), to: peer)
             } catch {
@@ -237,6 +254,7 @@ public final class Coordinator: StepRunner {
     /// One try at a step with the current members. Replicas change only if it completes.
     private func attemptStep(_ step: Int, message: inout [UInt8], computeMetrics: Bool) throws -> StepMetrics? {
         let plan = config.plan
+        if gradientExchange == .peers { try sendPeerTableIfChanged() }
         for (rank, peer) in members.enumerated() {
             let chunks = plan.chunks(forRank: rank, of: members.count)
             Message.setStepAssignment(&message, firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count))
@@ -250,6 +268,12 @@ public final class Coordinator: StepRunner {
         for round in network.rounds(computeMetrics: computeMetrics) {
             let width = network.width(of: round)
             let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
+            if round == .gradients && gradientExchange == .peers {
+                let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<network.exchange.resultWidth])
+                try collectPeerGradients(step: UInt64(step), into: result)
+                network.apply(gradients: UnsafeBufferPointer(result))
+                continue
+            }
             try gather(step: UInt64(step), round: round, width: width, element: element)
             outbox.removeAll(keepingCapacity: true)
             if element == .float32 {
@@ -283,19 +307,99 @@ public final class Coordinator: StepRunner {
         }
     }
 
-    /// Collects one round's partials from every member into the chunk-major buffer. Probes members that are
-    /// slow to answer; one whose connection is gone, or that stays silent for the round timeout, is lost.
+    /// Collects one round's partials from every member into the chunk-major buffer.
     private func gather(step: UInt64, round: Round, width: Int, element: WireProtocol.Element) throws {
-        var pending = Set(0..<members.count)
+        try collect("\(round)", messagesPerWorker: 1) { rank, message in
+            guard case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let payload) = message else { return false }
+            let expected = config.plan.chunks(forRank: rank, of: members.count)
+            guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
+                  Int(w) == width, e == element else {
+                // Left over from an abandoned try of this step, or wrong: either way not this round's.
+                logger.debug("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w): expected step \(step + 1), \(round), chunks \(expected), width \(width)")
+                return false
+            }
+            let finite = payload.withUnsafeBytes { raw -> Bool in
+                let byteOffset = expected.lowerBound * width * element.size
+                let base = element == .float32 ? UnsafeMutableRawPointer(floatPartials.baseAddress!) : UnsafeMutableRawPointer(doublePartials.baseAddress!)
+                if raw.count > 0 { (base + byteOffset).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+                return element == .float32
+                    ? allFinite(UnsafeBufferPointer(start: floatPartials.baseAddress! + byteOffset / 4, count: raw.count / 4))
+                    : allFinite(UnsafeBufferPointer(start: doublePartials.baseAddress! + byteOffset / 8, count: raw.count / 8))
+            }
+            guard finite else { throw NonFinitePartials(rank: rank, round: round) }
+            return true
+        }
+    }
+
+    /// The gradient round among workers (`.peers`): collects every member's factor rows and the shard of the
+    /// sums it reduced, straight into `result` — the sums once and every row once, whatever the worker count.
+    private func collectPeerGradients(step: UInt64, into result: UnsafeMutableBufferPointer<Float>) throws {
+        let layout = GradientLayout(network.exchange)
+        let n = members.count
+        var gotRows = [Bool](repeating: false, count: n), gotShard = gotRows
+        try collect("parameter gradients", messagesPerWorker: 2) { rank, message in
+            guard message.peerTag.map({ $0.step == step && $0.epoch == peerEpoch }) == true else { return false }
+            let range: Range<Int>
+            switch message {
+            case .gradientTiles(_, _, let from, _, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsWidth, _):
+                let chunks = config.plan.chunks(forRank: rank, of: n)
+                guard Int(from) == rank, !gotRows[rank], shardWidth == 0, tiles.isEmpty, Int(rowsFirst) == chunks.lowerBound,
+                      Int(rowsCount) == chunks.count, Int(rowsWidth) == layout.rowsPerChunk else { return false }
+                gotRows[rank] = true
+                range = (layout.sumWidth + chunks.lowerBound * layout.rowsPerChunk)..<(layout.sumWidth + chunks.upperBound * layout.rowsPerChunk)
+            case .gradientShard(_, _, let from, let offset, let width, _):
+                let shard = layout.shard(rank, of: n)
+                guard Int(from) == rank, !gotShard[rank], Int(offset)..<Int(offset + width) == shard else { return false }
+                gotShard[rank] = true
+                range = shard
+            default:
+                return false
+            }
+            let values = UnsafeMutableBufferPointer(rebasing: result[range])
+            switch message {
+            case .gradientTiles(_, _, _, _, _, _, _, _, _, let payload), .gradientShard(_, _, _, _, _, let payload):
+                payload.withUnsafeBytes { raw in
+                    if raw.count > 0 { UnsafeMutableRawPointer(values.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+                }
+            default: break
+            }
+            guard allFinite(UnsafeBufferPointer(values)) else { throw NonFinitePartials(rank: rank, round: .gradients) }
+            return true
+        }
+    }
+
+    /// After a change of membership, sends every member the new table of peers (a new epoch).
+    private func sendPeerTableIfChanged() throws {
+        let identities = members.map(\.identity)
+        guard identities != peerTableMembers else { return }
+        peerEpoch += 1
+        let endpoints = members.map(\.peerEndpoint)
+        for (rank, peer) in members.enumerated() {
+            do {
+                try send(.peers(epoch: peerEpoch, rank: UInt32(rank), endpoints: endpoints), to: peer)
+            } catch {
+                throw WorkerLost(rank: rank, reason: "its connection is closed")
+            }
+        }
+        peerTableMembers = identities
+    }
+
+    /// Collects `messagesPerWorker` accepted messages of a round from every member; `accept` stores one and
+    /// says whether it was the round's (false: dropped). Probes members that are slow to answer; one whose
+    /// connection is gone, or that stays silent for the round timeout, is lost.
+    private func collect(_ what: String, messagesPerWorker: Int, accept: (_ rank: Int, _ message: Message) throws -> Bool) throws {
+        var pending = [Int](repeating: messagesPerWorker, count: members.count)
+        var left = members.count * messagesPerWorker
         let started = Date()
         let deadline = started.addingTimeInterval(timeouts.roundSeconds)
-        while !pending.isEmpty {
+        while left > 0 {
             let arrived = try receive(until: min(deadline, Date().addingTimeInterval(Double(ClusterTimeouts.pollMilliseconds) / 1000)))
+            let waiting = Set(pending.indices.filter { pending[$0] > 0 })
             if !arrived {
-                if Date() >= deadline, let rank = pending.min() {
-                    throw WorkerLost(rank: rank, reason: "it sent nothing for the \(round) within \(Int(timeouts.roundSeconds)) s (--round-timeout)")
+                if Date() >= deadline, let rank = waiting.min() {
+                    throw WorkerLost(rank: rank, reason: "it sent nothing for the \(what) within \(Int(timeouts.roundSeconds)) s (--round-timeout)")
                 }
-                if -started.timeIntervalSinceNow > ClusterTimeouts.probeAfterSeconds { try probe(pending) }
+                if -started.timeIntervalSinceNow > ClusterTimeouts.probeAfterSeconds { try probe(waiting) }
                 continue
             }
             let identity = inbox[0]
@@ -306,29 +410,16 @@ public final class Coordinator: StepRunner {
             members[rank].lastHeard = Date()
             guard let message = decode(inbox[1], from: identity) else { continue }
             switch message {
-            case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let payload):
-                let expected = config.plan.chunks(forRank: rank, of: members.count)
-                guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
-                      Int(w) == width, e == element, pending.contains(rank) else {
-                    // Left over from an abandoned try of this step, or wrong: either way not this round's.
-                    logger.debug("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w): expected step \(step + 1), \(round), chunks \(expected), width \(width)")
-                    continue
+            case .partials, .gradientTiles, .gradientShard:
+                if pending[rank] > 0, try accept(rank, message) {
+                    pending[rank] -= 1
+                    left -= 1
                 }
-                let finite = payload.withUnsafeBytes { raw -> Bool in
-                    let byteOffset = expected.lowerBound * width * element.size
-                    let base = element == .float32 ? UnsafeMutableRawPointer(floatPartials.baseAddress!) : UnsafeMutableRawPointer(doublePartials.baseAddress!)
-                    if raw.count > 0 { (base + byteOffset).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
-                    return element == .float32
-                        ? allFinite(UnsafeBufferPointer(start: floatPartials.baseAddress! + byteOffset / 4, count: raw.count / 4))
-                        : allFinite(UnsafeBufferPointer(start: doublePartials.baseAddress! + byteOffset / 8, count: raw.count / 8))
-                }
-                guard finite else { throw NonFinitePartials(rank: rank, round: round) }
-                pending.remove(rank)
             case .failure(let reason):
                 throw WorkerLost(rank: rank, reason: "it failed: \(reason)")
-            case .hello(let description):
+            case .hello(let description, let peerEndpoint):
                 // The same connection says hello again: the worker lost track of us and rejoins.
-                joining.append(Peer(identity: identity, description: description, lastHeard: Date()))
+                joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: Date()))
                 throw WorkerLost(rank: rank, reason: "it restarted its session and rejoins")
             default:
                 noteMalformed(identity, "an unexpected \(message.kind) message from worker \(rank)")
@@ -355,16 +446,16 @@ public final class Coordinator: StepRunner {
         let identity = inbox[0]
         guard let message = decode(inbox[1], from: identity) else { return }
         if let rank = members.firstIndex(where: { $0.identity == identity }) {
-            if case .hello(let description) = message {
+            if case .hello(let description, let peerEndpoint) = message {
                 members.remove(at: rank)
-                joining.append(Peer(identity: identity, description: description, lastHeard: Date()))
+                joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: Date()))
                 logger.warning("worker \(rank) (\(description)) restarted its session; it rejoins with the next step")
             } else {
                 logger.debug("dropped a late \(message.kind) message from worker \(rank) between rounds")
             }
             return
         }
-        guard case .hello(let description) = message else {
+        guard case .hello(let description, let peerEndpoint) = message else {
             noteMalformed(identity, "a \(message.kind) message from \(hex(identity)), which has not joined")
             return
         }
@@ -375,7 +466,7 @@ public final class Coordinator: StepRunner {
                 logger.warning("worker \(description) uses OpenBLAS kernels \(kernels), this coordinator \(BLAS.kernelName): the model will not be bit-identical to a one-process run; set OPENBLAS_CORETYPE=\(BLAS.kernelName) for every process")
             }
         }
-        joining.append(Peer(identity: identity, description: description, lastHeard: Date()))
+        joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: Date()))
         logger.info("worker \(description) asked to join; it starts with the next step")
     }
 

@@ -11,7 +11,7 @@ import SyncBNCore
 ///     header: magic "SYBN" (4) | version u16 | kind u16 | step u64
 public enum WireProtocol {
     /// Bumped on any change to a message's layout or meaning.
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     public static let magic: [UInt8] = Array("SYBN".utf8)
     public static let headerSize = 16
     /// The largest message a peer may send (libzmq cuts off a peer that exceeds it): a step's gradient
@@ -20,6 +20,7 @@ public enum WireProtocol {
 
     public enum Kind: UInt16, CaseIterable, Sendable {
         case hello = 1, welcome = 2, reject = 3, step = 4, partials = 5, reduced = 6, stop = 7, failure = 8, ping = 9
+        case peers = 10, gradientTiles = 11, gradientShard = 12
     }
 
     /// Element type of a partials or reduced payload.
@@ -31,8 +32,9 @@ public enum WireProtocol {
 
 /// A decoded message. Payload bytes are kept as they arrived; accessors copy them out.
 public enum Message: Equatable {
-    /// Worker → coordinator: asks to join. `peer` describes the worker (host, pid) for the logs.
-    case hello(peer: String)
+    /// Worker → coordinator: asks to join. `peer` describes the worker (host, pid) for the logs;
+    /// `peerEndpoint` is where it receives from other workers (empty: it does not take part in peer exchanges).
+    case hello(peer: String, peerEndpoint: String)
     /// Coordinator → worker: its rank, the job's settings (JSON) and the initial model (safetensors).
     case welcome(rank: UInt32, workerCount: UInt32, config: [UInt8], model: [UInt8])
     /// Coordinator → worker: refused, with the reason.
@@ -50,6 +52,18 @@ public enum Message: Equatable {
     case failure(reason: String)
     /// Coordinator → worker: a liveness probe, ignored by the worker (a send to a closed connection fails).
     case ping
+    /// Coordinator → worker: exchange parameter gradients with the other workers (reduce-scatter + all-gather)
+    /// from now on. `endpoints[i]` is worker i's peer endpoint, `rank` the receiver's own index; `epoch`
+    /// changes with every change of membership and tags the peer messages of this table.
+    case peers(epoch: UInt32, rank: UInt32, endpoints: [String])
+    /// Worker → worker (and → coordinator, without tiles): the sender's pre-summed tree tiles of the
+    /// receiver's shard `[shardOffset, shardOffset + shardWidth)` of the summed gradients, and the sender's
+    /// factor rows for chunks `[rowsFirstChunk, rowsFirstChunk + rowsChunkCount)`, `rowsWidth` values a chunk.
+    /// Payload: `tiles.count × shardWidth` Float32, then `rowsChunkCount × rowsWidth` Float32.
+    case gradientTiles(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32, tiles: [Range<UInt32>],
+                       rowsFirstChunk: UInt32, rowsChunkCount: UInt32, rowsWidth: UInt32, payload: ArraySlice<UInt8>)
+    /// Worker → every other worker and the coordinator: the sum over the global batch of the sender's shard.
+    case gradientShard(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32, payload: ArraySlice<UInt8>)
 
     public var kind: WireProtocol.Kind {
         switch self {
@@ -62,6 +76,9 @@ public enum Message: Equatable {
         case .stop: .stop
         case .failure: .failure
         case .ping: .ping
+        case .peers: .peers
+        case .gradientTiles: .gradientTiles
+        case .gradientShard: .gradientShard
         }
     }
 }
@@ -143,14 +160,16 @@ extension Message {
         out.u16(WireProtocol.version)
         out.u16(kind.rawValue)
         switch self {
-        case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _), .reduced(let step, _, _, _, _):
+        case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _), .reduced(let step, _, _, _, _),
+             .gradientTiles(let step, _, _, _, _, _, _, _, _, _), .gradientShard(let step, _, _, _, _, _):
             out.u64(step)
         default:
             out.u64(0)
         }
         switch self {
-        case .hello(let peer):
-            out.bytes(Array(peer.utf8))
+        case .hello(let peer, let peerEndpoint):
+            out.u16(UInt16(clamping: peer.utf8.count)); out.bytes(Array(peer.utf8).prefix(Int(UInt16.max)))
+            out.bytes(Array(peerEndpoint.utf8))
         case .welcome(let rank, let workerCount, let config, let model):
             out.u32(rank); out.u32(workerCount); out.u32(UInt32(config.count))
             out.bytes(config); out.bytes(model)
@@ -173,6 +192,19 @@ extension Message {
             out.bytes(payload)
         case .stop, .ping:
             break
+        case .peers(let epoch, let rank, let endpoints):
+            out.u32(epoch); out.u32(rank); out.u32(UInt32(endpoints.count))
+            for endpoint in endpoints {
+                out.u16(UInt16(clamping: endpoint.utf8.count)); out.bytes(Array(endpoint.utf8).prefix(Int(UInt16.max)))
+            }
+        case .gradientTiles(_, let epoch, let from, let shardOffset, let shardWidth, let tiles, let rowsFirstChunk, let rowsChunkCount, let rowsWidth, let payload):
+            out.u32(epoch); out.u32(from); out.u32(shardOffset); out.u32(shardWidth); out.u32(UInt32(tiles.count))
+            out.u32(rowsFirstChunk); out.u32(rowsChunkCount); out.u32(rowsWidth)
+            for tile in tiles { out.u32(tile.lowerBound); out.u32(tile.upperBound) }
+            out.bytes(payload)
+        case .gradientShard(_, let epoch, let from, let shardOffset, let shardWidth, let payload):
+            out.u32(epoch); out.u32(from); out.u32(shardOffset); out.u32(shardWidth)
+            out.bytes(payload)
         }
         return out.buffer
     }
@@ -189,6 +221,17 @@ extension Message {
     /// (straight from a tensor buffer, without an intermediate array).
     public static func partialsHeader(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
         Message.partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element, payload: []).encoded()
+    }
+
+    /// Header and fields of a gradientTiles message (its payload follows).
+    public static func gradientTilesHeader(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32, tiles: [Range<UInt32>],
+                                           rowsFirstChunk: UInt32, rowsChunkCount: UInt32, rowsWidth: UInt32) -> [UInt8] {
+        Message.gradientTiles(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, tiles: tiles,
+                              rowsFirstChunk: rowsFirstChunk, rowsChunkCount: rowsChunkCount, rowsWidth: rowsWidth, payload: []).encoded()
+    }
+
+    public static func gradientShardHeader(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32) -> [UInt8] {
+        Message.gradientShard(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, payload: []).encoded()
     }
 
     public static func reducedHeader(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
@@ -213,11 +256,13 @@ extension Message {
         let rawKind = try reader.u16()
         guard let kind = WireProtocol.Kind(rawValue: rawKind) else { throw ProtocolError.malformed("unknown message kind \(rawKind)") }
         let step = try reader.u64()
-        let carriesStep = kind == .step || kind == .partials || kind == .reduced
+        let carriesStep = [.step, .partials, .reduced, .gradientTiles, .gradientShard].contains(kind)
         guard carriesStep || step == 0 else { throw ProtocolError.malformed("a \(kind) message carries step \(step)") }
         switch kind {
         case .hello:
-            return .hello(peer: try reader.string())
+            let length = Int(try reader.u16())
+            guard let peer = String(validating: try reader.bytes(length), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }
+            return .hello(peer: peer, peerEndpoint: try reader.string())
         case .welcome:
             let rank = try reader.u32(), workerCount = try reader.u32(), configLength = try reader.u32()
             guard workerCount > 0, rank < workerCount else { throw ProtocolError.malformed("welcome gives rank \(rank) of \(workerCount) workers") }
@@ -268,6 +313,44 @@ extension Message {
                 throw ProtocolError.malformed("reduced result of \(width) values carries \(reader.remaining) bytes")
             }
             return .reduced(step: step, round: round, width: width, element: element, payload: reader.rest())
+        case .peers:
+            let epoch = try reader.u32(), rank = try reader.u32(), count = try reader.u32()
+            guard count > 0, rank < count, Int(count) <= reader.remaining / 2 else {
+                throw ProtocolError.malformed("peers gives rank \(rank) of \(count) endpoints in \(reader.remaining) bytes")
+            }
+            var endpoints: [String] = []
+            for _ in 0..<count {
+                let length = Int(try reader.u16())
+                guard let endpoint = String(validating: try reader.bytes(length), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }
+                endpoints.append(endpoint)
+            }
+            guard reader.remaining == 0 else { throw ProtocolError.malformed("peers carries \(reader.remaining) unexpected bytes") }
+            return .peers(epoch: epoch, rank: rank, endpoints: endpoints)
+        case .gradientTiles:
+            let epoch = try reader.u32(), from = try reader.u32(), shardOffset = try reader.u32(), shardWidth = try reader.u32()
+            let tileCount = try reader.u32()
+            let rowsFirstChunk = try reader.u32(), rowsChunkCount = try reader.u32(), rowsWidth = try reader.u32()
+            guard Int(tileCount) <= reader.remaining / 8 else { throw ProtocolError.malformed("\(tileCount) tiles in \(reader.remaining) bytes") }
+            var tiles: [Range<UInt32>] = []
+            for _ in 0..<tileCount {
+                let lo = try reader.u32(), hi = try reader.u32()
+                guard lo < hi, lo >= (tiles.last?.upperBound ?? 0) else { throw ProtocolError.malformed("tile \(lo)..<\(hi) is empty or out of order") }
+                tiles.append(lo..<hi)
+            }
+            let (tileValues, o1) = Int(tileCount).multipliedReportingOverflow(by: Int(shardWidth))
+            let (rowValues, o2) = Int(rowsChunkCount).multipliedReportingOverflow(by: Int(rowsWidth))
+            let (values, o3) = tileValues.addingReportingOverflow(rowValues)
+            guard !o1, !o2, !o3, values <= Int.max / 4, reader.remaining == values * 4 else {
+                throw ProtocolError.malformed("gradient tiles (\(tileCount) × \(shardWidth) + \(rowsChunkCount) × \(rowsWidth) values) carry \(reader.remaining) bytes")
+            }
+            return .gradientTiles(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, tiles: tiles,
+                                  rowsFirstChunk: rowsFirstChunk, rowsChunkCount: rowsChunkCount, rowsWidth: rowsWidth, payload: reader.rest())
+        case .gradientShard:
+            let epoch = try reader.u32(), from = try reader.u32(), shardOffset = try reader.u32(), shardWidth = try reader.u32()
+            guard reader.remaining == Int(shardWidth) * 4 else {
+                throw ProtocolError.malformed("gradient shard of \(shardWidth) values carries \(reader.remaining) bytes")
+            }
+            return .gradientShard(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, payload: reader.rest())
         }
     }
 }

@@ -11,10 +11,15 @@ enum Interruption: Error {
 }
 
 /// A worker's collective: each call sends this worker's per-chunk partials to the coordinator and blocks
-/// (in `zmq_poll`, spending no CPU) until the reduction over the global batch comes back.
-final class RemoteCollective: Collective {
+/// (in `zmq_poll`, spending no CPU) until the reduction over the global batch comes back. Once the
+/// coordinator has sent a table of peers, the gradient round runs among the workers instead
+/// (`PeerGradientExchange`).
+final class RemoteCollective: Collective, ExchangeUpstream {
     private let connection: CoordinatorConnection
     private let timeoutSeconds: Double
+    /// The links to the other workers (nil: this worker takes no part in peer exchanges).
+    let mesh: PeerMesh?
+    private var peerExchange: PeerGradientExchange?
     var step: UInt64 = 0
     var slice: BatchSlice
     /// Time spent between sending partials and receiving the result, for the step being run.
@@ -24,8 +29,9 @@ final class RemoteCollective: Collective {
     /// Reused message buffer, so that rounds allocate no large arrays.
     private var outbox: [UInt8] = []
 
-    init(connection: CoordinatorConnection, slice: BatchSlice, timeoutSeconds: Double) {
+    init(connection: CoordinatorConnection, mesh: PeerMesh?, slice: BatchSlice, timeoutSeconds: Double) {
         self.connection = connection
+        self.mesh = mesh
         self.slice = slice
         self.timeoutSeconds = timeoutSeconds
     }
@@ -43,8 +49,26 @@ final class RemoteCollective: Collective {
     }
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
+        if let mesh, mesh.epoch != nil {
+            try timed {
+                if peerExchange == nil { peerExchange = PeerGradientExchange(layout: GradientLayout(exchange)) }
+                try peerExchange!.run(step: step, chunks: slice.chunks, partials: partials, into: result, mesh: mesh, upstream: self,
+                                      deadline: Date().addingTimeInterval(timeoutSeconds))
+            }
+            return
+        }
         try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, resultWidth: exchange.resultWidth,
                       partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
+    }
+
+    /// Runs `body`, counting its time and this thread's CPU time as waiting.
+    private func timed(_ body: () throws -> Void) throws {
+        let t0 = DispatchTime.now().uptimeNanoseconds, cpu0 = threadCPUNanoseconds()
+        defer {
+            waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0
+            waitingCPUNanoseconds += threadCPUNanoseconds() - cpu0
+        }
+        try body()
     }
 
     /// Sends `width` values per chunk and waits for the `resultWidth` values of the reduction.
@@ -64,26 +88,50 @@ final class RemoteCollective: Collective {
             guard let message = try connection.next(until: deadline) else {
                 throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it stuck?")
             }
-            switch message {
-            case .reduced(let s, let r, let w, let e, let payload):
-                guard s == step, r == round, Int(w) == resultWidth, e == element else {
-                    continue  // left over from an abandoned try of a step
-                }
+            if case .reduced(let s, let r, let w, let e, let payload) = message, s == step, r == round, Int(w) == resultWidth, e == element {
                 payload.withUnsafeBytes { result.copyMemory(from: $0) }
                 return
-            case .step:
-                throw Interruption.preempted(message)
-            case .failure(let reason):
-                throw ClusterError("the coordinator stopped the job: \(reason)")
-            case .reject(let reason):
-                throw ClusterError("the coordinator dropped this worker: \(reason)")
-            case .stop:
-                throw ClusterError("the coordinator ended the job in the middle of step \(step + 1)")
-            case .ping:
-                continue
-            case let other:
-                throw ClusterError("expected the result of step \(step + 1), \(round); the coordinator sent a \(other.kind) message")
             }
+            try handleMeanwhile(message, waitingFor: "the result of step \(step + 1), \(round)")
+        }
+    }
+
+    /// Acts on a coordinator message that is not the awaited result: a new table of peers is taken (a redo
+    /// follows), a result of an abandoned try or a probe is ignored; a new step abandons the round
+    /// (`Interruption.preempted`); an end of the job throws.
+    func handleMeanwhile(_ message: Message, waitingFor what: String) throws {
+        switch message {
+        case .reduced, .ping:
+            return  // left over from an abandoned try of a step, or a probe
+        case .peers(let epoch, let rank, let endpoints):
+            try takePeers(epoch: epoch, rank: rank, endpoints: endpoints)
+        case .step:
+            throw Interruption.preempted(message)
+        case .failure(let reason):
+            throw ClusterError("the coordinator stopped the job: \(reason)")
+        case .reject(let reason):
+            throw ClusterError("the coordinator dropped this worker: \(reason)")
+        case .stop:
+            throw ClusterError("the coordinator ended the job in the middle of step \(step + 1)")
+        case let other:
+            throw ClusterError("expected \(what); the coordinator sent a \(other.kind) message")
+        }
+    }
+
+    /// Takes the coordinator's table of peers.
+    func takePeers(epoch: UInt32, rank: UInt32, endpoints: [String]) throws {
+        guard let mesh else { throw ClusterError("the coordinator asked for a peer exchange, but this worker has no peer endpoint") }
+        try mesh.update(epoch: epoch, rank: Int(rank), endpoints: endpoints)
+    }
+
+    // MARK: ExchangeUpstream
+
+    var socket: Socket { connection.socket }
+    var pollSockets: [Socket] { [connection.socket, connection.monitor.socket] }
+
+    func handleWhileWaiting() throws {
+        if let message = try connection.next(until: Date().addingTimeInterval(0.001)) {
+            try handleMeanwhile(message, waitingFor: "gradients from the other workers at step \(step + 1)")
         }
     }
 }

@@ -24,11 +24,17 @@ public final class Worker {
     fileprivate let endpoint: String
     fileprivate let timeouts: ClusterTimeouts
     fileprivate let security: WorkerSecurity?
+    /// Where this worker listens for other workers (nil: the address of its route to the coordinator).
+    fileprivate let peerAddress: String?
     private var logger: Logger
 
     /// With `security`, the connection is encrypted with CurveZMQ and authenticates this worker's key.
-    public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), security: WorkerSecurity? = nil, logger: Logger) {
+    /// Without `security`, the worker also listens for other workers on `peerAddress` (default: the local
+    /// address of its route to the coordinator), for a coordinator that exchanges gradients among workers.
+    public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), security: WorkerSecurity? = nil,
+                peerAddress: String? = nil, logger: Logger) {
         self.endpoint = endpoint
+        self.peerAddress = peerAddress
         self.timeouts = timeouts
         self.security = security
         self.logger = logger
@@ -39,6 +45,8 @@ public final class Worker {
     ///   cannot be understood.
     public func run() throws -> Summary {
         let context = try Context()
+        let mesh = try makeMesh(context)
+        defer { mesh?.close() }
         var compute: [Double] = [], waiting: [Double] = [], waitingCPU: [Double] = []
         var rank = 0
         var joinDeadline = Date().addingTimeInterval(timeouts.connectSeconds)
@@ -46,7 +54,8 @@ public final class Worker {
         while true {
             let connection = try CoordinatorConnection(context: context, endpoint: endpoint, security: security, timeouts: timeouts)
             defer { connection.close() }
-            try connection.socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid()) \(Coordinator.blasTag)\(BLAS.kernelName)").encoded())
+            try connection.socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid()) \(Coordinator.blasTag)\(BLAS.kernelName)",
+                                                     peerEndpoint: mesh?.endpoint ?? "").encoded())
             let welcome: (TrainingConfig, Network, Int, Int)
             do {
                 // A hello can be lost (say, taken by a coordinator that was just shutting down): without an
@@ -64,7 +73,7 @@ public final class Worker {
             rank = assignedRank
             logger[metadataKey: "rank"] = "\(rank)"
             logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint)")
-            let collective = RemoteCollective(connection: connection, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
+            let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
             do {
                 var next = try connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
                 while true {
@@ -87,6 +96,8 @@ public final class Worker {
                         waitingCPU.append(Double(collective.waitingCPUNanoseconds) / 1e9)
                     case .ping, .reduced:
                         break  // a probe, or a result of a step abandoned meanwhile
+                    case .peers(let epoch, let peerRank, let endpoints):
+                        try collective.takePeers(epoch: epoch, rank: peerRank, endpoints: endpoints)
                     case .stop:
                         logger.info("training finished; worker \(rank) exits")
                         return Summary(rank: rank, steps: compute.count, medianComputeSeconds: median(compute),
@@ -105,6 +116,18 @@ public final class Worker {
                 rejoining = true
                 joinDeadline = Date().addingTimeInterval(timeouts.rejoinSeconds)
             }
+        }
+    }
+
+    /// The links to other workers: only without keys (peer traffic is not encrypted yet). If this host's
+    /// address cannot be found, the worker takes part in star exchanges only, and says why.
+    private func makeMesh(_ context: Context) throws -> PeerMesh? {
+        guard security == nil else { return nil }
+        do {
+            return try PeerMesh(context: context, address: peerAddress ?? PeerMesh.localAddress(towards: endpoint))
+        } catch let error as ClusterError where peerAddress == nil {
+            logger.warning("no peer endpoint (\(error)); this worker can only join coordinators that use --gradient-exchange star")
+            return nil
         }
     }
 

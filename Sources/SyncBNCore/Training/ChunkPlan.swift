@@ -41,6 +41,11 @@ public struct ChunkPlan: Equatable, Sendable, Codable {
     /// The contiguous chunks worker `rank` of `workerCount` processes: the first `chunkCount % workerCount`
     /// workers get one chunk more; with more workers than chunks, the last workers get none.
     public func chunks(forRank rank: Int, of workerCount: Int) -> Range<Int> {
+        Self.chunks(forRank: rank, of: workerCount, chunkCount: chunkCount)
+    }
+
+    /// `chunks(forRank:of:)` for a plan of `chunkCount` chunks.
+    public static func chunks(forRank rank: Int, of workerCount: Int, chunkCount: Int) -> Range<Int> {
         precondition(rank >= 0 && rank < workerCount)
         let base = chunkCount / workerCount, extra = chunkCount % workerCount
         let start = rank * base + min(rank, extra)

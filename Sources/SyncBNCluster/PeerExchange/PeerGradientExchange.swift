@@ -1,0 +1,248 @@
+import Foundation
+import SyncBNCore
+import ZeroMQ
+
+/// What a gradient round exchanges: per chunk, `sumWidth` values to sum over the batch and `rowsPerChunk`
+/// factor rows to gather; the result is the sums, then every chunk's rows in chunk order
+/// (`GradientExchange`'s layout).
+public struct GradientLayout: Equatable, Sendable {
+    public var chunkCount: Int
+    public var sumWidth: Int
+    public var rowsPerChunk: Int
+
+    public init(chunkCount: Int, sumWidth: Int, rowsPerChunk: Int) {
+        self.chunkCount = chunkCount
+        self.sumWidth = sumWidth
+        self.rowsPerChunk = rowsPerChunk
+    }
+
+    public init(_ exchange: GradientExchange) {
+        self.init(chunkCount: exchange.chunkCount, sumWidth: exchange.sumWidth, rowsPerChunk: exchange.rowsPerChunk)
+    }
+
+    var chunkWidth: Int { sumWidth + rowsPerChunk }
+    var resultWidth: Int { sumWidth + chunkCount * rowsPerChunk }
+
+    /// Shard `owner` of `workers`: the summed values worker `owner` reduces; the first `sumWidth % workers`
+    /// shards are one value longer.
+    public func shard(_ owner: Int, of workers: Int) -> Range<Int> {
+        let base = sumWidth / workers, extra = sumWidth % workers
+        let start = owner * base + min(owner, extra)
+        return start..<(start + base + (owner < extra ? 1 : 0))
+    }
+}
+
+extension Message {
+    /// The step and table epoch of a message between workers; nil for other kinds.
+    var peerTag: (step: UInt64, epoch: UInt32)? {
+        switch self {
+        case .gradientTiles(let step, let epoch, _, _, _, _, _, _, _, _), .gradientShard(let step, let epoch, _, _, _, _): (step, epoch)
+        default: nil
+        }
+    }
+}
+
+/// The worker's side of a link to whoever coordinates the exchange: where it sends its rows and its shard,
+/// and what it does with a message from there while it waits for other workers (a new step abandons the round
+/// by throwing).
+protocol ExchangeUpstream: AnyObject {
+    var socket: Socket { get }
+    /// Sockets to poll besides the mesh, `socket` first.
+    var pollSockets: [Socket] { get }
+    /// Reads whatever arrived on `pollSockets` and acts on it; throws to abandon the round.
+    func handleWhileWaiting() throws
+}
+
+/// The gradient round among the workers themselves (reduce-scatter, then all-gather), so that the traffic
+/// through the coordinator does not grow with the number of workers.
+///
+/// With N workers the summed part is cut into N shards; worker s owns shard s.
+/// 1. Each worker pre-sums its chunks' partials into the tree tiles of its run of chunks
+///    (`TreeReduction.blocks`) and sends each owner s the tiles' slice of shard s, with its factor rows;
+///    it sends its factor rows to the coordinator too.
+/// 2. Each owner evaluates the tree over every worker's tiles of its shard — the same additions in the same
+///    grouping as a single process, so the same bits — and sends the shard to the other workers and the
+///    coordinator.
+/// Per round a worker sends (N − 1)/N of the sums and its rows N − 1 times; the coordinator receives every
+/// sum and every row exactly once, whatever N.
+final class PeerGradientExchange {
+    let layout: GradientLayout
+    /// Tiles per run of chunks, at most: 2 per tree level.
+    private let maxTiles: Int
+    private let ownTiles: UnsafeMutableBufferPointer<Float>
+    private var tileStore: UnsafeMutableBufferPointer<Float>
+    private let scratch: UnsafeMutableBufferPointer<Float>
+    private var inbox: [[UInt8]] = [[]]
+    /// Peer messages of a later step or table, kept for the round they belong to.
+    private var early: [[UInt8]] = []
+
+    init(layout: GradientLayout) {
+        self.layout = layout
+        maxTiles = 2 * TreeReduction.scratchCount(chunkCount: layout.chunkCount)
+        ownTiles = .allocate(capacity: max(1, maxTiles * layout.sumWidth))
+        tileStore = .allocate(capacity: 1)
+        scratch = .allocate(capacity: max(1, TreeReduction.scratchCount(chunkCount: layout.chunkCount) * layout.sumWidth))
+    }
+
+    deinit {
+        ownTiles.deallocate()
+        tileStore.deallocate()
+        scratch.deallocate()
+    }
+
+    /// Runs one gradient round of `step` for this worker's `chunks` (those `ChunkPlan` assigns to its rank
+    /// in `mesh`'s table). `partials` holds its chunks' partials, chunk-major (`layout.chunkWidth` each);
+    /// `result` receives the whole result (`layout.resultWidth`).
+    /// - Throws: whatever `upstream.handleWhileWaiting()` throws (the round is abandoned), `ClusterError` for
+    ///   a peer message that contradicts the table, or at `deadline`.
+    func run(step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>,
+             mesh: PeerMesh, upstream: ExchangeUpstream, deadline: Date) throws {
+        guard let epoch = mesh.epoch else { preconditionFailure("the gradient exchange needs a table of peers") }
+        let n = mesh.workerCount, me = mesh.rank, c = layout.chunkCount
+        let sumWidth = layout.sumWidth, rowsWidth = layout.rowsPerChunk, chunkWidth = layout.chunkWidth
+        precondition(partials.count == chunks.count * chunkWidth && result.count == layout.resultWidth)
+        let myShard = layout.shard(me, of: n)
+        let needed = n * maxTiles * max(1, myShard.count)
+        if tileStore.count < needed {
+            tileStore.deallocate()
+            tileStore = .allocate(capacity: needed)
+        }
+
+        // 1. This worker's tiles and rows.
+        let myTiles = TreeReduction.blocks(covering: chunks, chunkCount: c)
+        let p = partials.baseAddress!, out = result.baseAddress!
+        if sumWidth > 0 {
+            for (t, tile) in myTiles.enumerated() {
+                TreeReduction.evaluate(tile, chunkCount: c, width: sumWidth,
+                                       value: { $0.count == 1 ? UnsafePointer(p + ($0.lowerBound - chunks.lowerBound) * chunkWidth) : nil },
+                                       into: ownTiles.baseAddress! + t * sumWidth, scratch: scratch.baseAddress!)
+            }
+        }
+        for chunk in chunks where rowsWidth > 0 {
+            (out + sumWidth + chunk * rowsWidth).update(from: p + (chunk - chunks.lowerBound) * chunkWidth + sumWidth, count: rowsWidth)
+        }
+        let allTiles = myTiles.map { UInt32($0.lowerBound)..<UInt32($0.upperBound) }
+        /// Sends the tiles' slices of `shard` (none to the coordinator) and this worker's rows.
+        func sendTiles(shard: Range<Int>, to socket: Socket) throws {
+            let wireTiles = shard.isEmpty ? [] : allTiles
+            let header = Message.gradientTilesHeader(step: step, epoch: epoch, from: UInt32(me), shardOffset: UInt32(shard.lowerBound),
+                                                     shardWidth: UInt32(shard.count), tiles: wireTiles, rowsFirstChunk: UInt32(chunks.lowerBound),
+                                                     rowsChunkCount: UInt32(chunks.count), rowsWidth: UInt32(rowsWidth))
+            let rowBytes = chunks.count * rowsWidth * 4
+            try socket.send(size: header.count + (wireTiles.count * shard.count) * 4 + rowBytes) { buffer in
+                var at = buffer.baseAddress!
+                header.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: header.count) }
+                at += header.count
+                for t in wireTiles.indices where !shard.isEmpty {
+                    at.copyMemory(from: ownTiles.baseAddress! + t * sumWidth + shard.lowerBound, byteCount: shard.count * 4)
+                    at += shard.count * 4
+                }
+                if rowBytes > 0 { at.copyMemory(from: out + sumWidth + chunks.lowerBound * rowsWidth, byteCount: rowBytes) }
+            }
+        }
+        for owner in 0..<n where owner != me {
+            try sendTiles(shard: layout.shard(owner, of: n), to: mesh.outlet(to: owner))
+        }
+        try sendTiles(shard: 0..<0, to: upstream.socket)
+
+        // 2. Gather the others' tiles of this shard and their rows, reduce, and gather every shard.
+        var tilesFrom = [[Range<Int>]?](repeating: nil, count: n)
+        tilesFrom[me] = myTiles
+        var shardFrom = [Bool](repeating: false, count: n)
+        var tilesMissing = n - 1, shardsMissing = n
+
+        func handle(_ frame: [UInt8]) throws {
+            let message: Message
+            do { message = try Message.decode(frame) } catch { throw ClusterError("another worker sent a message this one cannot read: \(error)") }
+            guard let (s, e) = message.peerTag else {
+                throw ClusterError("another worker sent a \(message.kind) message; workers send each other only gradient tiles and shards")
+            }
+            if s < step || (s == step && e < epoch) { return }  // from an abandoned try
+            if s > step || e > epoch { early.append(frame); return }  // a redo or the next step, seen before its table
+            switch message {
+            case .gradientTiles(_, _, let from, let shardOffset, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsW, let payload):
+                let r = Int(from)
+                let theirChunks = r < n ? ChunkPlan.chunks(forRank: r, of: n, chunkCount: c) : 0..<0
+                let expectedTiles = TreeReduction.blocks(covering: theirChunks, chunkCount: c)
+                guard r < n, r != me, tilesFrom[r] == nil, Int(shardOffset) == myShard.lowerBound, Int(shardWidth) == myShard.count,
+                      tiles.map({ Int($0.lowerBound)..<Int($0.upperBound) }) == expectedTiles, Int(rowsFirst) == theirChunks.lowerBound,
+                      Int(rowsCount) == theirChunks.count, Int(rowsW) == rowsWidth else {
+                    throw ClusterError("worker \(from) sent gradient tiles that do not fit table \(epoch) (shard \(shardOffset)+\(shardWidth), \(tiles.count) tiles, rows \(rowsFirst)+\(rowsCount))")
+                }
+                payload.withUnsafeBytes { raw in
+                    let tileBytes = tiles.count * myShard.count * 4
+                    if tileBytes > 0 {
+                        UnsafeMutableRawPointer(tileStore.baseAddress! + r * maxTiles * myShard.count).copyMemory(from: raw.baseAddress!, byteCount: tileBytes)
+                    }
+                    if raw.count > tileBytes {
+                        UnsafeMutableRawPointer(out + sumWidth + theirChunks.lowerBound * rowsWidth).copyMemory(from: raw.baseAddress! + tileBytes, byteCount: raw.count - tileBytes)
+                    }
+                }
+                tilesFrom[r] = expectedTiles
+                tilesMissing -= 1
+            case .gradientShard(_, _, let from, let shardOffset, let shardWidth, let payload):
+                let r = Int(from)
+                guard r < n, r != me, !shardFrom[r], layout.shard(r, of: n) == Int(shardOffset)..<Int(shardOffset + shardWidth) else {
+                    throw ClusterError("worker \(from) sent a gradient shard that does not fit table \(epoch) (\(shardOffset)+\(shardWidth))")
+                }
+                payload.withUnsafeBytes { raw in
+                    if raw.count > 0 { UnsafeMutableRawPointer(out + Int(shardOffset)).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+                }
+                shardFrom[r] = true
+                shardsMissing -= 1
+            default:
+                break
+            }
+        }
+
+        let earlier = early
+        early.removeAll(keepingCapacity: true)
+        for frame in earlier { try handle(frame) }
+        let sockets = [mesh.inbox] + upstream.pollSockets
+        while shardsMissing > 0 {
+            if tilesMissing == 0 && !shardFrom[me] {
+                reduceOwnShard(myShard, tilesFrom: tilesFrom, me: me, into: out)
+                let header = Message.gradientShardHeader(step: step, epoch: epoch, from: UInt32(me), shardOffset: UInt32(myShard.lowerBound),
+                                                         shardWidth: UInt32(myShard.count))
+                for target in (0..<n).filter({ $0 != me }).map(mesh.outlet(to:)) + [upstream.socket] {
+                    try target.send(size: header.count + myShard.count * 4) { buffer in
+                        header.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: header.count) }
+                        if !myShard.isEmpty { (buffer.baseAddress! + header.count).copyMemory(from: out + myShard.lowerBound, byteCount: myShard.count * 4) }
+                    }
+                }
+                shardFrom[me] = true
+                shardsMissing -= 1
+                continue
+            }
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else {
+                let waitingFor = (0..<n).filter { tilesFrom[$0] == nil || !shardFrom[$0] }.map(String.init).joined(separator: ", ")
+                throw ClusterError("step \(step + 1), parameter gradients: nothing from worker(s) \(waitingFor) within the round timeout")
+            }
+            guard let ready = try waitForFirstReadable(sockets, timeoutMilliseconds: min(Int(left * 1000) + 1, ClusterTimeouts.pollMilliseconds)) else { continue }
+            if ready > 0 {
+                try upstream.handleWhileWaiting()
+                continue
+            }
+            while let frames = try mesh.inbox.receive(into: &inbox, dontWait: true) {
+                guard frames == 1 else { throw ClusterError("another worker sent a message of \(frames) frames; SyncBN messages are one frame") }
+                try handle(inbox[0])
+            }
+        }
+    }
+
+    /// Evaluates the tree over every worker's tiles of this worker's shard, into `out[shard]`.
+    private func reduceOwnShard(_ shard: Range<Int>, tilesFrom: [[Range<Int>]?], me: Int, into out: UnsafeMutablePointer<Float>) {
+        guard !shard.isEmpty else { return }
+        let width = shard.count, sumWidth = layout.sumWidth
+        TreeReduction.evaluate(0..<layout.chunkCount, chunkCount: layout.chunkCount, width: width, value: { node in
+            for (r, tiles) in tilesFrom.enumerated() {
+                guard let t = tiles?.firstIndex(of: node) else { continue }
+                return r == me
+                    ? UnsafePointer(ownTiles.baseAddress! + t * sumWidth + shard.lowerBound)
+                    : UnsafePointer(tileStore.baseAddress! + (r * maxTiles + t) * width)
+            }
+            return nil
+        }, into: out + shard.lowerBound, scratch: scratch.baseAddress!)
+    }
+}

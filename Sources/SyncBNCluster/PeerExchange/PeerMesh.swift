@@ -1,0 +1,102 @@
+import Foundation
+import ZeroMQ
+
+/// A worker's direct links to the other workers, for the gradient exchange: one PULL socket bound where the
+/// others send to it, and one PUSH socket connected to each of the others. The coordinator's `peers` message
+/// says who is in the mesh; every change of membership brings a new table with a new epoch.
+///
+/// Messages to a worker that died stay queued in its PUSH socket until the next table closes that socket.
+final class PeerMesh {
+    let inbox: Socket
+    /// Where the other workers send to this one (the bound address, port filled in).
+    let endpoint: String
+    /// The current table: its epoch, this worker's index in it, and every worker's endpoint.
+    private(set) var epoch: UInt32?
+    private(set) var rank = 0
+    private(set) var endpoints: [String] = []
+    private var outlets: [String: Socket] = [:]
+    private let context: Context
+
+    /// Binds the PULL socket on `address` (an IP address or host name), on a port the kernel picks.
+    init(context: Context, address: String) throws {
+        self.context = context
+        inbox = try Socket(context, .pull)
+        try inbox.setHighWaterMarks(send: 0, receive: 0)
+        try inbox.setMaximumMessageSize(WireProtocol.maximumMessageSize)
+        do {
+            try inbox.bind("tcp://\(address):*")
+        } catch let error as ZMQError {
+            throw ClusterError("cannot listen for other workers on \(address): \(error.message); give the address other workers reach this host at with --peer-address")
+        }
+        endpoint = try inbox.lastEndpoint
+    }
+
+    var workerCount: Int { endpoints.count }
+
+    /// Takes a new table: connects to workers new to it and drops the links to workers no longer in it.
+    func update(epoch: UInt32, rank: Int, endpoints: [String]) throws {
+        for (endpoint, socket) in outlets where !endpoints.contains(endpoint) {
+            socket.close()
+            outlets[endpoint] = nil
+        }
+        for (index, endpoint) in endpoints.enumerated() where index != rank && outlets[endpoint] == nil {
+            let socket = try Socket(context, .push)
+            try socket.setHighWaterMarks(send: 0, receive: 0)
+            try socket.setOption(ZMQ_RECONNECT_IVL, Int32(100))
+            do {
+                try socket.connect(endpoint)
+            } catch let error as ZMQError {
+                throw ClusterError("cannot connect to worker \(index) at \(endpoint): \(error.message)")
+            }
+            outlets[endpoint] = socket
+        }
+        self.epoch = epoch
+        self.rank = rank
+        self.endpoints = endpoints
+    }
+
+    /// The socket that sends to worker `index` of the current table (not this worker).
+    func outlet(to index: Int) -> Socket {
+        precondition(index != rank, "a worker does not send to itself")
+        return outlets[endpoints[index]]!
+    }
+
+    func close() {
+        for socket in outlets.values { socket.close() }
+        outlets.removeAll()
+        inbox.close()
+    }
+
+    /// The address this host is reached at by whoever reaches `coordinator` (a `tcp://HOST:PORT` or `ipc://`
+    /// endpoint): loopback for a local coordinator, otherwise the local address of the route to its host.
+    static func localAddress(towards coordinator: String) throws -> String {
+        guard coordinator.hasPrefix("tcp://") else { return "127.0.0.1" }
+        var host = String(coordinator.dropFirst("tcp://".count))
+        if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
+        host = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        if host == "localhost" || host.hasPrefix("127.") || host == "::1" { return "127.0.0.1" }
+        // A UDP "connection" sends nothing; it only makes the kernel choose the route and source address.
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
+        var found: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, "9", &hints, &found) == 0, let info = found else {
+            throw ClusterError("cannot resolve the coordinator's host \(host) to find this worker's address; give --peer-address")
+        }
+        defer { freeaddrinfo(found) }
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw ClusterError("cannot open a socket to find this worker's address; give --peer-address") }
+        defer { Glibc.close(fd) }
+        var local = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 && withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
+        }
+        guard ok else { throw ClusterError("no route to the coordinator's host \(host) to find this worker's address; give --peer-address") }
+        var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+        inet_ntop(AF_INET, &local.sin_addr, &text, socklen_t(text.count))
+        return String(cString: text)
+    }
+}
+
+import CZeroMQ
