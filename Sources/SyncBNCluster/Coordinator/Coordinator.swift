@@ -53,6 +53,9 @@ public final class Coordinator: StepRunner {
     private let floatResult: UnsafeMutableBufferPointer<Float>
     /// Reused message buffers: [identity, body] in, one reply out, so steps allocate no large arrays.
     private var inbox: [[UInt8]] = [[], []]
+    /// Messages of a later round of this step, [identity, body], received while collecting an earlier one
+    /// (with `.peers`, workers finish the gradient round among themselves and send their metrics at once).
+    private var early: [[[UInt8]]] = []
     private var outbox: [UInt8] = []
 
     /// How a worker's hello names its OpenBLAS kernels, compared with the coordinator's at join.
@@ -254,6 +257,7 @@ public final class Coordinator: StepRunner {
     /// One try at a step with the current members. Replicas change only if it completes.
     private func attemptStep(_ step: Int, message: inout [UInt8], computeMetrics: Bool) throws -> StepMetrics? {
         let plan = config.plan
+        early.removeAll()
         if gradientExchange == .peers { try sendPeerTableIfChanged() }
         for (rank, peer) in members.enumerated() {
             let chunks = plan.chunks(forRank: rank, of: members.count)
@@ -337,7 +341,10 @@ public final class Coordinator: StepRunner {
         let layout = GradientLayout(network.exchange)
         let n = members.count
         var gotRows = [Bool](repeating: false, count: n), gotShard = gotRows
-        try collect("parameter gradients", messagesPerWorker: 2) { rank, message in
+        try collect("parameter gradients", messagesPerWorker: 2, keepForLater: { message in
+            if case .partials(let s, _, _, _, _, _, _) = message { return s == step }
+            return false
+        }) { rank, message in
             guard message.peerTag.map({ $0.step == step && $0.epoch == peerEpoch }) == true else { return false }
             let range: Range<Int>
             switch message {
@@ -387,13 +394,23 @@ public final class Coordinator: StepRunner {
     /// Collects `messagesPerWorker` accepted messages of a round from every member; `accept` stores one and
     /// says whether it was the round's (false: dropped). Probes members that are slow to answer; one whose
     /// connection is gone, or that stays silent for the round timeout, is lost.
-    private func collect(_ what: String, messagesPerWorker: Int, accept: (_ rank: Int, _ message: Message) throws -> Bool) throws {
+    /// Messages that `keepForLater` picks are kept for the next round instead of being dropped.
+    private func collect(_ what: String, messagesPerWorker: Int, keepForLater: (Message) -> Bool = { _ in false },
+                         accept: (_ rank: Int, _ message: Message) throws -> Bool) throws {
+        var kept = early[...]
+        early = []
         var pending = [Int](repeating: messagesPerWorker, count: members.count)
         var left = members.count * messagesPerWorker
         let started = Date()
         let deadline = started.addingTimeInterval(timeouts.roundSeconds)
         while left > 0 {
-            let arrived = try receive(until: min(deadline, Date().addingTimeInterval(Double(ClusterTimeouts.pollMilliseconds) / 1000)))
+            let arrived: Bool
+            if let next = kept.popFirst() {
+                inbox = next
+                arrived = true
+            } else {
+                arrived = try receive(until: min(deadline, Date().addingTimeInterval(Double(ClusterTimeouts.pollMilliseconds) / 1000)))
+            }
             let waiting = Set(pending.indices.filter { pending[$0] > 0 })
             if !arrived {
                 if Date() >= deadline, let rank = waiting.min() {
@@ -414,6 +431,8 @@ public final class Coordinator: StepRunner {
                 if pending[rank] > 0, try accept(rank, message) {
                     pending[rank] -= 1
                     left -= 1
+                } else if keepForLater(message) {
+                    early.append(inbox)
                 }
             case .failure(let reason):
                 throw WorkerLost(rank: rank, reason: "it failed: \(reason)")

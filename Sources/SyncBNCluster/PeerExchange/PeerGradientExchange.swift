@@ -163,7 +163,8 @@ final class PeerGradientExchange {
             case .gradientTiles(_, _, let from, let shardOffset, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsW, let payload):
                 let r = Int(from)
                 let theirChunks = r < n ? ChunkPlan.chunks(forRank: r, of: n, chunkCount: c) : 0..<0
-                let expectedTiles = TreeReduction.blocks(covering: theirChunks, chunkCount: c)
+                // Tiles travel only with a non-empty shard (so never to the coordinator).
+                let expectedTiles = myShard.isEmpty ? [] : TreeReduction.blocks(covering: theirChunks, chunkCount: c)
                 guard r < n, r != me, tilesFrom[r] == nil, Int(shardOffset) == myShard.lowerBound, Int(shardWidth) == myShard.count,
                       tiles.map({ Int($0.lowerBound)..<Int($0.upperBound) }) == expectedTiles, Int(rowsFirst) == theirChunks.lowerBound,
                       Int(rowsCount) == theirChunks.count, Int(rowsW) == rowsWidth else {
