@@ -122,6 +122,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
             (["train", "--bn", "sometimes"], "sometimes"),
             (["train", "--no-such-flag"], "--no-such-flag"),
             (["launch", "--workers", "0"], "--workers must be at least 1"),
+            (["launch", "--workers", "2", "--gradient-exchange", "ring"], "ring"),
             (["launch", "--workers", "2", "--bind", "tcp://0.0.0.0:5555"], "loopback"),
             (["coordinator", "--workers", "2", "--join-timeout", "0"], "timeouts must be positive"),
             (["worker", "--connect", "tcp://127.0.0.1:9", "--connect-timeout", "0"], "timeouts must be positive"),

@@ -72,16 +72,30 @@ final class DeterminismTests: SyncBNProcessTestCase {
         try assertLaunchMatchesTrain(workers: 3, flags: ["--steps", "20", "--log-every", "5", "--no-shuffle", "--batch-size", "120", "--chunk-size", "60"])
     }
 
+    // MARK: Gradients exchanged among the workers
+
+    func testPeerGradientExchangeSavesTheSameModelAsTrain() throws {
+        // bn-mlp at batch 60: 4 chunks over 3 workers (2/1/1), the summed part cut into 3 shards.
+        try assertLaunchMatchesTrain(workers: 3, flags: Self.steps + ["--no-shuffle"], launchFlags: ["--gradient-exchange", "peers"])
+    }
+
+    func testPeerGradientExchangeWithSummedHiddenLayersAndAnEmptySliceSavesTheSameModelAsTrain() throws {
+        // 4 chunks of 60 rows: the hidden layers' gradients are summed (≈ 21 000 values, sharded over 5
+        // workers, each owner adding every worker's tree tiles); worker 4 has no rows.
+        try assertLaunchMatchesTrain(workers: 5, flags: ["--steps", "20", "--log-every", "5", "--no-shuffle", "--batch-size", "240", "--chunk-size", "60"],
+                                     launchFlags: ["--gradient-exchange", "peers"])
+    }
+
     // MARK: Helpers
 
     /// Runs `train flags` (cached) and `launch --workers N flags`, and asserts the two models are the same bytes.
     /// Returns the model.
     @discardableResult
-    func assertLaunchMatchesTrain(workers: Int, flags: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Data {
+    func assertLaunchMatchesTrain(workers: Int, flags: [String], launchFlags: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> Data {
         try requireDataSet()
         let expected = try reference(flags, file: file, line: line)
         let out = try makeTemporaryDirectory("launch\(workers)")
-        let launch = try runSuccessfully(["launch", "--workers", "\(workers)"] + flags + ["--out", out.path], file: file, line: line)
+        let launch = try runSuccessfully(["launch", "--workers", "\(workers)"] + flags + launchFlags + ["--out", out.path], file: file, line: line)
         let actual = try model(in: out, file: file, line: line)
         let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
         XCTAssertFalse(metrics.isEmpty, "launch wrote no metrics", file: file, line: line)

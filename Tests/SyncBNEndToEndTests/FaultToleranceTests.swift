@@ -33,10 +33,20 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
     }
 
     func testKilledWorkerIsSurvivedAndTheModelIsUnchanged() throws {
+        try checkKilledWorker(launchFlags: [])
+    }
+
+    func testKilledWorkerIsSurvivedWhenWorkersExchangeGradientsAmongThemselves() throws {
+        // The survivors may be waiting for the dead worker's tiles or shard: the coordinator's new table of
+        // peers and the redo of the step must free them.
+        try checkKilledWorker(launchFlags: ["--gradient-exchange", "peers"])
+    }
+
+    private func checkKilledWorker(launchFlags: [String]) throws {
         try requireDataSet()
         let expected = try reference()
         let out = try makeTemporaryDirectory("killed")
-        let launch = try start(["launch", "--workers", "3"] + flags + ["--out", out.path])
+        let launch = try start(["launch", "--workers", "3"] + flags + launchFlags + ["--out", out.path])
         let pids = try XCTUnwrap(launch.waitForStandardError(containing: "pids ", seconds: 60) ? ProcessLifecycleTests.workerProcessIDs(in: launch.stderr) : nil, launch.transcript)
         registerForeignProcesses(pids)
         // A random step: after 20·k steps, k in 1...5.
