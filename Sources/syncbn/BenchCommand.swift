@@ -28,6 +28,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Shorter training runs, and no 10M-value all-reduce.")
     var quick = false
 
+    @Option(help: "Comma-separated sections to run: transport, allreduce, training, memory (the all-reduce ratios need transport).")
+    var sections = BenchRun.Section.allCases.map(\.rawValue).joined(separator: ",")
+
     // The child helpers: this executable started again by the benchmark.
     @Option(help: .hidden) var helper: String?
     @Option(help: .hidden) var connect: String?
@@ -38,6 +41,9 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+        for name in sections.split(separator: ",") where BenchRun.Section(rawValue: String(name)) == nil {
+            throw ValidationError("unknown bench section \(name): pick from \(BenchRun.Section.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
@@ -51,7 +57,7 @@ struct BenchCommand: ParsableCommand {
             return
         }
         installBenchSignalHandlers()
-        var bench = BenchRun(repeats: repeats, quick: quick)
+        var bench = BenchRun(repeats: repeats, quick: quick, sections: Set(sections.split(separator: ",").compactMap { BenchRun.Section(rawValue: String($0)) }))
         let report = bench.run()
         // Interrupted: the signal handler is stopping the children and exits with 130.
         while BenchChildRegistry.shared.isInterrupted { sleep(1) }
@@ -93,18 +99,25 @@ struct BenchReport: Codable {
     }
 
     struct AllReduce: Codable {
+        /// "star" (through the coordinator) or "peers" (reduce-scatter + all-gather among the workers).
+        var algorithm: String
         var payload: String
         var valuesPerWorker: Int
         var element: String
         var workers: Int
         var roundsPerRepeat: Int
-        /// Partials in plus reduced results out, headers included.
+        /// Bytes into and out of the coordinator per round, headers included: star, every worker's partials in
+        /// and a result out to each; peers, each shard in once (plus the small start and done messages).
         var bytesThroughParentPerRound: Int
         var medianRoundMicroseconds: Double
         /// BatchNorm-sized payload: the round over the raw 64-byte tcp round trip.
         var ratioToRawRoundTrip: Double?
+        /// Bytes through the coordinator per second.
         var throughputGBps: Double
-        /// Large payloads: the effective throughput over the raw tcp throughput.
+        /// Bus bandwidth (NCCL's convention): tensor bytes / round time × 2(N − 1)/N, what each worker's link
+        /// must carry per second with an optimal algorithm; comparable with one link's raw throughput.
+        var busBandwidthGBps: Double
+        /// Large payloads: bus bandwidth over the raw tcp throughput.
         var ratioToRawThroughput: Double?
     }
 
@@ -156,6 +169,8 @@ struct BenchReport: Codable {
 struct BenchRun {
     let repeats: Int
     let quick: Bool
+    enum Section: String, CaseIterable { case transport, allreduce, training, memory }
+    let sections: Set<Section>
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("syncbn-bench-\(getpid())").path
 
     /// Rounds per step of bn-mlp and wide-mlp with --bn sync: 3 BatchNorm forward, 3 backward, 1 gradient round.
@@ -188,7 +203,7 @@ struct BenchRun {
             ("bn-mlp", ["--model", "bn-mlp"], 60, quick ? 500 : 2000, 600),
             ("wide-mlp", ["--model", "wide-mlp", "--batch-size", "512"], 512, quick ? 10 : 30, 900),
         ]
-        for model in models {
+        for model in models where sections.contains(.training) {
             for workers in [nil, 1, 2, 4] as [Int?] {
                 let command = workers.map { "launch --workers \($0)" } ?? "train"
                 attempt("\(model.name), \(command), \(model.steps) steps × \(repeats)") {
@@ -214,17 +229,17 @@ struct BenchRun {
 
         // 4. Memory growth: the peak of a long run against a short one.
         let longSteps = quick ? 3000 : 10_000
-        attempt("memory growth, train 1000 vs \(longSteps) steps") {
+        if sections.contains(.memory) { attempt("memory growth, train 1000 vs \(longSteps) steps") {
             let short = try BenchTraining.run(workers: nil, model: ["--model", "bn-mlp"], steps: 1000, scratch: scratch, timeoutSeconds: 600)
             let long = try BenchTraining.run(workers: nil, model: ["--model", "bn-mlp"], steps: longSteps, scratch: scratch, timeoutSeconds: 1800)
             let a = Double(short.maxRSSKiB) / 1024, b = Double(long.maxRSSKiB) / 1024
             report.memory = .init(shortSteps: 1000, longSteps: longSteps, shortPeakRSSMiB: a, longPeakRSSMiB: b,
                                   growthMiB: b - a, growthPercent: a > 0 ? (b - a) / a * 100 : 0)
-        }
+        } }
 
         // 1. Raw baselines.
         let raw = report.raw
-        for transport in ["tcp", "ipc"] {
+        for transport in ["tcp", "ipc"] where sections.contains(.transport) {
             attempt("raw round trip, \(transport)") {
                 let value = benchMedian(try BenchNetwork.roundTrip(transport: transport, size: raw.roundTripBytes, count: raw.roundTripsPerRepeat, repeats: repeats))
                 if transport == "tcp" { report.raw.roundTripTcpMicroseconds = value } else { report.raw.roundTripIpcMicroseconds = value }
@@ -241,7 +256,7 @@ struct BenchRun {
             ("gradient (100k Float32)", 100_000, .float32, 100, 10),
         ]
         if !quick { payloads.append(("10M Float32", 10_000_000, .float32, 3, 1)) }
-        for payload in payloads {
+        for payload in payloads where sections.contains(.allreduce) {
             for workers in [2, 4, 8] {
                 attempt("all-reduce, \(payload.name), \(workers) workers") {
                     let times = try BenchNetwork.allReduce(workers: workers, width: payload.width, element: payload.element,
@@ -254,13 +269,37 @@ struct BenchRun {
                     let bytes = workers * (inBytes + outBytes)
                     let rate = Double(bytes) / seconds / 1e9
                     let small = payload.element == .float64
+                    let bus = Self.busBandwidth(valueBytes, workers: workers, seconds: seconds)
                     report.allReduce.append(.init(
-                        payload: payload.name, valuesPerWorker: payload.width, element: payload.element == .float64 ? "Float64" : "Float32",
+                        algorithm: "star", payload: payload.name, valuesPerWorker: payload.width, element: payload.element == .float64 ? "Float64" : "Float32",
                         workers: workers, roundsPerRepeat: payload.rounds, bytesThroughParentPerRound: bytes,
                         medianRoundMicroseconds: seconds * 1e6,
                         ratioToRawRoundTrip: small ? report.raw.roundTripTcpMicroseconds.map { seconds * 1e6 / $0 } : nil,
-                        throughputGBps: rate,
-                        ratioToRawThroughput: small ? nil : report.raw.throughputTcpGBps.map { rate / $0 }))
+                        throughputGBps: rate, busBandwidthGBps: bus,
+                        ratioToRawThroughput: small ? nil : report.raw.throughputTcpGBps.map { bus / $0 }))
+                }
+            }
+        }
+
+        // 2b. The gradient payloads among the workers.
+        for payload in payloads where payload.element == .float32 && sections.contains(.allreduce) {
+            for workers in [2, 4, 8] {
+                attempt("peer all-reduce, \(payload.name), \(workers) workers") {
+                    let times = try BenchNetwork.peerAllReduce(workers: workers, width: payload.width, rounds: payload.rounds,
+                                                               warmup: payload.warmup, repeats: repeats)
+                    let seconds = benchMedian(times)!
+                    let valueBytes = payload.width * 4
+                    let header = Message.gradientShardHeader(step: 0, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0).count
+                    let rows = Message.gradientTilesHeader(step: 0, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0, tiles: [],
+                                                           rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 0).count
+                    let bytes = valueBytes + workers * (header + rows + 2 * WireProtocol.headerSize)
+                    report.allReduce.append(.init(
+                        algorithm: "peers", payload: payload.name, valuesPerWorker: payload.width, element: "Float32",
+                        workers: workers, roundsPerRepeat: payload.rounds, bytesThroughParentPerRound: bytes,
+                        medianRoundMicroseconds: seconds * 1e6, ratioToRawRoundTrip: nil,
+                        throughputGBps: Double(bytes) / seconds / 1e9,
+                        busBandwidthGBps: Self.busBandwidth(valueBytes, workers: workers, seconds: seconds),
+                        ratioToRawThroughput: report.raw.throughputTcpGBps.map { Self.busBandwidth(valueBytes, workers: workers, seconds: seconds) / $0 }))
                 }
             }
         }
@@ -277,6 +316,11 @@ struct BenchRun {
 
         report.wallSeconds = Double(benchNow() - start) / 1e9
         return report
+    }
+
+    /// NCCL's bus bandwidth of an all-reduce of `bytes` among `workers` in `seconds`, GB/s.
+    static func busBandwidth(_ bytes: Int, workers: Int, seconds: Double) -> Double {
+        Double(bytes) / seconds / 1e9 * 2 * Double(workers - 1) / Double(workers)
     }
 
     private func progress(_ text: String) {
@@ -327,15 +371,18 @@ extension BenchReport {
                      + lpad(f(raw.throughputTcpGBps, "%.2f GB/s"), 14) + lpad(f(raw.throughputIpcGBps, "%.2f GB/s"), 14))
 
         lines.append("")
-        lines.append("2. All-reduce round through a star (tcp loopback; parent sums in worker order)")
-        lines.append("   (through parent = (partials in + reduced out) per round / round time, over all workers' connections)")
-        lines.append("   " + pad("payload per worker", 26) + lpad("workers", 8) + lpad("round", 14) + lpad("vs raw RTT", 12)
-                     + lpad("through parent", 16) + lpad("vs raw tcp", 12))
+        lines.append("2. All-reduce round, tcp loopback: star (the parent sums, as the coordinator) and peers (reduce-scatter +")
+        lines.append("   all-gather among the workers, the parent receives each shard once)")
+        lines.append("   (through parent = bytes in and out of the parent per round / round time; bus bw = tensor bytes / round time")
+        lines.append("    × 2(N−1)/N, NCCL's measure of what each worker's link carries, compared with the raw tcp throughput)")
+        lines.append("   " + pad("payload per worker", 26) + pad("algorithm", 10) + lpad("workers", 8) + lpad("round", 12) + lpad("vs raw RTT", 12)
+                     + lpad("through parent", 16) + lpad("bus bw", 12) + lpad("vs raw tcp", 12))
         for row in allReduce {
-            lines.append("   " + pad(row.payload, 26) + lpad("\(row.workers)", 8)
-                         + lpad(row.medianRoundMicroseconds >= 10_000 ? String(format: "%.1f ms", row.medianRoundMicroseconds / 1000) : String(format: "%.1f us", row.medianRoundMicroseconds), 14)
+            lines.append("   " + pad(row.payload, 26) + pad(row.algorithm, 10) + lpad("\(row.workers)", 8)
+                         + lpad(row.medianRoundMicroseconds >= 10_000 ? String(format: "%.1f ms", row.medianRoundMicroseconds / 1000) : String(format: "%.1f us", row.medianRoundMicroseconds), 12)
                          + lpad(row.ratioToRawRoundTrip.map { String(format: "%.2fx", $0) } ?? "", 12)
                          + lpad(String(format: "%.3f GB/s", row.throughputGBps), 16)
+                         + lpad(row.element == "Float32" ? String(format: "%.2f GB/s", row.busBandwidthGBps) : "", 12)
                          + lpad(row.ratioToRawThroughput.map { String(format: "%.2fx", $0) } ?? "", 12))
         }
 

@@ -61,6 +61,8 @@ enum BenchNetwork {
                 case let other: throw BenchError("all-reduce helper \(rank): unexpected \(other.kind)")
                 }
             }
+        case "peerallreduce":
+            try PeerAllReduceHelper(dealer: dealer, rank: rank, width: width).run()
         default:
             throw BenchError("unknown helper role \(role)")
         }
@@ -228,5 +230,123 @@ enum BenchNetwork {
             guard exit.succeeded else { throw BenchError("an all-reduce helper \(exit.description)") }
         }
         return (0..<repeats).map { benchMedian(Array(times[($0 * rounds)..<(($0 + 1) * rounds)]))! }
+    }
+
+    // MARK: All-reduce among workers
+
+    /// Round times (seconds) of the gradient exchange among `workers` child processes
+    /// (`PeerGradientExchange`: reduce-scatter of `width` Float32 values, then all-gather), over tcp loopback.
+    /// The parent plays the coordinator: it starts each round with a small message to every worker, receives
+    /// every shard once (checking the sums), and ends the round when every worker reports that it holds the
+    /// whole result. One median per repeat of `rounds` rounds, after `warmup` rounds.
+    static func peerAllReduce(workers: Int, width: Int, rounds: Int, warmup: Int, repeats: Int) throws -> [Double] {
+        let context = try Context()
+        let (router, endpoint) = try makeRouter(context, transport: "tcp")
+        defer { close(router) }
+        var children: [BenchChild] = []
+        defer { for child in children { child.stop(graceSeconds: 2) } }
+        for rank in 0..<workers {
+            children.append(try spawnHelper(["--helper", "peerallreduce", "--connect", endpoint, "--rank", "\(rank)", "--width", "\(width)"]))
+        }
+        var buffers: [[UInt8]] = [[], []]
+        var identities = [[UInt8]](repeating: [], count: workers), endpoints = [String](repeating: "", count: workers)
+        for _ in 0..<workers {
+            _ = try receive(router, into: &buffers, what: "peer all-reduce helper hello")
+            guard case .hello(let peer, let peerEndpoint) = try Message.decode(buffers[1]), let rank = Int(peer), rank < workers else {
+                throw BenchError("peer all-reduce: unexpected hello")
+            }
+            identities[rank] = buffers[0]
+            endpoints[rank] = peerEndpoint
+        }
+        for rank in 0..<workers {
+            try router.send(frames: [identities[rank], Message.peers(epoch: 1, rank: UInt32(rank), endpoints: endpoints).encoded()])
+        }
+        let go = Message.ping.encoded()
+        let expected = Float(workers * (workers + 1) / 2)
+        var times: [Double] = []
+        for index in 0..<(warmup + rounds * repeats) {
+            let t0 = benchNow()
+            for identity in identities { try router.send(frames: [identity, go]) }
+            // Per worker: its (empty) rows, its shard, and "done".
+            var left = 3 * workers
+            while left > 0 {
+                let frames = try receive(router, into: &buffers, what: "peer all-reduce (\(left) messages missing)")
+                guard frames == 2 else { throw BenchError("peer all-reduce: a message of \(frames) frames") }
+                switch try Message.decode(buffers[1]) {
+                case .gradientShard(let step, _, _, _, let w, let payload):
+                    guard step == UInt64(index) else { throw BenchError("peer all-reduce: a shard of step \(step) in round \(index)") }
+                    if w > 0 {
+                        let first = payload.withUnsafeBytes { $0.loadUnaligned(as: Float.self) }
+                        guard first == expected else { throw BenchError("peer all-reduce: wrong sum \(first), expected \(expected)") }
+                    }
+                case .gradientTiles, .ping: break
+                case let other: throw BenchError("peer all-reduce: unexpected \(other.kind)")
+                }
+                left -= 1
+            }
+            if index >= warmup { times.append(Double(benchNow() - t0) / 1e9) }
+        }
+        let stop = Message.stop.encoded()
+        for identity in identities { try router.send(frames: [identity, stop]) }
+        for child in children {
+            let exit = child.wait(timeoutSeconds: 10)
+            guard exit.succeeded else { throw BenchError("a peer all-reduce helper \(exit.description)") }
+        }
+        return (0..<repeats).map { benchMedian(Array(times[($0 * rounds)..<(($0 + 1) * rounds)]))! }
+    }
+}
+
+/// A bench child that takes part in `PeerGradientExchange` rounds: worker `rank` holds chunk `rank` of N, all
+/// of whose `width` values are rank + 1. The parent starts a round with a ping and ends the job with stop.
+private final class PeerAllReduceHelper: ExchangeUpstream {
+    let socket: Socket
+    var pollSockets: [Socket] { [socket] }
+    let rank: Int, width: Int
+    private var buffers: [[UInt8]] = [[]]
+
+    init(dealer: Socket, rank: Int, width: Int) {
+        socket = dealer
+        self.rank = rank
+        self.width = width
+    }
+
+    func handleWhileWaiting() throws {
+        guard try socket.receive(into: &buffers, dontWait: true) != nil else { return }
+        throw BenchError("peer all-reduce helper \(rank): the parent spoke in the middle of a round")
+    }
+
+    func run() throws {
+        let mesh = try PeerMesh(context: socket.context, address: "127.0.0.1")
+        defer { mesh.close() }
+        try socket.send(Message.hello(peer: "\(rank)", peerEndpoint: mesh.endpoint).encoded())
+        guard try socket.receive(into: &buffers) == 1, case .peers(let epoch, let r, let endpoints) = try Message.decode(buffers[0]) else {
+            throw BenchError("peer all-reduce helper \(rank): expected the table of peers")
+        }
+        try mesh.update(epoch: epoch, rank: Int(r), endpoints: endpoints)
+        let n = endpoints.count
+        let exchange = PeerGradientExchange(layout: GradientLayout(chunkCount: n, sumWidth: width, rowsPerChunk: 0))
+        let partials = [Float](repeating: Float(rank + 1), count: width)
+        var result = [Float](repeating: 0, count: width)
+        let done = Message.ping.encoded()
+        var step: UInt64 = 0
+        while true {
+            guard try socket.receive(into: &buffers) != nil else { throw BenchError("peer all-reduce helper \(rank): the parent went quiet") }
+            switch try Message.decode(buffers[0]) {
+            case .ping:
+                try partials.withUnsafeBufferPointer { p in
+                    try result.withUnsafeMutableBufferPointer { out in
+                        try exchange.run(step: step, chunks: rank..<(rank + 1), partials: p, into: out, mesh: mesh, upstream: self,
+                                         deadline: Date().addingTimeInterval(Double(BenchNetwork.timeoutMilliseconds) / 1000))
+                    }
+                }
+                guard result[width - 1] == Float(n * (n + 1) / 2) else { throw BenchError("peer all-reduce helper \(rank): wrong sum \(result[width - 1])") }
+                try socket.send(done)
+                step += 1
+            case .stop:
+                return
+            case let other:
+                throw BenchError("peer all-reduce helper \(rank): unexpected \(other.kind)")
+            }
+        }
     }
 }

@@ -20,8 +20,8 @@ public struct GradientLayout: Equatable, Sendable {
         self.init(chunkCount: exchange.chunkCount, sumWidth: exchange.sumWidth, rowsPerChunk: exchange.rowsPerChunk)
     }
 
-    var chunkWidth: Int { sumWidth + rowsPerChunk }
-    var resultWidth: Int { sumWidth + chunkCount * rowsPerChunk }
+    public var chunkWidth: Int { sumWidth + rowsPerChunk }
+    public var resultWidth: Int { sumWidth + chunkCount * rowsPerChunk }
 
     /// Shard `owner` of `workers`: the summed values worker `owner` reduces; the first `sumWidth % workers`
     /// shards are one value longer.
@@ -45,7 +45,7 @@ extension Message {
 /// The worker's side of a link to whoever coordinates the exchange: where it sends its rows and its shard,
 /// and what it does with a message from there while it waits for other workers (a new step abandons the round
 /// by throwing).
-protocol ExchangeUpstream: AnyObject {
+public protocol ExchangeUpstream: AnyObject {
     var socket: Socket { get }
     /// Sockets to poll besides the mesh, `socket` first.
     var pollSockets: [Socket] { get }
@@ -65,7 +65,7 @@ protocol ExchangeUpstream: AnyObject {
 ///    coordinator.
 /// Per round a worker sends (N − 1)/N of the sums and its rows N − 1 times; the coordinator receives every
 /// sum and every row exactly once, whatever N.
-final class PeerGradientExchange {
+public final class PeerGradientExchange {
     let layout: GradientLayout
     /// Tiles per run of chunks, at most: 2 per tree level.
     private let maxTiles: Int
@@ -76,7 +76,7 @@ final class PeerGradientExchange {
     /// Peer messages of a later step or table, kept for the round they belong to.
     private var early: [[UInt8]] = []
 
-    init(layout: GradientLayout) {
+    public init(layout: GradientLayout) {
         self.layout = layout
         maxTiles = 2 * TreeReduction.scratchCount(chunkCount: layout.chunkCount)
         ownTiles = .allocate(capacity: max(1, maxTiles * layout.sumWidth))
@@ -95,7 +95,7 @@ final class PeerGradientExchange {
     /// `result` receives the whole result (`layout.resultWidth`).
     /// - Throws: whatever `upstream.handleWhileWaiting()` throws (the round is abandoned), `ClusterError` for
     ///   a peer message that contradicts the table, or at `deadline`.
-    func run(step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>,
+    public func run(step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>,
              mesh: PeerMesh, upstream: ExchangeUpstream, deadline: Date) throws {
         guard let epoch = mesh.epoch else { preconditionFailure("the gradient exchange needs a table of peers") }
         let n = mesh.workerCount, me = mesh.rank, c = layout.chunkCount

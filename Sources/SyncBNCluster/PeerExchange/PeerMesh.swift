@@ -6,10 +6,10 @@ import ZeroMQ
 /// says who is in the mesh; every change of membership brings a new table with a new epoch.
 ///
 /// Messages to a worker that died stay queued in its PUSH socket until the next table closes that socket.
-final class PeerMesh {
-    let inbox: Socket
+public final class PeerMesh {
+    public let inbox: Socket
     /// Where the other workers send to this one (the bound address, port filled in).
-    let endpoint: String
+    public let endpoint: String
     /// The current table: its epoch, this worker's index in it, and every worker's endpoint.
     private(set) var epoch: UInt32?
     private(set) var rank = 0
@@ -18,7 +18,7 @@ final class PeerMesh {
     private let context: Context
 
     /// Binds the PULL socket on `address` (an IP address or host name), on a port the kernel picks.
-    init(context: Context, address: String) throws {
+    public init(context: Context, address: String) throws {
         self.context = context
         inbox = try Socket(context, .pull)
         try inbox.setHighWaterMarks(send: 0, receive: 0)
@@ -34,7 +34,7 @@ final class PeerMesh {
     var workerCount: Int { endpoints.count }
 
     /// Takes a new table: connects to workers new to it and drops the links to workers no longer in it.
-    func update(epoch: UInt32, rank: Int, endpoints: [String]) throws {
+    public func update(epoch: UInt32, rank: Int, endpoints: [String]) throws {
         for (endpoint, socket) in outlets where !endpoints.contains(endpoint) {
             socket.close()
             outlets[endpoint] = nil
@@ -61,7 +61,7 @@ final class PeerMesh {
         return outlets[endpoints[index]]!
     }
 
-    func close() {
+    public func close() {
         for socket in outlets.values { socket.close() }
         outlets.removeAll()
         inbox.close()

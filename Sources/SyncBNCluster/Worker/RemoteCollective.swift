@@ -126,10 +126,10 @@ final class RemoteCollective: Collective, ExchangeUpstream {
 
     // MARK: ExchangeUpstream
 
-    var socket: Socket { connection.socket }
-    var pollSockets: [Socket] { [connection.socket, connection.monitor.socket] }
+    public var socket: Socket { connection.socket }
+    public var pollSockets: [Socket] { [connection.socket, connection.monitor.socket] }
 
-    func handleWhileWaiting() throws {
+    public func handleWhileWaiting() throws {
         if let message = try connection.next(until: Date().addingTimeInterval(0.001)) {
             try handleMeanwhile(message, waitingFor: "gradients from the other workers at step \(step + 1)")
         }
