@@ -310,8 +310,8 @@ private final class PeerAllReduceHelper: ExchangeUpstream {
         self.width = width
     }
 
-    func handleWhileWaiting() throws {
-        guard try socket.receive(into: &buffers, dontWait: true) != nil else { return }
+    func handleWhileWaiting(step: UInt64) throws -> ArraySlice<UInt8>? {
+        guard try socket.receive(into: &buffers, dontWait: true) != nil else { return nil }
         throw BenchError("peer all-reduce helper \(rank): the parent spoke in the middle of a round")
     }
 

@@ -57,6 +57,14 @@ public final class Coordinator: StepRunner {
     /// (with `.peers`, workers finish the gradient round among themselves and send their metrics at once).
     private var early: [[[UInt8]]] = []
     private var outbox: [UInt8] = []
+    /// A step whose messages went out at the end of the previous step (`runStep`'s `next`): its number, the
+    /// encoded message, and the members it went to, in rank order.
+    private var sentAhead: (step: Int, message: [UInt8], members: [[UInt8]])?
+    /// The previous step's gradient result waits here for the replica's update until the next step is sent.
+    private var gradientsPending = false
+    /// With `.peers`: the step whose whole gradient result `floatResult` holds. A worker may still wait for a
+    /// shard of it that died with its owner; when a worker is lost, the survivors get this result whole.
+    private var rescue: UInt64?
 
     /// How a worker's hello names its OpenBLAS kernels, compared with the coordinator's at join.
     public static let blasTag = "blas="
@@ -203,20 +211,38 @@ public final class Coordinator: StepRunner {
 
     // MARK: Steps
 
-    public func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics? {
+    public func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics? {
+        let (step, computeMetrics) = (input.step, input.computeMetrics)
         nextStep = step
-        data.copyFeatures(of: Array(samples), into: network.batchInput.storage)
+        data.copyFeatures(of: Array(input.samples), into: network.batchInput.storage)
         network.batchInput.rows = config.plan.batchSize
         // Encoded once; each worker's copy differs only in its chunk assignment.
-        var stepMessage = Message.step(step: UInt64(step), firstChunk: 0, chunkCount: 0, computeMetrics: computeMetrics,
-                                       batch: BatchData(data, indices: samples)).encoded()
+        var stepMessage: [UInt8]
+        var alreadySent: [[UInt8]] = []
+        if let ahead = sentAhead, ahead.step == step {
+            (stepMessage, alreadySent) = (ahead.message, ahead.members)
+        } else {
+            stepMessage = Self.encodeStep(input, data: data)
+        }
+        sentAhead = nil
         let stepStarted = Date()
         var lostAt: Date?
         while true {
             try welcomeJoiners()
             if members.count < minWorkers { try pauseForWorkers(step: step) }
             do {
-                let metrics = try attemptStep(step, message: &stepMessage, computeMetrics: computeMetrics)
+                // Sent at the end of the previous step to the same members: nothing to send again.
+                let sendStep = members.map(\.identity) != alreadySent
+                alreadySent = []
+                let metrics = try attemptStep(step, message: &stepMessage, sendStep: sendStep, computeMetrics: computeMetrics)
+                if let next {
+                    // Workers start the next step while this replica updates: the update is off their path.
+                    var message = Self.encodeStep(next, data: data)
+                    if (try? sendStepMessages(&message)) != nil {
+                        sentAhead = (next.step, message, members.map(\.identity))
+                    }
+                }
+                finishStep(step)
                 if let lostAt {
                     logger.info("step \(step + 1) redone by \(members.count) worker(s) in \(milliseconds(since: lostAt)) ms after the loss (\(milliseconds(since: stepStarted)) ms in all)")
                 }
@@ -230,6 +256,7 @@ public final class Coordinator: StepRunner {
                     try? send(.reject(reason: "declared dead at step \(step + 1): \(lost.reason)"), to: peer)
                 }
                 lostAt = lostAt ?? Date()
+                if let rescue { sendRescue(step: rescue) }
                 logger.warning("worker \(lost.rank) (\(peer.description)) declared dead at step \(step + 1): \(lost.reason); last heard \(milliseconds(since: peer.lastHeard)) ms ago; redoing the step with \(members.count) worker(s)")
             } catch let bad as NonFinitePartials {
                 let reason = "worker \(bad.rank) (\(members[bad.rank].description)) sent non-finite values in the \(bad.round) at step \(step + 1)"
@@ -254,13 +281,15 @@ public final class Coordinator: StepRunner {
         logger.info("resuming at step \(step + 1) with \(members.count) worker(s)")
     }
 
-    /// One try at a step with the current members. Replicas change only if it completes.
-    private func attemptStep(_ step: Int, message: inout [UInt8], computeMetrics: Bool) throws -> StepMetrics? {
-        let plan = config.plan
-        early.removeAll()
-        if gradientExchange == .peers { try sendPeerTableIfChanged() }
+    static func encodeStep(_ input: StepInput, data: LabeledImages) -> [UInt8] {
+        Message.step(step: UInt64(input.step), firstChunk: 0, chunkCount: 0, computeMetrics: input.computeMetrics,
+                     batch: BatchData(data, indices: input.samples)).encoded()
+    }
+
+    /// Sends each member `message` with its chunk assignment.
+    private func sendStepMessages(_ message: inout [UInt8]) throws {
         for (rank, peer) in members.enumerated() {
-            let chunks = plan.chunks(forRank: rank, of: members.count)
+            let chunks = config.plan.chunks(forRank: rank, of: members.count)
             Message.setStepAssignment(&message, firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count))
             do {
                 try send(raw: message, to: peer)
@@ -268,14 +297,38 @@ public final class Coordinator: StepRunner {
                 throw WorkerLost(rank: rank, reason: "its connection is closed")
             }
         }
+    }
+
+    /// Applies a completed step to this replica: the gradients (left for after the next step is sent), the
+    /// optimizer and the running statistics.
+    private func finishStep(_ step: Int) {
+        if gradientsPending {
+            network.apply(gradients: UnsafeBufferPointer(rebasing: floatResult[0..<network.exchange.resultWidth]))
+            gradientsPending = false
+        }
+        network.optimizer.learningRate = config.learningRate(atStep: step)
+        network.finishStep()
+    }
+
+    /// One try at a step with the current members. Replicas change only when it completes (`finishStep`).
+    private func attemptStep(_ step: Int, message: inout [UInt8], sendStep: Bool, computeMetrics: Bool) throws -> StepMetrics? {
+        let plan = config.plan
+        early.removeAll()
+        gradientsPending = false
+        if gradientExchange == .peers { try sendPeerTableIfChanged() }
+        if sendStep { try sendStepMessages(&message) }
         var metrics: StepMetrics?
-        for round in network.rounds(computeMetrics: computeMetrics) {
+        let rounds = network.rounds(computeMetrics: computeMetrics)
+        for (index, round) in rounds.enumerated() {
+            let final = index == rounds.count - 1
             let width = network.width(of: round)
             let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
             if round == .gradients && gradientExchange == .peers {
                 let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<network.exchange.resultWidth])
+                rescue = nil  // the buffer is being overwritten
                 try collectPeerGradients(step: UInt64(step), into: result)
-                network.apply(gradients: UnsafeBufferPointer(result))
+                rescue = UInt64(step)
+                gradientsPending = true
                 continue
             }
             try gather(step: UInt64(step), round: round, width: width, element: element)
@@ -287,9 +340,8 @@ public final class Coordinator: StepRunner {
                 exchange.reduce(partials, into: result)
                 outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(exchange.resultWidth), element: element)
                 outbox += UnsafeRawBufferPointer(result)
-                try broadcast()
-                // The replica's own update runs while the workers run theirs.
-                network.apply(gradients: UnsafeBufferPointer(result))
+                try broadcast(final: final)
+                gradientsPending = true
             } else {
                 let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
                 let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
@@ -297,17 +349,17 @@ public final class Coordinator: StepRunner {
                 if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
                 outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element)
                 outbox += UnsafeRawBufferPointer(result)
-                try broadcast()
+                try broadcast(final: final)
             }
         }
-        network.optimizer.learningRate = config.learningRate(atStep: step)
-        network.finishStep()
         return metrics
     }
 
-    private func broadcast() throws {
+    /// Sends `outbox` to every member. After the step's final round the step is done for whoever received the
+    /// result, so it must not be redone: a member that cannot be reached then is found lost with the next step.
+    private func broadcast(final: Bool) throws {
         for (rank, peer) in members.enumerated() {
-            do { try send(raw: outbox, to: peer) } catch { throw WorkerLost(rank: rank, reason: "its connection is closed") }
+            do { try send(raw: outbox, to: peer) } catch where !final { throw WorkerLost(rank: rank, reason: "its connection is closed") } catch {}
         }
     }
 
@@ -373,6 +425,16 @@ public final class Coordinator: StepRunner {
             guard allFinite(UnsafeBufferPointer(values)) else { throw NonFinitePartials(rank: rank, round: .gradients) }
             return true
         }
+    }
+
+    /// Sends every member the whole gradient result of `step` (peers mode, after a loss): a worker still waiting
+    /// for a shard that died with its owner completes the step from it; the others ignore it.
+    private func sendRescue(step: UInt64) {
+        let layout = GradientLayout(network.exchange)
+        outbox.removeAll(keepingCapacity: true)
+        outbox += Message.reducedHeader(step: step, round: .gradients, width: UInt32(layout.resultWidth), element: .float32)
+        outbox += UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: floatResult[0..<layout.resultWidth]))
+        for peer in members { try? send(raw: outbox, to: peer) }
     }
 
     /// After a change of membership, sends every member the new table of peers (a new epoch).

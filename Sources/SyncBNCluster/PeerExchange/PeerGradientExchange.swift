@@ -43,14 +43,16 @@ extension Message {
 }
 
 /// The worker's side of a link to whoever coordinates the exchange: where it sends its rows and its shard,
-/// and what it does with a message from there while it waits for other workers (a new step abandons the round
-/// by throwing).
+/// and what it does with a message from there while it waits for other workers (a redo of the step abandons
+/// the round by throwing).
 public protocol ExchangeUpstream: AnyObject {
     var socket: Socket { get }
     /// Sockets to poll besides the mesh, `socket` first.
     var pollSockets: [Socket] { get }
-    /// Reads whatever arrived on `pollSockets` and acts on it; throws to abandon the round.
-    func handleWhileWaiting() throws
+    /// Reads whatever arrived on `pollSockets` and acts on it; throws to abandon the round. Returns the whole
+    /// result of `step`'s round if the coordinator sent it (it does when a worker died after the coordinator
+    /// had every shard, so that no survivor waits for a shard that died with its owner).
+    func handleWhileWaiting(step: UInt64) throws -> ArraySlice<UInt8>?
 }
 
 /// The gradient round among the workers themselves (reduce-scatter, then all-gather), so that the traffic
@@ -222,7 +224,11 @@ public final class PeerGradientExchange {
             }
             guard let ready = try waitForFirstReadable(sockets, timeoutMilliseconds: min(Int(left * 1000) + 1, ClusterTimeouts.pollMilliseconds)) else { continue }
             if ready > 0 {
-                try upstream.handleWhileWaiting()
+                if let whole = try upstream.handleWhileWaiting(step: step) {
+                    guard whole.count == result.count * 4 else { throw ClusterError("the coordinator sent \(whole.count) bytes of gradients for \(result.count) values") }
+                    whole.withUnsafeBytes { UnsafeMutableRawPointer(out).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                    return
+                }
                 continue
             }
             while let frames = try mesh.inbox.receive(into: &inbox, dontWait: true) {

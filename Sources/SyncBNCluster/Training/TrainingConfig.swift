@@ -39,12 +39,27 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// One global step to run: its number, its batch (training-set indices, in batch order), and whether its
+/// loss and accuracy are wanted.
+public struct StepInput: Sendable {
+    public let step: Int
+    public let samples: ArraySlice<Int>
+    public let computeMetrics: Bool
+
+    public init(step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) {
+        self.step = step
+        self.samples = samples
+        self.computeMetrics = computeMetrics
+    }
+}
+
 /// Runs one global training step, alone or through workers.
 public protocol StepRunner: AnyObject {
-    /// The replica whose state is saved and evaluated.
+    /// The replica whose state is saved and evaluated; up to date whenever `runStep` returns.
     var network: Network { get }
-    /// Trains on the global batch made of `samples` (training-set indices, in batch order).
-    func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics?
+    /// Trains on `input`'s batch. `next` is the step that follows, if any: a coordinator sends it to the
+    /// workers as soon as this one's last round is done, before updating its own replica.
+    func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics?
 }
 
 /// The reference: one process computes every chunk of every batch, reducing locally.
@@ -61,13 +76,14 @@ public final class LocalStepRunner: StepRunner {
         collective = LocalCollective(plan: network.plan)
     }
 
-    public func runStep(_ step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) throws -> StepMetrics? {
+    public func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics? {
+        let (step, samples) = (input.step, input.samples)
         let slice = BatchSlice.whole(network.plan)
         network.optimizer.learningRate = learningRate(step)
         data.copyFeatures(of: Array(samples), into: network.batchInput.storage)
         network.input.storage.update(from: network.batchInput.storage, count: samples.count * data.featureSize)
         for (row, index) in samples.enumerated() { network.labels[row] = Int32(data.labels[index]) }
-        return try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
+        return try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics)
     }
 }
 

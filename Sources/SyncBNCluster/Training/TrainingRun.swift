@@ -47,25 +47,29 @@ public final class TrainingRun {
         }
         defer { try? metricsFile?.close() }
 
-        var permutation: [Int] = []
-        var permutationEpoch = -1
+        var permutations: [Int: [Int]] = [:]  // this epoch's and the next one's
+        /// What step `step` trains on.
+        func input(_ step: Int) -> StepInput {
+            let epoch = step / order.stepsPerEpoch
+            if permutations[epoch] == nil {
+                permutations = permutations.filter { $0.key >= epoch - 1 }
+                permutations[epoch] = order.permutation(epoch: epoch)
+            }
+            let isLast = step == config.steps - 1
+            let evaluate = isLast || (step + 1) % config.evaluateEvery == 0
+            return StepInput(step: step, samples: order.samples(step: step, permutation: permutations[epoch]!),
+                             computeMetrics: evaluate || (step + 1) % config.logEvery == 0)
+        }
         var stepSeconds: [Double] = []
         stepSeconds.reserveCapacity(config.steps)
         var lastTest = StepMetrics(loss: .nan, accuracy: .nan)
         let started = Date()
         for step in startStep..<max(startStep, config.steps) {
-            let epoch = step / order.stepsPerEpoch
-            if epoch != permutationEpoch {
-                permutation = order.permutation(epoch: epoch)
-                permutationEpoch = epoch
-            }
             let isLast = step == config.steps - 1
             let evaluate = isLast || (step + 1) % config.evaluateEvery == 0
-            let computeMetrics = evaluate || (step + 1) % config.logEvery == 0
-            let samples = order.samples(step: step, permutation: permutation)
 
             let t0 = DispatchTime.now().uptimeNanoseconds
-            let metrics = try runner.runStep(step, samples: samples, computeMetrics: computeMetrics)
+            let metrics = try runner.runStep(input(step), next: isLast ? nil : input(step + 1))
             stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
             if checkpointEvery > 0, (step + 1) % checkpointEvery == 0, step + 1 < config.steps, let outputDirectory {
                 try TrainingCheckpoint.save(runner.network, config: config, nextStep: step + 1, directory: outputDirectory)

@@ -28,6 +28,14 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     private(set) var waitingCPUNanoseconds: UInt64 = 0
     /// Reused message buffer, so that rounds allocate no large arrays.
     private var outbox: [UInt8] = []
+    /// The next step, received while this one's gradients were still coming from other workers; the worker
+    /// runs it next (`takeDeferred()`).
+    private var deferred: Message?
+
+    func takeDeferred() -> Message? {
+        defer { deferred = nil }
+        return deferred
+    }
 
     init(connection: CoordinatorConnection, mesh: PeerMesh?, slice: BatchSlice, timeoutSeconds: Double) {
         self.connection = connection
@@ -81,6 +89,9 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                                          chunkCount: UInt32(slice.chunks.count), width: UInt32(width), element: element)
         outbox += partials
         try connection.socket.send(outbox)
+        // A step that arrived during this step's peer exchange means the coordinator will send no more results
+        // for this one (it skipped it): start that step instead.
+        if let next = takeDeferred() { throw Interruption.preempted(next) }
         let cpu0 = threadCPUNanoseconds()
         defer { waitingCPUNanoseconds += threadCPUNanoseconds() - cpu0 }
         let deadline = Date().addingTimeInterval(timeoutSeconds)
@@ -129,9 +140,18 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     public var socket: Socket { connection.socket }
     public var pollSockets: [Socket] { [connection.socket, connection.monitor.socket] }
 
-    public func handleWhileWaiting() throws {
-        if let message = try connection.next(until: Date().addingTimeInterval(0.001)) {
+    public func handleWhileWaiting(step: UInt64) throws -> ArraySlice<UInt8>? {
+        guard let message = try connection.next(until: Date().addingTimeInterval(0.001)) else { return nil }
+        switch message {
+        case .step(let s, _, _, _, _) where s > step:
+            // The coordinator has every shard of this step and went on; this step's shards are on their way.
+            deferred = message
+            return nil
+        case .reduced(let s, .gradients, _, .float32, let payload) where s == step:
+            return payload  // a shard died with its owner: the coordinator sends the whole result
+        default:
             try handleMeanwhile(message, waitingFor: "gradients from the other workers at step \(step + 1)")
+            return nil
         }
     }
 }

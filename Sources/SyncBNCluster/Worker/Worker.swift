@@ -109,7 +109,7 @@ public final class Worker {
                     case let other:
                         throw ClusterError("expected a step from the coordinator, got a \(other.kind) message")
                     }
-                    next = try connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
+                    next = try collective.takeDeferred() ?? connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
                 }
             } catch Interruption.coordinatorLost {
                 logger.warning("lost the coordinator at \(endpoint); trying to rejoin for up to \(Int(timeouts.rejoinSeconds)) s")
