@@ -219,6 +219,31 @@ public final class Socket {
         return index
     }
 
+    /// Receives one message and hands its first frame to `body` in libzmq's own buffer, without copying it;
+    /// the buffer is valid only during the call. Returns nil if nothing was waiting (with `dontWait`), else
+    /// `body`'s result and the message's frame count (frames after the first are read and dropped).
+    public func receiveInPlace<R>(dontWait: Bool = false, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> (result: R, frames: Int)? {
+        var message = zmq_msg_t()
+        zmq_msg_init(&message)
+        defer { zmq_msg_close(&message) }
+        while zmq_msg_recv(&message, handle, dontWait ? ZMQ_DONTWAIT : 0) < 0 {
+            let error = ZMQError.last("zmq_msg_recv")
+            if error.isInterrupted { continue }
+            if error.isAgain { return nil }
+            throw error
+        }
+        let result = try body(UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: zmq_msg_size(&message)))
+        var frames = 1
+        while zmq_msg_more(&message) != 0 {
+            while zmq_msg_recv(&message, handle, 0) < 0 {
+                let error = ZMQError.last("zmq_msg_recv")
+                if !error.isInterrupted { throw error }
+            }
+            frames += 1
+        }
+        return (result, frames)
+    }
+
     // MARK: Polling
 
     /// Waits until the socket has a message to read, at most `timeoutMilliseconds` (-1: forever).

@@ -88,6 +88,27 @@ final class WireProtocolTests: XCTestCase {
                        .reduced(step: 9, round: .gradients, width: 6, element: .float32, payload: payload[...]))
     }
 
+    func testPeerFramesDecodeInPlaceLikeTheWholeMessage() throws {
+        for message in Self.samples(of: .gradientTiles) + Self.samples(of: .gradientShard) {
+            let bytes = message.encoded()
+            let (fields, offset) = try bytes.withUnsafeBytes { try Message.decodePeerFrame($0) }
+            XCTAssertEqual(fields.kind, message.kind)
+            XCTAssertEqual(fields.peerTag?.step, message.peerTag?.step)
+            let payload: ArraySlice<UInt8>
+            switch message {
+            case .gradientTiles(_, _, _, _, _, _, _, _, _, let p), .gradientShard(_, _, _, _, _, let p): payload = p
+            default: payload = []
+            }
+            XCTAssertEqual(Array(bytes[offset...]), Array(payload), "\(message.kind): the payload starts at byte \(offset)")
+            // One byte more or less is as malformed in place as it is whole.
+            for wrong in [bytes + [0], Array(bytes.dropLast())] {
+                XCTAssertThrowsError(try wrong.withUnsafeBytes { try Message.decodePeerFrame($0) }, "\(message.kind) of \(wrong.count) bytes")
+            }
+        }
+        XCTAssertThrowsError(try Message.stop.encoded().withUnsafeBytes { try Message.decodePeerFrame($0) }, "a stop is not a peer frame")
+        XCTAssertThrowsError(try Message.reducedHeader(step: 1, round: .gradients, width: 0, element: .float32).withUnsafeBytes { try Message.decodePeerFrame($0) })
+    }
+
     // MARK: Layout (WireProtocol.md)
 
     func testHeaderAndFieldsSitWhereTheProtocolDocumentSays() {

@@ -34,7 +34,7 @@ public struct GradientLayout: Equatable, Sendable {
 
 extension Message {
     /// The step and table epoch of a message between workers; nil for other kinds.
-    var peerTag: (step: UInt64, epoch: UInt32)? {
+    public var peerTag: (step: UInt64, epoch: UInt32)? {
         switch self {
         case .gradientTiles(let step, let epoch, _, _, _, _, _, _, _, _), .gradientShard(let step, let epoch, _, _, _, _): (step, epoch)
         default: nil
@@ -74,7 +74,8 @@ public final class PeerGradientExchange {
     private let ownTiles: UnsafeMutableBufferPointer<Float>
     private var tileStore: UnsafeMutableBufferPointer<Float>
     private let scratch: UnsafeMutableBufferPointer<Float>
-    private var inbox: [[UInt8]] = [[]]
+    /// Where each of this worker's tiles is: its chunk's partial for a one-chunk tile, else in `ownTiles`.
+    private var ownTilePointers: [UnsafePointer<Float>] = []
     /// Peer messages of a later step or table, kept for the round they belong to.
     private var early: [[UInt8]] = []
 
@@ -113,12 +114,17 @@ public final class PeerGradientExchange {
         // 1. This worker's tiles and rows.
         let myTiles = TreeReduction.blocks(covering: chunks, chunkCount: c)
         let p = partials.baseAddress!, out = result.baseAddress!
-        if sumWidth > 0 {
-            for (t, tile) in myTiles.enumerated() {
-                TreeReduction.evaluate(tile, chunkCount: c, width: sumWidth,
-                                       value: { $0.count == 1 ? UnsafePointer(p + ($0.lowerBound - chunks.lowerBound) * chunkWidth) : nil },
-                                       into: ownTiles.baseAddress! + t * sumWidth, scratch: scratch.baseAddress!)
+        ownTilePointers.removeAll(keepingCapacity: true)
+        for (t, tile) in myTiles.enumerated() {
+            let first = UnsafePointer(p + (tile.lowerBound - chunks.lowerBound) * chunkWidth)
+            if tile.count == 1 || sumWidth == 0 {
+                ownTilePointers.append(first)  // nothing to add up
+                continue
             }
+            TreeReduction.evaluate(tile, chunkCount: c, width: sumWidth,
+                                   value: { $0.count == 1 ? UnsafePointer(p + ($0.lowerBound - chunks.lowerBound) * chunkWidth) : nil },
+                                   into: ownTiles.baseAddress! + t * sumWidth, scratch: scratch.baseAddress!)
+            ownTilePointers.append(UnsafePointer(ownTiles.baseAddress! + t * sumWidth))
         }
         for chunk in chunks where rowsWidth > 0 {
             (out + sumWidth + chunk * rowsWidth).update(from: p + (chunk - chunks.lowerBound) * chunkWidth + sumWidth, count: rowsWidth)
@@ -136,7 +142,7 @@ public final class PeerGradientExchange {
                 header.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: header.count) }
                 at += header.count
                 for t in wireTiles.indices where !shard.isEmpty {
-                    at.copyMemory(from: ownTiles.baseAddress! + t * sumWidth + shard.lowerBound, byteCount: shard.count * 4)
+                    at.copyMemory(from: ownTilePointers[t] + shard.lowerBound, byteCount: shard.count * 4)
                     at += shard.count * 4
                 }
                 if rowBytes > 0 { at.copyMemory(from: out + sumWidth + chunks.lowerBound * rowsWidth, byteCount: rowBytes) }
@@ -153,16 +159,22 @@ public final class PeerGradientExchange {
         var shardFrom = [Bool](repeating: false, count: n)
         var tilesMissing = n - 1, shardsMissing = n
 
-        func handle(_ frame: [UInt8]) throws {
-            let message: Message
-            do { message = try Message.decode(frame) } catch { throw ClusterError("another worker sent a message this one cannot read: \(error)") }
+        /// Takes one message from another worker, read in place in libzmq's buffer.
+        func handle(_ frame: UnsafeRawBufferPointer) throws {
+            let message: Message, payloadOffset: Int
+            do {
+                (message, payloadOffset) = try Message.decodePeerFrame(frame)
+            } catch {
+                throw ClusterError("another worker sent a message this one cannot read: \(error)")
+            }
+            let payload = UnsafeRawBufferPointer(rebasing: frame[payloadOffset...])
             guard let (s, e) = message.peerTag else {
                 throw ClusterError("another worker sent a \(message.kind) message; workers send each other only gradient tiles and shards")
             }
             if s < step || (s == step && e < epoch) { return }  // from an abandoned try
-            if s > step || e > epoch { early.append(frame); return }  // a redo or the next step, seen before its table
+            if s > step || e > epoch { early.append(Array(frame)); return }  // a redo or the next step, seen before its table
             switch message {
-            case .gradientTiles(_, _, let from, let shardOffset, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsW, let payload):
+            case .gradientTiles(_, _, let from, let shardOffset, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsW, _):
                 let r = Int(from)
                 let theirChunks = r < n ? ChunkPlan.chunks(forRank: r, of: n, chunkCount: c) : 0..<0
                 // Tiles travel only with a non-empty shard (so never to the coordinator).
@@ -172,25 +184,21 @@ public final class PeerGradientExchange {
                       Int(rowsCount) == theirChunks.count, Int(rowsW) == rowsWidth else {
                     throw ClusterError("worker \(from) sent gradient tiles that do not fit table \(epoch) (shard \(shardOffset)+\(shardWidth), \(tiles.count) tiles, rows \(rowsFirst)+\(rowsCount))")
                 }
-                payload.withUnsafeBytes { raw in
-                    let tileBytes = tiles.count * myShard.count * 4
-                    if tileBytes > 0 {
-                        UnsafeMutableRawPointer(tileStore.baseAddress! + r * maxTiles * myShard.count).copyMemory(from: raw.baseAddress!, byteCount: tileBytes)
-                    }
-                    if raw.count > tileBytes {
-                        UnsafeMutableRawPointer(out + sumWidth + theirChunks.lowerBound * rowsWidth).copyMemory(from: raw.baseAddress! + tileBytes, byteCount: raw.count - tileBytes)
-                    }
+                let tileBytes = tiles.count * myShard.count * 4
+                if tileBytes > 0 {
+                    UnsafeMutableRawPointer(tileStore.baseAddress! + r * maxTiles * myShard.count).copyMemory(from: payload.baseAddress!, byteCount: tileBytes)
+                }
+                if payload.count > tileBytes {
+                    UnsafeMutableRawPointer(out + sumWidth + theirChunks.lowerBound * rowsWidth).copyMemory(from: payload.baseAddress! + tileBytes, byteCount: payload.count - tileBytes)
                 }
                 tilesFrom[r] = expectedTiles
                 tilesMissing -= 1
-            case .gradientShard(_, _, let from, let shardOffset, let shardWidth, let payload):
+            case .gradientShard(_, _, let from, let shardOffset, let shardWidth, _):
                 let r = Int(from)
                 guard r < n, r != me, !shardFrom[r], layout.shard(r, of: n) == Int(shardOffset)..<Int(shardOffset + shardWidth) else {
                     throw ClusterError("worker \(from) sent a gradient shard that does not fit table \(epoch) (\(shardOffset)+\(shardWidth))")
                 }
-                payload.withUnsafeBytes { raw in
-                    if raw.count > 0 { UnsafeMutableRawPointer(out + Int(shardOffset)).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
-                }
+                if payload.count > 0 { UnsafeMutableRawPointer(out + Int(shardOffset)).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
                 shardFrom[r] = true
                 shardsMissing -= 1
             default:
@@ -200,7 +208,7 @@ public final class PeerGradientExchange {
 
         let earlier = early
         early.removeAll(keepingCapacity: true)
-        for frame in earlier { try handle(frame) }
+        for frame in earlier { try frame.withUnsafeBytes { try handle($0) } }
         let sockets = [mesh.inbox] + upstream.pollSockets
         while shardsMissing > 0 {
             if tilesMissing == 0 && !shardFrom[me] {
@@ -231,9 +239,8 @@ public final class PeerGradientExchange {
                 }
                 continue
             }
-            while let frames = try mesh.inbox.receive(into: &inbox, dontWait: true) {
+            while let (_, frames) = try mesh.inbox.receiveInPlace(dontWait: true, handle) {
                 guard frames == 1 else { throw ClusterError("another worker sent a message of \(frames) frames; SyncBN messages are one frame") }
-                try handle(inbox[0])
             }
         }
     }
@@ -241,12 +248,12 @@ public final class PeerGradientExchange {
     /// Evaluates the tree over every worker's tiles of this worker's shard, into `out[shard]`.
     private func reduceOwnShard(_ shard: Range<Int>, tilesFrom: [[Range<Int>]?], me: Int, into out: UnsafeMutablePointer<Float>) {
         guard !shard.isEmpty else { return }
-        let width = shard.count, sumWidth = layout.sumWidth
+        let width = shard.count
         TreeReduction.evaluate(0..<layout.chunkCount, chunkCount: layout.chunkCount, width: width, value: { node in
             for (r, tiles) in tilesFrom.enumerated() {
                 guard let t = tiles?.firstIndex(of: node) else { continue }
                 return r == me
-                    ? UnsafePointer(ownTiles.baseAddress! + t * sumWidth + shard.lowerBound)
+                    ? ownTilePointers[t] + shard.lowerBound
                     : UnsafePointer(tileStore.baseAddress! + (r * maxTiles + t) * width)
             }
             return nil

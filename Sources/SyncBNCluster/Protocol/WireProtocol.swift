@@ -246,6 +246,30 @@ extension Message {
     /// - Throws: `ProtocolError.versionMismatch` for a SyncBN peer on another version (the magic matched),
     ///   `ProtocolError.malformed` for anything else that is wrong.
     public static func decode(_ frame: [UInt8]) throws -> Message {
+        try decode(frame, payloadLeftOut: 0)
+    }
+
+    /// Decodes a gradientTiles or gradientShard frame in place, without copying its payload: the message (with
+    /// an empty payload) and the payload's offset in `frame`. Checks exactly what `decode` checks.
+    public static func decodePeerFrame(_ frame: UnsafeRawBufferPointer) throws -> (message: Message, payloadOffset: Int) {
+        func u32(at offset: Int) -> Int? {
+            offset + 4 <= frame.count ? Int(frame.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian) : nil
+        }
+        // Fields end 32 bytes into a shard, 48 + 8 per tile into tiles (see `encoded()`); kind at byte 6.
+        let kind = frame.count >= 8 ? UInt16(frame[6]) | UInt16(frame[7]) << 8 : 0
+        var fieldsEnd = min(frame.count, WireProtocol.headerSize + 16)
+        if kind == WireProtocol.Kind.gradientTiles.rawValue, let tiles = u32(at: 32) {
+            fieldsEnd = min(frame.count, 48 + 8 * tiles)
+        }
+        let message = try decode(Array(frame[0..<fieldsEnd]), payloadLeftOut: frame.count - fieldsEnd)
+        guard message.kind == .gradientTiles || message.kind == .gradientShard else {
+            throw ProtocolError.malformed("a \(message.kind) message where gradient tiles or a shard belong")
+        }
+        return (message, fieldsEnd)
+    }
+
+    /// `payloadLeftOut` bytes of a gradient payload are not in `frame` (`decodePeerFrame`); 0 for every other kind.
+    private static func decode(_ frame: [UInt8], payloadLeftOut: Int) throws -> Message {
         var reader = ByteReader(frame[...])
         guard frame.count >= WireProtocol.headerSize else {
             throw ProtocolError.malformed("\(frame.count) bytes is shorter than the \(WireProtocol.headerSize)-byte header")
@@ -255,6 +279,9 @@ extension Message {
         guard version == WireProtocol.version else { throw ProtocolError.versionMismatch(peer: version) }
         let rawKind = try reader.u16()
         guard let kind = WireProtocol.Kind(rawValue: rawKind) else { throw ProtocolError.malformed("unknown message kind \(rawKind)") }
+        guard payloadLeftOut == 0 || kind == .gradientTiles || kind == .gradientShard else {
+            throw ProtocolError.malformed("a \(kind) message where gradient tiles or a shard belong")
+        }
         let step = try reader.u64()
         let carriesStep = [.step, .partials, .reduced, .gradientTiles, .gradientShard].contains(kind)
         guard carriesStep || step == 0 else { throw ProtocolError.malformed("a \(kind) message carries step \(step)") }
@@ -340,14 +367,14 @@ extension Message {
             let (tileValues, o1) = Int(tileCount).multipliedReportingOverflow(by: Int(shardWidth))
             let (rowValues, o2) = Int(rowsChunkCount).multipliedReportingOverflow(by: Int(rowsWidth))
             let (values, o3) = tileValues.addingReportingOverflow(rowValues)
-            guard !o1, !o2, !o3, values <= Int.max / 4, reader.remaining == values * 4 else {
+            guard !o1, !o2, !o3, values <= Int.max / 4, reader.remaining + payloadLeftOut == values * 4 else {
                 throw ProtocolError.malformed("gradient tiles (\(tileCount) × \(shardWidth) + \(rowsChunkCount) × \(rowsWidth) values) carry \(reader.remaining) bytes")
             }
             return .gradientTiles(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, tiles: tiles,
                                   rowsFirstChunk: rowsFirstChunk, rowsChunkCount: rowsChunkCount, rowsWidth: rowsWidth, payload: reader.rest())
         case .gradientShard:
             let epoch = try reader.u32(), from = try reader.u32(), shardOffset = try reader.u32(), shardWidth = try reader.u32()
-            guard reader.remaining == Int(shardWidth) * 4 else {
+            guard reader.remaining + payloadLeftOut == Int(shardWidth) * 4 else {
                 throw ProtocolError.malformed("gradient shard of \(shardWidth) values carries \(reader.remaining) bytes")
             }
             return .gradientShard(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, payload: reader.rest())
