@@ -114,6 +114,10 @@ struct BenchReport: Codable {
         var ratioToRawRoundTrip: Double?
         /// Bytes through the coordinator per second.
         var throughputGBps: Double
+        /// Bytes over every link (worker–coordinator and worker–worker) per round, over the round time: on one
+        /// host all links share its cores, so this is what compares with one raw stream's throughput.
+        var allLinksGBps: Double
+        var allLinksRatioToRawThroughput: Double?
         /// Bus bandwidth (NCCL's convention): tensor bytes / round time × 2(N − 1)/N, what each worker's link
         /// must carry per second with an optimal algorithm; comparable with one link's raw throughput.
         var busBandwidthGBps: Double
@@ -275,7 +279,9 @@ struct BenchRun {
                         workers: workers, roundsPerRepeat: payload.rounds, bytesThroughParentPerRound: bytes,
                         medianRoundMicroseconds: seconds * 1e6,
                         ratioToRawRoundTrip: small ? report.raw.roundTripTcpMicroseconds.map { seconds * 1e6 / $0 } : nil,
-                        throughputGBps: rate, busBandwidthGBps: bus,
+                        throughputGBps: rate,
+                        allLinksGBps: rate, allLinksRatioToRawThroughput: small ? nil : report.raw.throughputTcpGBps.map { rate / $0 },
+                        busBandwidthGBps: bus,
                         ratioToRawThroughput: small ? nil : report.raw.throughputTcpGBps.map { bus / $0 }))
                 }
             }
@@ -293,11 +299,15 @@ struct BenchRun {
                     let rows = Message.gradientTilesHeader(step: 0, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0, tiles: [],
                                                            rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 0).count
                     let bytes = valueBytes + workers * (header + rows + 2 * WireProtocol.headerSize)
+                    // Tiles: each worker sends its slice of every other shard; shards: each owner to the N − 1 others
+                    // and the parent. (2N − 1) tensors in all.
+                    let allLinks = Double((2 * workers - 1) * valueBytes) / seconds / 1e9
                     report.allReduce.append(.init(
                         algorithm: "peers", payload: payload.name, valuesPerWorker: payload.width, element: "Float32",
                         workers: workers, roundsPerRepeat: payload.rounds, bytesThroughParentPerRound: bytes,
                         medianRoundMicroseconds: seconds * 1e6, ratioToRawRoundTrip: nil,
                         throughputGBps: Double(bytes) / seconds / 1e9,
+                        allLinksGBps: allLinks, allLinksRatioToRawThroughput: report.raw.throughputTcpGBps.map { allLinks / $0 },
                         busBandwidthGBps: Self.busBandwidth(valueBytes, workers: workers, seconds: seconds),
                         ratioToRawThroughput: report.raw.throughputTcpGBps.map { Self.busBandwidth(valueBytes, workers: workers, seconds: seconds) / $0 }))
                 }
@@ -373,17 +383,20 @@ extension BenchReport {
         lines.append("")
         lines.append("2. All-reduce round, tcp loopback: star (the parent sums, as the coordinator) and peers (reduce-scatter +")
         lines.append("   all-gather among the workers, the parent receives each shard once)")
-        lines.append("   (through parent = bytes in and out of the parent per round / round time; bus bw = tensor bytes / round time")
-        lines.append("    × 2(N−1)/N, NCCL's measure of what each worker's link carries, compared with the raw tcp throughput)")
-        lines.append("   " + pad("payload per worker", 26) + pad("algorithm", 10) + lpad("workers", 8) + lpad("round", 12) + lpad("vs raw RTT", 12)
-                     + lpad("through parent", 16) + lpad("bus bw", 12) + lpad("vs raw tcp", 12))
+        lines.append("   (parent = bytes in and out of the parent per round / round time; all links = bytes over every connection per")
+        lines.append("    round / round time; bus bw = tensor bytes / round time × 2(N−1)/N, NCCL's per-link measure; ratios to raw tcp)")
+        lines.append("   " + pad("payload per worker", 24) + pad("algorithm", 10) + lpad("workers", 7) + lpad("round", 11) + lpad("vs RTT", 8)
+                     + lpad("parent", 12) + lpad("all links", 12) + lpad("ratio", 7) + lpad("bus bw", 12) + lpad("ratio", 7))
         for row in allReduce {
-            lines.append("   " + pad(row.payload, 26) + pad(row.algorithm, 10) + lpad("\(row.workers)", 8)
-                         + lpad(row.medianRoundMicroseconds >= 10_000 ? String(format: "%.1f ms", row.medianRoundMicroseconds / 1000) : String(format: "%.1f us", row.medianRoundMicroseconds), 12)
-                         + lpad(row.ratioToRawRoundTrip.map { String(format: "%.2fx", $0) } ?? "", 12)
-                         + lpad(String(format: "%.3f GB/s", row.throughputGBps), 16)
-                         + lpad(row.element == "Float32" ? String(format: "%.2f GB/s", row.busBandwidthGBps) : "", 12)
-                         + lpad(row.ratioToRawThroughput.map { String(format: "%.2fx", $0) } ?? "", 12))
+            let large = row.element == "Float32"
+            lines.append("   " + pad(row.payload, 24) + pad(row.algorithm, 10) + lpad("\(row.workers)", 7)
+                         + lpad(row.medianRoundMicroseconds >= 10_000 ? String(format: "%.1f ms", row.medianRoundMicroseconds / 1000) : String(format: "%.1f us", row.medianRoundMicroseconds), 11)
+                         + lpad(row.ratioToRawRoundTrip.map { String(format: "%.2fx", $0) } ?? "", 8)
+                         + lpad(String(format: "%.3f GB/s", row.throughputGBps), 12)
+                         + lpad(large ? String(format: "%.2f GB/s", row.allLinksGBps) : "", 12)
+                         + lpad(row.allLinksRatioToRawThroughput.map { String(format: "%.2fx", $0) } ?? "", 7)
+                         + lpad(large ? String(format: "%.2f GB/s", row.busBandwidthGBps) : "", 12)
+                         + lpad(row.ratioToRawThroughput.map { String(format: "%.2fx", $0) } ?? "", 7))
         }
 
         lines.append("")

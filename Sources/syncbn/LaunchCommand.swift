@@ -12,18 +12,22 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Number of worker processes.")
     var workers: Int
 
-    @Option(help: "Address the coordinator binds (loopback or ipc only).")
-    var bind = "tcp://127.0.0.1:*"
+    @Option(help: "Address the coordinator binds (loopback or ipc only; default: an ipc socket in /tmp, cheaper per message than tcp loopback).")
+    var bind: String?
 
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        guard let bind else { return }
         guard bind.hasPrefix("ipc://") || bind.hasPrefix("tcp://127.") || bind.hasPrefix("tcp://localhost:") else {
             throw ValidationError("launch runs everything on this machine: --bind must be a loopback tcp:// or an ipc:// address")
         }
     }
+
+    /// The coordinator's socket when no --bind is given: a Unix socket of this process.
+    static var defaultSocketPath: String { "/tmp/syncbn-launch-\(getpid()).sock" }
 
     func run() throws {
         let logger = makeLogger("syncbn.launch")
@@ -33,12 +37,15 @@ struct LaunchCommand: ParsableCommand {
 
         // Ctrl-C or SIGTERM: mark the run interrupted (so that the workers' deaths that follow are not
         // reported as failures), stop every child by its id, then exit 130.
+        let bind = self.bind ?? "ipc://\(Self.defaultSocketPath)"
+        defer { if self.bind == nil { unlink(Self.defaultSocketPath) } }
         let interrupted = InterruptFlag()
         handleSignals { _ in
             guard interrupted.set() else { return }
             logger.warning("interrupted: stopping the workers")
             children.signalAll(SIGTERM)
             children.stopAll(graceSeconds: 2)
+            if self.bind == nil { unlink(Self.defaultSocketPath) }
             _exit(130)  // not exit(): no atexit handlers or destructors racing the other threads
         }
 
