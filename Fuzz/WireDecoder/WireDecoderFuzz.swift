@@ -6,8 +6,23 @@ import SyncBNCluster
 ///
 /// Built with `-sanitize=fuzzer -D FUZZING` (Scripts/fuzz.sh) it is a libFuzzer target; built normally it
 /// replays the files or directories given as arguments (the committed corpus), for the test suite.
+/// The in-place decoder of peer frames must agree with `decode`: the same verdict, the same fields, and the
+/// payload where `decode` found it.
 func checkDecoder(_ bytes: [UInt8]) {
-    guard let message = try? Message.decode(bytes) else { return }
+    let message = try? Message.decode(bytes)
+    let inPlace = try? bytes.withUnsafeBytes { try Message.decodePeerFrame($0) }
+    let isPeerFrame = message?.kind == .gradientTiles || message?.kind == .gradientShard
+    if isPeerFrame != (inPlace != nil) {
+        fatalError("decode and decodePeerFrame disagree on \(bytes.count) bytes: \(String(describing: message?.kind)) vs \(String(describing: inPlace?.message.kind))")
+    }
+    if let (fields, offset) = inPlace, let message {
+        var withPayload = fields.encoded()
+        withPayload += bytes[offset...]
+        if withPayload != message.encoded() {
+            fatalError("decodePeerFrame read different fields or payload offset than decode: \(message.kind)")
+        }
+    }
+    guard let message else { return }
     let encoded = message.encoded()
     if encoded != bytes {
         fatalError("decode then encode changed \(bytes.count) bytes into \(encoded.count): \(message.kind)")

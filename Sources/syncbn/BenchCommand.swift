@@ -9,12 +9,13 @@ import ZeroMQ
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Benchmark the transport, the all-reduce star, training step times and memory, in one run.",
+        abstract: "Benchmark the transport, the all-reduce (star and among workers), training step times and memory, in one run.",
         discussion: """
         Sections: (1) raw ZeroMQ ROUTER/DEALER round trip (64 B) and one-way throughput (4 MiB messages) between two \
-        processes, over tcp loopback and ipc; (2) one all-reduce round through a star of 2, 4 and 8 worker processes \
-        for BatchNorm-sized (200 Float64), gradient-sized (100,000 Float32) and 10M-Float32 payloads; (3) `train` and \
-        `launch` step times for bn-mlp and wide-mlp, with the target compute + 1.2 × rounds × raw round trip; \
+        processes, over tcp loopback and ipc; (2) one all-reduce round of 2, 4 and 8 worker processes, through a star \
+        for BatchNorm-sized (200 Float64), gradient-sized (100,000 Float32) and 10M-Float32 payloads, and among the \
+        workers (reduce-scatter + all-gather, `--gradient-exchange peers`) for the Float32 ones; (3) `train` and \
+        `launch` step times for bn-mlp and wide-mlp, with the target compute + 1.2 × rounds × raw ipc round trip; \
         (4) peak memory and its growth over a long run. Every number is a median over --repeats. Sections 3 and 4 \
         run first, while this process is small: Linux starts a child's peak RSS from its parent's.
         """)
@@ -137,7 +138,7 @@ struct BenchReport: Codable {
         /// CPU time a worker's thread burnt per step while waiting (should be ~0: waits block).
         var medianWaitingCPUMicroseconds: Double?
         var rounds: Int?
-        /// compute + 1.2 × rounds × raw tcp round trip.
+        /// compute + 1.2 × rounds × raw ipc round trip (launch's transport).
         var targetMs: Double?
         var ratioToTarget: Double?
         /// Peak resident set over the repeats; for launch, the largest of the coordinator and its workers.
@@ -315,7 +316,8 @@ struct BenchRun {
         }
 
         // The targets of section 3 need the raw round trip of section 1.
-        if let rtt = report.raw.roundTripTcpMicroseconds {
+        // `launch` binds an ipc socket: its rounds are held to the ipc round trip.
+        if let rtt = report.raw.roundTripIpcMicroseconds ?? report.raw.roundTripTcpMicroseconds {
             for index in report.training.indices {
                 guard let compute = report.training[index].medianComputeMs, let rounds = report.training[index].rounds else { continue }
                 let target = compute + 1.2 * Double(rounds) * rtt / 1000
@@ -400,7 +402,7 @@ extension BenchReport {
         }
 
         lines.append("")
-        lines.append("3. Training step times (--no-shuffle; target = compute + 1.2 × \(BenchRun.roundsPerStep) rounds × raw tcp RTT)")
+        lines.append("3. Training step times (--no-shuffle; target = compute + 1.2 × \(BenchRun.roundsPerStep) rounds × raw ipc RTT, the transport launch uses)")
         lines.append("   " + pad("model, batch, steps", 26) + pad("command", 18) + lpad("step", 11) + lpad("compute", 11)
                      + lpad("waiting", 11) + lpad("wait CPU", 10) + lpad("target", 11) + lpad("ratio", 8) + lpad("peak RSS", 11))
         for row in training {
