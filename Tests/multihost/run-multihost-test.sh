@@ -15,6 +15,7 @@
 #      declares each of its 2 workers dead within 5 s, training completes with the identical model,
 #      syncbn-hosts exits 0, and once the link is back no process of the job is left on any host;
 #   4. an identical model too with the coordinator on the first host (started over ssh), 3 workers;
+#   4b. the same short run with gradients exchanged among the workers across h1 and h2, without keys;
 #   5. syncbn-hosts' one-line errors: an unreachable host, a missing binary, a port already in use;
 #   6. syncbn-hosts stops everything, leaving no syncbn process on any host: when a worker fails, on
 #      Ctrl-C (SIGINT to its process group), and when it is killed with SIGKILL.
@@ -315,6 +316,19 @@ elif ! cmp -s "$work/reference-short/model.safetensors" "$work/first-host/model.
     problem "coordinator on the first host: the model differs from syncbn train's"
 else
     say "coordinator on the first host (h1, over ssh) with 3 workers: model identical ($(elapsed "$t0" "$(now)") s)"
+fi
+
+# --- 4b: gradients exchanged among the workers across the hosts (no keys: peer links are not encrypted) ----
+t0=$(now)
+in_h0 timeout -k 5 120 "$launcher" -H h1:2,h2:2 "${hosts_opts[@]}" --insecure \
+    -- "${short_opts[@]}" --gradient-exchange peers --out "$work/peers" >"$work/peers.log" 2>&1
+st=$?
+if (( st != 0 )); then
+    show_log "$work/peers.log"; problem "gradients among the workers: syncbn-hosts exited with status $st"
+elif ! cmp -s "$work/reference-short/model.safetensors" "$work/peers/model.safetensors"; then
+    problem "gradients among the workers: the model differs from syncbn train's"
+else
+    say "gradients among the workers (--gradient-exchange peers, h1:2 + h2:2, no keys): model identical ($(elapsed "$t0" "$(now)") s)"
 fi
 
 # --- 5: one-line errors --------------------------------------------------------------------------------
