@@ -109,6 +109,23 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
 
     // MARK: Flags
 
+    func testGradientExchangeAmongWorkersIsRefusedWithKeys() throws {
+        // Peer links are not encrypted: a job with keys must not send gradients over them.
+        let keys = try makeTemporaryDirectory("keys")
+        let coordinator = keys.appendingPathComponent("coordinator").path, worker = keys.appendingPathComponent("worker").path
+        try runSuccessfully(["keygen", "--out", coordinator])
+        try runSuccessfully(["keygen", "--out", worker])
+        let publicKey = try String(contentsOfFile: worker + ".pub", encoding: .utf8).split(separator: "\n").first { !$0.hasPrefix("#") } ?? ""
+        let authorized = keys.appendingPathComponent("authorized_keys").path
+        try (publicKey + "\n").write(toFile: authorized, atomically: true, encoding: .utf8)
+        let result = try run(["coordinator", "--bind", "tcp://127.0.0.1:0", "--workers", "1", "--gradient-exchange", "peers",
+                              "--secret-key", coordinator + ".key", "--authorized-keys", authorized,
+                              "--out", try makeTemporaryDirectory("refused").path], seconds: 30)
+        guard case .exited(let status) = result.termination else { return XCTFail("crashed: \(result.transcript)") }
+        XCTAssertNotEqual(status, 0, result.transcript)
+        XCTAssertTrue(result.stderr.contains("--gradient-exchange peers") && result.stderr.contains("keys"), result.transcript)
+    }
+
     func testInvalidFlagsAreRefusedWithAnExplanation() throws {
         let out = try makeTemporaryDirectory("flags").path
         let cases: [(arguments: [String], message: String)] = [

@@ -204,7 +204,8 @@ public final class Coordinator: StepRunner {
             }
             peer.lastHeard = Date()
             members.append(peer)
-            logger.info("worker \(rank) joined at step \(nextStep + 1): \(peer.description) (\(members.count) live)")
+            let listening = gradientExchange == .peers ? ", other workers reach it at \(peer.peerEndpoint)" : ""
+            logger.info("worker \(rank) joined at step \(nextStep + 1): \(peer.description) (\(members.count) live)\(listening)")
         }
         joining.removeAll()
     }
