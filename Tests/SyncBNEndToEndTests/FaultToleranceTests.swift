@@ -104,12 +104,12 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
 
     /// Kills (SIGKILL) or stops (SIGTERM) the coordinator after a checkpoint, resumes it, and checks that the
     /// workers rejoin by themselves and that the model is train's.
-    private func checkCoordinatorResume(signal: Int32) throws {
+    private func checkCoordinatorResume(signal: Int32, clusterFlags: [String] = []) throws {
         try requireDataSet()
         let expected = try reference()
         let out = try makeTemporaryDirectory("resume")
         let endpoint = "tcp://127.0.0.1:\(try Self.freeLoopbackPort())"
-        let coordinator = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--checkpoint-every", "40"] + flags + ["--out", out.path])
+        let coordinator = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--checkpoint-every", "40"] + flags + clusterFlags + ["--out", out.path])
         let workers = try (0..<2).map { _ in try start(["worker", "--connect", endpoint, "--rejoin-timeout", "60"]) }
         XCTAssertTrue(waitForMetrics(in: out, lines: 5), coordinator.transcript)
         XCTAssertTrue(FileManager.default.fileExists(atPath: out.appendingPathComponent("checkpoint.safetensors").path))
@@ -117,7 +117,7 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
         let first = try finish(coordinator, seconds: 30)
         XCTAssertFalse(first.succeeded, first.transcript)
         if signal == SIGTERM { XCTAssertTrue(first.stderr.contains("saved to"), first.transcript) }
-        let resumed = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--join-timeout", "60", "--resume", out.path])
+        let resumed = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--join-timeout", "60", "--resume", out.path] + clusterFlags)
         let run = try finish(resumed, seconds: 120)
         XCTAssertTrue(run.succeeded, "\(run.transcript)\nfirst coordinator:\n\(first.transcript)\nworkers:\n\(workers.map(\.transcript).joined(separator: "\n"))")
         XCTAssertTrue(run.stderr.contains("resuming at step"), run.transcript)
@@ -132,6 +132,11 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
     func testKilledCoordinatorResumesFromItsCheckpoint() throws { try checkCoordinatorResume(signal: SIGKILL) }
 
     func testTerminatedCoordinatorSavesACheckpointAndResumes() throws { try checkCoordinatorResume(signal: SIGTERM) }
+
+    func testKilledCoordinatorResumesWhenWorkersExchangeGradientsAmongThemselves() throws {
+        // The workers' links to each other outlive the coordinator; the resumed one sends a new table.
+        try checkCoordinatorResume(signal: SIGKILL, clusterFlags: ["--gradient-exchange", "peers"])
+    }
 
     func testNonFinitePartialsStopTheJobWithACheckpointOrSkipTheStep() throws {
         try requireDataSet()

@@ -44,8 +44,10 @@ public final class Coordinator: StepRunner {
     /// Peers that sent malformed messages, and those cut off for sending too many.
     private var malformedCount: [[UInt8]: Int] = [:]
     private var cutOff: Set<[UInt8]> = []
-    /// The table of peers the members hold (`.peers` mode): its epoch and the identities it lists.
-    private var peerEpoch: UInt32 = 0
+    /// The table of peers the members hold (`.peers` mode): its epoch and the identities it lists. Epochs
+    /// start at random, so that messages left in flight by a previous coordinator (one that was resumed)
+    /// never match this one's.
+    private var peerEpoch = UInt32.random(in: 0 ..< 1 << 31)
     private var peerTableMembers: [[UInt8]] = []
     private let doublePartials: UnsafeMutableBufferPointer<Double>
     private let floatPartials: UnsafeMutableBufferPointer<Float>
