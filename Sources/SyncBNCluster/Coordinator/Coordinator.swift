@@ -341,7 +341,7 @@ public final class Coordinator: StepRunner {
                 let partials = UnsafeBufferPointer(rebasing: floatPartials[0..<(plan.chunkCount * width)])
                 let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<exchange.resultWidth])
                 exchange.reduce(partials, into: result)
-                outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(exchange.resultWidth), element: element)
+                Message.reduced(step: UInt64(step), round: round, width: UInt32(exchange.resultWidth), element: element, payload: []).encode(appendingTo: &outbox)
                 outbox += UnsafeRawBufferPointer(result)
                 try broadcast(final: final)
                 gradientsPending = true
@@ -350,7 +350,7 @@ public final class Coordinator: StepRunner {
                 let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
                 round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, into: result)
                 if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
-                outbox += Message.reducedHeader(step: UInt64(step), round: round, width: UInt32(width), element: element)
+                Message.reduced(step: UInt64(step), round: round, width: UInt32(width), element: element, payload: []).encode(appendingTo: &outbox)
                 outbox += UnsafeRawBufferPointer(result)
                 try broadcast(final: final)
             }
@@ -460,7 +460,7 @@ public final class Coordinator: StepRunner {
     /// says whether it was the round's (false: dropped). Probes members that are slow to answer; one whose
     /// connection is gone, or that stays silent for the round timeout, is lost.
     /// Messages that `keepForLater` picks are kept for the next round instead of being dropped.
-    private func collect(_ what: String, messagesPerWorker: Int, keepForLater: (Message) -> Bool = { _ in false },
+    private func collect(_ what: @autoclosure () -> String, messagesPerWorker: Int, keepForLater: (Message) -> Bool = { _ in false },
                          accept: (_ rank: Int, _ message: Message) throws -> Bool) throws {
         var kept = early[...]
         early = []
@@ -476,10 +476,10 @@ public final class Coordinator: StepRunner {
             } else {
                 arrived = try receive(until: min(deadline, Date().addingTimeInterval(Double(ClusterTimeouts.pollMilliseconds) / 1000)))
             }
-            let waiting = Set(pending.indices.filter { pending[$0] > 0 })
             if !arrived {
+                let waiting = Set(pending.indices.filter { pending[$0] > 0 })
                 if Date() >= deadline, let rank = waiting.min() {
-                    throw WorkerLost(rank: rank, reason: "it sent nothing for the \(what) within \(Int(timeouts.roundSeconds)) s (--round-timeout)")
+                    throw WorkerLost(rank: rank, reason: "it sent nothing for the \(what()) within \(Int(timeouts.roundSeconds)) s (--round-timeout)")
                 }
                 if -started.timeIntervalSinceNow > ClusterTimeouts.probeAfterSeconds { try probe(waiting) }
                 continue

@@ -155,7 +155,16 @@ public enum ProtocolError: Error, Equatable, CustomStringConvertible {
 
 extension Message {
     public func encoded() -> [UInt8] {
-        var out = ByteWriter()
+        var bytes: [UInt8] = []
+        encode(appendingTo: &bytes)
+        return bytes
+    }
+
+    /// Appends the message to `bytes` (a reused buffer: nothing is allocated once it is large enough).
+    public func encode(appendingTo bytes: inout [UInt8]) {
+        var out = ByteWriter(buffer: bytes)
+        bytes = []  // the writer holds the only reference: appending does not copy
+        defer { bytes = out.buffer }
         out.bytes(WireProtocol.magic)
         out.u16(WireProtocol.version)
         out.u16(kind.rawValue)
@@ -206,7 +215,6 @@ extension Message {
             out.u32(epoch); out.u32(from); out.u32(shardOffset); out.u32(shardWidth)
             out.bytes(payload)
         }
-        return out.buffer
     }
 
     /// Sets the chunk assignment of an encoded `step` message in place, so that the batch it carries is
@@ -274,7 +282,7 @@ extension Message {
         guard frame.count >= WireProtocol.headerSize else {
             throw ProtocolError.malformed("\(frame.count) bytes is shorter than the \(WireProtocol.headerSize)-byte header")
         }
-        guard Array(try reader.bytes(4)) == WireProtocol.magic else { throw ProtocolError.malformed("bad magic (not a SyncBN message)") }
+        guard try reader.bytes(4).elementsEqual(WireProtocol.magic) else { throw ProtocolError.malformed("bad magic (not a SyncBN message)") }
         let version = try reader.u16()
         guard version == WireProtocol.version else { throw ProtocolError.versionMismatch(peer: version) }
         let rawKind = try reader.u16()

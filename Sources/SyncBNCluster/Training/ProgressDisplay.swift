@@ -15,9 +15,12 @@ final class ProgressDisplay {
 
     func update(step: Int, of total: Int, loss: Double?, samplesPerSecond: Double, elapsed: Double) {
         if let loss { lastLoss = loss }
-        let eta = Double(total - step) * elapsed / Double(max(1, step))
-        let lossText = lastLoss.map { format($0) } ?? "—"
-        let line = "step \(step)/\(total)  loss \(lossText)  \(Int(samplesPerSecond)) samples/s  ETA \(duration(eta))"
+        // The line is built only when it is shown (a few times a second at most): steps allocate nothing here.
+        var line: String {
+            let eta = Double(total - step) * elapsed / Double(max(1, step))
+            let lossText = lastLoss.map { format($0) } ?? "—"
+            return "step \(step)/\(total)  loss \(lossText)  \(Int(samplesPerSecond)) samples/s  ETA \(duration(eta))"
+        }
         if isTerminal {
             guard elapsed - lastDraw >= 0.1 || step == total else { return }
             lastDraw = elapsed

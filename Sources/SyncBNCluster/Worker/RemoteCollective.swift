@@ -85,8 +85,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
         outbox.removeAll(keepingCapacity: true)
-        outbox += Message.partialsHeader(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound),
-                                         chunkCount: UInt32(slice.chunks.count), width: UInt32(width), element: element)
+        Message.partials(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound), chunkCount: UInt32(slice.chunks.count),
+                         width: UInt32(width), element: element, payload: []).encode(appendingTo: &outbox)
         outbox += partials
         try connection.socket.send(outbox)
         // A step that arrived during this step's peer exchange means the coordinator will send no more results

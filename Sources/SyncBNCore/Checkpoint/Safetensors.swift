@@ -1,3 +1,7 @@
+#if _endian(big)
+#error("Safetensors files are little-endian; tensors are copied from host memory as they are.")
+#endif
+
 import Foundation
 
 /// The safetensors format: an 8-byte little-endian header length, a JSON header mapping each tensor name
@@ -26,9 +30,9 @@ public enum Safetensors {
             self.bytes = bytes
         }
 
+        /// Little-endian Float32, copied as is from the host's memory.
         public init(_ values: UnsafeBufferPointer<Float>, shape: [Int]) {
-            self.init(dtype: .float32, shape: shape,
-                      bytes: values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) })
+            self.init(dtype: .float32, shape: shape, bytes: Array(UnsafeRawBufferPointer(values)))
         }
 
         public init(int64 value: Int64) {
