@@ -30,7 +30,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "The coordinator's public key file (its .pub).")
     var serverKey: String?
 
-    @Option(help: "The address other workers reach this one at, for a coordinator with --gradient-exchange peers (default: this host's address on its route to the coordinator).")
+    @Option(help: "Listen for other workers at this address (or `auto`: this host's address on its route to the coordinator), for a coordinator with --gradient-exchange peers. Not with keys; unauthenticated, so off by default unless the coordinator is on this machine.")
     var peerAddress: String?
 
     @Flag(help: .hidden)

@@ -154,6 +154,60 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
         XCTAssertTrue(skip.stderr.contains("step skipped (--on-nonfinite skip)"), skip.transcript)
     }
 
+    func testHostileSenderOnAWorkersPeerLinkChangesNothing() throws {
+        // A worker's peer listener is not authenticated: whatever reaches it that does not fit the table is
+        // dropped, and the run ends with train's model.
+        try requireDataSet()
+        let expected = try reference()
+        let out = try makeTemporaryDirectory("hostile-peer")
+        let endpoint = "tcp://127.0.0.1:\(try Self.freeLoopbackPort())"
+        let coordinator = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--gradient-exchange", "peers"] + flags + ["--out", out.path])
+        let workers = try (0..<2).map { _ in try start(["worker", "--connect", endpoint]) }
+        XCTAssertTrue(coordinator.waitForStandardError(containing: "worker 1 joined", seconds: 60), coordinator.transcript)
+        let marker = "other workers reach it at "
+        let target = try XCTUnwrap(coordinator.stderr.components(separatedBy: "\n").first { $0.contains("worker 0 joined") && $0.contains(marker) }
+            .flatMap { $0.components(separatedBy: marker).last }, coordinator.transcript)
+
+        let stop = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
+        let sent = Counter()
+        let hostile = Thread {
+            defer { done.signal() }
+            guard let context = try? Context(), let socket = try? Socket(context, .push), (try? socket.connect(target)) != nil else { return }
+            defer { socket.close() }
+            var random = SystemRandomNumberGenerator()
+            func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255, using: &random) } }
+            let wrong: [[UInt8]] = [
+                Message.gradientShard(step: 2, epoch: 0, from: 0, shardOffset: 0, shardWidth: 1, payload: [0, 0, 0, 0]).encoded(),
+                Message.gradientShard(step: .max, epoch: .max, from: 7, shardOffset: 0, shardWidth: 0, payload: []).encoded(),
+                Message.gradientTiles(step: .max, epoch: 1, from: 1, shardOffset: 0, shardWidth: 0, tiles: [], rowsFirstChunk: 0,
+                                      rowsChunkCount: 0, rowsWidth: 0, payload: []).encoded(),
+                Message.stop.encoded(), Message.ping.encoded(),
+            ]
+            while stop.wait(timeout: .now()) == .timedOut {
+                let frames: [[UInt8]]
+                switch Int.random(in: 0..<4, using: &random) {
+                case 0: frames = [randomBytes(Int.random(in: 0..<64, using: &random))]
+                case 1: frames = [Array(WireProtocol.magic) + randomBytes(Int.random(in: 0..<60, using: &random))]
+                case 2: frames = [wrong.randomElement(using: &random)!]
+                default: frames = [randomBytes(8), randomBytes(8)]
+                }
+                _ = try? socket.send(frames: frames, dontWait: true)
+                sent.increment()
+                usleep(1_000)  // pacing the attack, not waiting for anything
+            }
+        }
+        hostile.start()
+        let run = try finish(coordinator, seconds: 120)
+        stop.signal()
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        XCTAssertTrue(run.succeeded, run.transcript)
+        XCTAssertGreaterThan(sent.value, 100, "the hostile sender barely ran")
+        let results = try workers.map { try finish($0, seconds: 30) }
+        for result in results { XCTAssertTrue(result.succeeded, result.transcript) }
+        XCTAssertTrue(results.contains { $0.stderr.contains("dropped a message from another worker's link") }, results.map(\.transcript).joined(separator: "\n"))
+        XCTAssertEqual(try model(in: out), expected, "a hostile sender on a peer link changed the model")
+    }
+
     func testHostileClientThroughoutChangesNothing() throws {
         try requireDataSet()
         let expected = try reference()

@@ -195,7 +195,7 @@ public final class Coordinator: StepRunner {
             let rank = members.count
             if gradientExchange == .peers && peer.peerEndpoint.isEmpty {
                 logger.warning("refused worker \(peer.description): it has no peer endpoint, and this job exchanges gradients among workers")
-                try? send(.reject(reason: "this job exchanges gradients among workers (--gradient-exchange peers) and this worker listens for none: run it without keys, or give it --peer-address"), to: peer)
+                try? send(.reject(reason: "this job exchanges gradients among workers (--gradient-exchange peers) and this worker listens for none: run it without keys and, on another host, with --peer-address auto (or its address)"), to: peer)
                 continue
             }
             do {

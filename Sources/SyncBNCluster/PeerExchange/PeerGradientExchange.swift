@@ -76,8 +76,11 @@ public final class PeerGradientExchange {
     private let scratch: UnsafeMutableBufferPointer<Float>
     /// Where each of this worker's tiles is: its chunk's partial for a one-chunk tile, else in `ownTiles`.
     private var ownTilePointers: [UnsafePointer<Float>] = []
-    /// Peer messages of a later step or table, kept for the round they belong to.
+    /// Peer messages of a later step or table, kept for the round they belong to (a few rounds' worth at most).
     private var early: [[UInt8]] = []
+    /// Told about every message from another worker that is dropped (it cannot be read, or does not fit the
+    /// table): the link is not authenticated, so anyone who reaches it may send anything.
+    public var onDrop: (String) -> Void = { _ in }
 
     public init(layout: GradientLayout) {
         self.layout = layout
@@ -96,8 +99,8 @@ public final class PeerGradientExchange {
     /// Runs one gradient round of `step` for this worker's `chunks` (those `ChunkPlan` assigns to its rank
     /// in `mesh`'s table). `partials` holds its chunks' partials, chunk-major (`layout.chunkWidth` each);
     /// `result` receives the whole result (`layout.resultWidth`).
-    /// - Throws: whatever `upstream.handleWhileWaiting()` throws (the round is abandoned), `ClusterError` for
-    ///   a peer message that contradicts the table, or at `deadline`.
+    /// - Throws: whatever `upstream.handleWhileWaiting()` throws (the round is abandoned), or `ClusterError`
+    ///   at `deadline`. Messages that cannot be read or do not fit the table are dropped (`onDrop`).
     public func run(step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>,
              mesh: PeerMesh, upstream: ExchangeUpstream, deadline: Date) throws {
         guard let epoch = mesh.epoch else { preconditionFailure("the gradient exchange needs a table of peers") }
@@ -165,14 +168,16 @@ public final class PeerGradientExchange {
             do {
                 (message, payloadOffset) = try Message.decodePeerFrame(frame)
             } catch {
-                throw ClusterError("another worker sent a message this one cannot read: \(error)")
+                return onDrop("\(error)")
             }
             let payload = UnsafeRawBufferPointer(rebasing: frame[payloadOffset...])
-            guard let (s, e) = message.peerTag else {
-                throw ClusterError("another worker sent a \(message.kind) message; workers send each other only gradient tiles and shards")
-            }
+            guard let (s, e) = message.peerTag else { return onDrop("a \(message.kind) message where gradient tiles or a shard belong") }
             if s < step || (s == step && e < epoch) { return }  // from an abandoned try
-            if s > step || e > epoch { early.append(Array(frame)); return }  // a redo or the next step, seen before its table
+            if s > step || e > epoch {  // a redo or the next step, seen before its table
+                if early.count >= 4 * max(n, 2) { early.removeFirst() }
+                early.append(Array(frame))
+                return
+            }
             switch message {
             case .gradientTiles(_, _, let from, let shardOffset, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsW, _):
                 let r = Int(from)
@@ -182,7 +187,7 @@ public final class PeerGradientExchange {
                 guard r < n, r != me, tilesFrom[r] == nil, Int(shardOffset) == myShard.lowerBound, Int(shardWidth) == myShard.count,
                       tiles.map({ Int($0.lowerBound)..<Int($0.upperBound) }) == expectedTiles, Int(rowsFirst) == theirChunks.lowerBound,
                       Int(rowsCount) == theirChunks.count, Int(rowsW) == rowsWidth else {
-                    throw ClusterError("worker \(from) sent gradient tiles that do not fit table \(epoch) (shard \(shardOffset)+\(shardWidth), \(tiles.count) tiles, rows \(rowsFirst)+\(rowsCount))")
+                    return onDrop("gradient tiles from worker \(from) that do not fit table \(epoch) (shard \(shardOffset)+\(shardWidth), \(tiles.count) tiles, rows \(rowsFirst)+\(rowsCount))")
                 }
                 let tileBytes = tiles.count * myShard.count * 4
                 if tileBytes > 0 {
@@ -196,7 +201,7 @@ public final class PeerGradientExchange {
             case .gradientShard(_, _, let from, let shardOffset, let shardWidth, _):
                 let r = Int(from)
                 guard r < n, r != me, !shardFrom[r], layout.shard(r, of: n) == Int(shardOffset)..<Int(shardOffset + shardWidth) else {
-                    throw ClusterError("worker \(from) sent a gradient shard that does not fit table \(epoch) (\(shardOffset)+\(shardWidth))")
+                    return onDrop("a gradient shard from worker \(from) that does not fit table \(epoch) (\(shardOffset)+\(shardWidth))")
                 }
                 if payload.count > 0 { UnsafeMutableRawPointer(out + Int(shardOffset)).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
                 shardFrom[r] = true
@@ -240,7 +245,7 @@ public final class PeerGradientExchange {
                 continue
             }
             while let (_, frames) = try mesh.inbox.receiveInPlace(dontWait: true, handle) {
-                guard frames == 1 else { throw ClusterError("another worker sent a message of \(frames) frames; SyncBN messages are one frame") }
+                if frames != 1 { onDrop("a message of \(frames) frames (its first frame was read; SyncBN messages are one frame)") }
             }
         }
     }

@@ -21,7 +21,9 @@ public final class PeerMesh {
     public init(context: Context, address: String) throws {
         self.context = context
         inbox = try Socket(context, .pull)
-        try inbox.setHighWaterMarks(send: 0, receive: 0)
+        // Bounded: a round brings at most two messages from each other worker (anything beyond waits in the
+        // sender's queue), so this only caps what a stray sender can pile up.
+        try inbox.setHighWaterMarks(send: 0, receive: 1000)
         try inbox.setMaximumMessageSize(WireProtocol.maximumMessageSize)
         do {
             try inbox.bind("tcp://\(address):*")
@@ -67,14 +69,25 @@ public final class PeerMesh {
         inbox.close()
     }
 
+    /// Where a worker listens for the others, from its `--peer-address` (`requested`): nil (no listener) for a
+    /// remote coordinator unless asked, since the listener is not authenticated; loopback for a local one;
+    /// for `auto`, the local address of the route to the coordinator's host; else the address given.
+    static func listeningAddress(requested: String?, coordinator: String) throws -> String? {
+        switch requested {
+        case nil: return CoordinatorSecurity.isLocal(coordinator) ? "127.0.0.1" : nil
+        case "auto": return try localAddress(towards: coordinator)
+        case let address?: return address
+        }
+    }
+
     /// The address this host is reached at by whoever reaches `coordinator` (a `tcp://HOST:PORT` or `ipc://`
     /// endpoint): loopback for a local coordinator, otherwise the local address of the route to its host.
     static func localAddress(towards coordinator: String) throws -> String {
-        guard coordinator.hasPrefix("tcp://") else { return "127.0.0.1" }
+        if CoordinatorSecurity.isLocal(coordinator) { return "127.0.0.1" }
+        guard coordinator.hasPrefix("tcp://") else { throw ClusterError("cannot tell this worker's address from \(coordinator); give --peer-address") }
         var host = String(coordinator.dropFirst("tcp://".count))
         if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
         host = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        if host == "localhost" || host.hasPrefix("127.") || host == "::1" { return "127.0.0.1" }
         // A UDP "connection" sends nothing; it only makes the kernel choose the route and source address.
         var hints = addrinfo()
         hints.ai_family = AF_INET

@@ -19,6 +19,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     private let timeoutSeconds: Double
     /// The links to the other workers (nil: this worker takes no part in peer exchanges).
     let mesh: PeerMesh?
+    /// Told why a message from another worker was dropped.
+    var onPeerDrop: (String) -> Void = { _ in }
     private var peerExchange: PeerGradientExchange?
     var step: UInt64 = 0
     var slice: BatchSlice
@@ -59,7 +61,10 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         if let mesh, mesh.epoch != nil {
             try timed {
-                if peerExchange == nil { peerExchange = PeerGradientExchange(layout: GradientLayout(exchange)) }
+                if peerExchange == nil {
+                    peerExchange = PeerGradientExchange(layout: GradientLayout(exchange))
+                    peerExchange!.onDrop = onPeerDrop
+                }
                 try peerExchange!.run(step: step, chunks: slice.chunks, partials: partials, into: result, mesh: mesh, upstream: self,
                                       deadline: Date().addingTimeInterval(timeoutSeconds))
             }

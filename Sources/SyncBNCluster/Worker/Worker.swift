@@ -24,13 +24,14 @@ public final class Worker {
     fileprivate let endpoint: String
     fileprivate let timeouts: ClusterTimeouts
     fileprivate let security: WorkerSecurity?
-    /// Where this worker listens for other workers (nil: the address of its route to the coordinator).
+    /// Where this worker listens for other workers (`--peer-address`: an address, `auto`, or nil).
     fileprivate let peerAddress: String?
     private var logger: Logger
 
     /// With `security`, the connection is encrypted with CurveZMQ and authenticates this worker's key.
-    /// Without `security`, the worker also listens for other workers on `peerAddress` (default: the local
-    /// address of its route to the coordinator), for a coordinator that exchanges gradients among workers.
+    /// Without `security`, the worker also listens for other workers, for a coordinator that exchanges
+    /// gradients among workers: on loopback for a local coordinator; for a remote one only on `peerAddress`
+    /// (`auto`: the local address of its route to the coordinator).
     public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), security: WorkerSecurity? = nil,
                 peerAddress: String? = nil, logger: Logger) {
         self.endpoint = endpoint
@@ -48,6 +49,7 @@ public final class Worker {
         let mesh = try makeMesh(context)
         defer { mesh?.close() }
         var compute: [Double] = [], waiting: [Double] = [], waitingCPU: [Double] = []
+        var peerDrops = 0
         var rank = 0
         var joinDeadline = Date().addingTimeInterval(timeouts.connectSeconds)
         var rejoining = false
@@ -74,6 +76,10 @@ public final class Worker {
             logger[metadataKey: "rank"] = "\(rank)"
             logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint)")
             let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
+            collective.onPeerDrop = { [logger] reason in
+                peerDrops += 1
+                if peerDrops <= 3 { logger.warning("dropped a message from another worker's link: \(reason)") }
+            }
             do {
                 var next = try connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
                 while true {
@@ -119,16 +125,12 @@ public final class Worker {
         }
     }
 
-    /// The links to other workers: only without keys (peer traffic is not encrypted yet). If this host's
-    /// address cannot be found, the worker takes part in star exchanges only, and says why.
+    /// The links to other workers: only without keys (peer traffic is not encrypted), and for a remote
+    /// coordinator only with --peer-address (the listener is not authenticated, so opening it is the user's
+    /// call, like --insecure).
     private func makeMesh(_ context: Context) throws -> PeerMesh? {
-        guard security == nil else { return nil }
-        do {
-            return try PeerMesh(context: context, address: peerAddress ?? PeerMesh.localAddress(towards: endpoint))
-        } catch let error as ClusterError where peerAddress == nil {
-            logger.warning("no peer endpoint (\(error)); this worker can only join coordinators that use --gradient-exchange star")
-            return nil
-        }
+        guard security == nil, let address = try PeerMesh.listeningAddress(requested: peerAddress, coordinator: endpoint) else { return nil }
+        return try PeerMesh(context: context, address: address)
     }
 
     private func runStep(_ message: Message, config: TrainingConfig, network: Network, collective: RemoteCollective) throws {
