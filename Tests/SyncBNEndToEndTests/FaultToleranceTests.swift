@@ -152,6 +152,14 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
         let skipped = try makeTemporaryDirectory("skip")
         let skip = try run(["launch", "--workers", "2", "--on-nonfinite", "skip"] + blowUp + ["--out", skipped.path])
         XCTAssertTrue(skip.stderr.contains("step skipped (--on-nonfinite skip)"), skip.transcript)
+
+        // Gradients exchanged among the workers (without BatchNorm, the first round to overflow): the workers
+        // hold the same non-finite result as the coordinator and drop the same steps, so every step ends.
+        let peers = try run(["launch", "--workers", "2", "--on-nonfinite", "skip", "--bn", "none", "--gradient-exchange", "peers"]
+                            + blowUp + ["--out", try makeTemporaryDirectory("skip-peers").path], seconds: 60)
+        XCTAssertTrue(peers.stderr.contains("parameter gradients at step") && peers.stderr.contains("step skipped (--on-nonfinite skip)"), peers.transcript)
+        XCTAssertTrue(peers.stderr.contains("step dropped, as the coordinator drops it"), peers.transcript)
+        XCTAssertTrue(peers.stderr.contains("training finished; worker 0 exits") && peers.stderr.contains("training finished; worker 1 exits"), peers.transcript)
     }
 
     func testHostileSenderOnAWorkersPeerLinkChangesNothing() throws {

@@ -8,6 +8,10 @@ enum Interruption: Error {
     case preempted(Message)
     /// The connection to the coordinator closed: it died, froze or was cut off.
     case coordinatorLost
+    /// The gradients exchanged among the workers hold NaN or infinity. Every replica, the coordinator's too,
+    /// holds the same bits and so decides the same: the step is dropped (or the job stopped, by the
+    /// coordinator's --on-nonfinite) and the worker waits for what comes next.
+    case nonFiniteGradients
 }
 
 /// A worker's collective: each call sends this worker's per-chunk partials to the coordinator and blocks
@@ -68,6 +72,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                 try peerExchange!.run(step: step, chunks: slice.chunks, partials: partials, into: result, mesh: mesh, upstream: self,
                                       deadline: Date().addingTimeInterval(timeoutSeconds))
             }
+            guard allFinite(UnsafeBufferPointer(result)) else { throw Interruption.nonFiniteGradients }
             return
         }
         try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, resultWidth: exchange.resultWidth,

@@ -94,6 +94,10 @@ public final class Worker {
                         } catch Interruption.preempted(let newer) {
                             next = newer  // the coordinator redoes this step (a worker was lost) or moved on
                             continue
+                        } catch Interruption.nonFiniteGradients {
+                            logger.warning("the gradients of step \(collective.step + 1) are not finite: step dropped, as the coordinator drops it")
+                            next = try collective.takeDeferred() ?? connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
+                            continue
                         }
                         let total = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
                         let waited = Double(collective.waitingNanoseconds) / 1e9
