@@ -296,9 +296,9 @@ struct BenchRun {
                                                                warmup: payload.warmup, repeats: repeats)
                     let seconds = benchMedian(times)!
                     let valueBytes = payload.width * 4
-                    let header = Message.gradientShardHeader(step: 0, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0).count
-                    let rows = Message.gradientTilesHeader(step: 0, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0, tiles: [],
-                                                           rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 0).count
+                    let header = Message.gradientShard(step: 0, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0, payload: []).encoded().count
+                    let rows = Message.gradientTiles(step: 0, epoch: 0, from: 0, shardOffset: 0, shardWidth: 0, tiles: [],
+                                                     rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 0, payload: []).encoded().count
                     let bytes = valueBytes + workers * (header + rows + 2 * WireProtocol.headerSize)
                     // Tiles: each worker sends its slice of every other shard; shards: each owner to the N − 1 others
                     // and the parent. (2N − 1) tensors in all.

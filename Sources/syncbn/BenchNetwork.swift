@@ -97,6 +97,21 @@ enum BenchNetwork {
         }
     }
 
+    /// Tells each helper to stop and checks that every one exits cleanly.
+    private static func stopHelpers(_ children: [BenchChild], at identities: [[UInt8]], on router: Socket, what: String) throws {
+        let stop = Message.stop.encoded()
+        for identity in identities { try router.send(frames: [identity, stop]) }
+        for child in children {
+            let exit = child.wait(timeoutSeconds: 10)
+            guard exit.succeeded else { throw BenchError("\(what) \(exit.description)") }
+        }
+    }
+
+    /// The median of each repeat's `rounds` consecutive times.
+    private static func mediansPerRepeat(_ times: [Double], rounds: Int, repeats: Int) -> [Double] {
+        (0..<repeats).map { benchMedian(Array(times[($0 * rounds)..<(($0 + 1) * rounds)]))! }
+    }
+
     // MARK: Raw baselines
 
     /// Median round trip (µs) of `size`-byte messages, one value per repeat (each the median of `count` trips).
@@ -223,13 +238,8 @@ enum BenchNetwork {
             if index >= warmup { times.append(Double(end - previousEnd) / 1e9) }
             previousEnd = end
         }
-        let stop = Message.stop.encoded()
-        for identity in identities { try router.send(frames: [identity, stop]) }
-        for child in children {
-            let exit = child.wait(timeoutSeconds: 10)
-            guard exit.succeeded else { throw BenchError("an all-reduce helper \(exit.description)") }
-        }
-        return (0..<repeats).map { benchMedian(Array(times[($0 * rounds)..<(($0 + 1) * rounds)]))! }
+        try stopHelpers(children, at: identities, on: router, what: "an all-reduce helper")
+        return mediansPerRepeat(times, rounds: rounds, repeats: repeats)
     }
 
     // MARK: All-reduce among workers
@@ -286,13 +296,8 @@ enum BenchNetwork {
             }
             if index >= warmup { times.append(Double(benchNow() - t0) / 1e9) }
         }
-        let stop = Message.stop.encoded()
-        for identity in identities { try router.send(frames: [identity, stop]) }
-        for child in children {
-            let exit = child.wait(timeoutSeconds: 10)
-            guard exit.succeeded else { throw BenchError("a peer all-reduce helper \(exit.description)") }
-        }
-        return (0..<repeats).map { benchMedian(Array(times[($0 * rounds)..<(($0 + 1) * rounds)]))! }
+        try stopHelpers(children, at: identities, on: router, what: "a peer all-reduce helper")
+        return mediansPerRepeat(times, rounds: rounds, repeats: repeats)
     }
 }
 

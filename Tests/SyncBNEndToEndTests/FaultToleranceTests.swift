@@ -162,6 +162,18 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
         XCTAssertTrue(peers.stderr.contains("training finished; worker 0 exits") && peers.stderr.contains("training finished; worker 1 exits"), peers.transcript)
     }
 
+    /// One hostile message: random bytes, the magic followed by random bytes, one of `wrong` (well formed,
+    /// out of place), or two frames where SyncBN sends one.
+    static func hostileFrames(wrong: [[UInt8]]) -> [[UInt8]] {
+        func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
+        switch Int.random(in: 0..<4) {
+        case 0: return [randomBytes(Int.random(in: 0..<64))]
+        case 1: return [Array(WireProtocol.magic) + randomBytes(Int.random(in: 0..<60))]
+        case 2: return [wrong.randomElement()!]
+        default: return [randomBytes(8), randomBytes(8)]
+        }
+    }
+
     func testHostileSenderOnAWorkersPeerLinkChangesNothing() throws {
         // A worker's peer listener is not authenticated: whatever reaches it that does not fit the table is
         // dropped, and the run ends with train's model.
@@ -182,8 +194,6 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
             defer { done.signal() }
             guard let context = try? Context(), let socket = try? Socket(context, .push), (try? socket.connect(target)) != nil else { return }
             defer { socket.close() }
-            var random = SystemRandomNumberGenerator()
-            func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255, using: &random) } }
             let wrong: [[UInt8]] = [
                 Message.gradientShard(step: 2, epoch: 0, from: 0, shardOffset: 0, shardWidth: 1, payload: [0, 0, 0, 0]).encoded(),
                 Message.gradientShard(step: .max, epoch: .max, from: 7, shardOffset: 0, shardWidth: 0, payload: []).encoded(),
@@ -192,14 +202,7 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
                 Message.stop.encoded(), Message.ping.encoded(),
             ]
             while stop.wait(timeout: .now()) == .timedOut {
-                let frames: [[UInt8]]
-                switch Int.random(in: 0..<4, using: &random) {
-                case 0: frames = [randomBytes(Int.random(in: 0..<64, using: &random))]
-                case 1: frames = [Array(WireProtocol.magic) + randomBytes(Int.random(in: 0..<60, using: &random))]
-                case 2: frames = [wrong.randomElement(using: &random)!]
-                default: frames = [randomBytes(8), randomBytes(8)]
-                }
-                _ = try? socket.send(frames: frames, dontWait: true)
+                _ = try? socket.send(frames: Self.hostileFrames(wrong: wrong), dontWait: true)
                 sent.increment()
                 usleep(1_000)  // pacing the attack, not waiting for anything
             }
@@ -229,8 +232,6 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
         let hostile = Thread {
             defer { done.signal() }
             guard let context = try? Context() else { return }
-            var random = SystemRandomNumberGenerator()
-            func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255, using: &random) } }
             let wrong: [[UInt8]] = [
                 Message.partials(step: 3, round: .gradients, firstChunk: 0, chunkCount: 1, width: 2, element: .float32, payload: [0, 0, 0, 0, 0, 0, 0, 0]).encoded(),
                 Message.partials(step: 0, round: .moments(layer: 0), firstChunk: 0, chunkCount: 0, width: 200, element: .float64, payload: []).encoded(),
@@ -243,14 +244,7 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
                 // A fresh connection now and then, so that cut-off identities do not end the attack.
                 guard let socket = try? Socket(context, .dealer), (try? socket.connect(endpoint)) != nil else { return }
                 for _ in 0..<40 {
-                    let frames: [[UInt8]]
-                    switch Int.random(in: 0..<4, using: &random) {
-                    case 0: frames = [randomBytes(Int.random(in: 0..<64, using: &random))]
-                    case 1: frames = [Array(WireProtocol.magic) + randomBytes(Int.random(in: 0..<40, using: &random))]
-                    case 2: frames = [wrong.randomElement(using: &random)!]
-                    default: frames = [randomBytes(8), randomBytes(8)]
-                    }
-                    _ = try? socket.send(frames: frames, dontWait: true)
+                    _ = try? socket.send(frames: Self.hostileFrames(wrong: wrong), dontWait: true)
                     sent.increment()
                     usleep(1_000)  // pacing the attack, not waiting for anything
                 }

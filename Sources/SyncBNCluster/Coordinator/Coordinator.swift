@@ -235,7 +235,7 @@ public final class Coordinator: StepRunner {
             if members.count < minWorkers { try pauseForWorkers(step: step) }
             do {
                 // Sent at the end of the previous step to the same members: nothing to send again.
-                let sendStep = members.map(\.identity) != alreadySent
+                let sendStep = !members.elementsEqual(alreadySent, by: { $0.identity == $1 })
                 alreadySent = []
                 let metrics = try attemptStep(step, message: &stepMessage, sendStep: sendStep, computeMetrics: computeMetrics)
                 if let next {
@@ -401,29 +401,25 @@ public final class Coordinator: StepRunner {
             return false
         }) { rank, message in
             guard message.peerTag.map({ $0.step == step && $0.epoch == peerEpoch }) == true else { return false }
-            let range: Range<Int>
+            let range: Range<Int>, payload: ArraySlice<UInt8>
             switch message {
-            case .gradientTiles(_, _, let from, _, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsWidth, _):
+            case .gradientTiles(_, _, let from, _, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsWidth, let bytes):
                 let chunks = config.plan.chunks(forRank: rank, of: n)
                 guard Int(from) == rank, !gotRows[rank], shardWidth == 0, tiles.isEmpty, Int(rowsFirst) == chunks.lowerBound,
                       Int(rowsCount) == chunks.count, Int(rowsWidth) == layout.rowsPerChunk else { return false }
                 gotRows[rank] = true
-                range = (layout.sumWidth + chunks.lowerBound * layout.rowsPerChunk)..<(layout.sumWidth + chunks.upperBound * layout.rowsPerChunk)
-            case .gradientShard(_, _, let from, let offset, let width, _):
+                (range, payload) = ((layout.sumWidth + chunks.lowerBound * layout.rowsPerChunk)..<(layout.sumWidth + chunks.upperBound * layout.rowsPerChunk), bytes)
+            case .gradientShard(_, _, let from, let offset, let width, let bytes):
                 let shard = layout.shard(rank, of: n)
                 guard Int(from) == rank, !gotShard[rank], Int(offset)..<Int(offset + width) == shard else { return false }
                 gotShard[rank] = true
-                range = shard
+                (range, payload) = (shard, bytes)
             default:
                 return false
             }
             let values = UnsafeMutableBufferPointer(rebasing: result[range])
-            switch message {
-            case .gradientTiles(_, _, _, _, _, _, _, _, _, let payload), .gradientShard(_, _, _, _, _, let payload):
-                payload.withUnsafeBytes { raw in
-                    if raw.count > 0 { UnsafeMutableRawPointer(values.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
-                }
-            default: break
+            payload.withUnsafeBytes { raw in
+                if raw.count > 0 { UnsafeMutableRawPointer(values.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
             }
             guard allFinite(UnsafeBufferPointer(values)) else { throw NonFinitePartials(rank: rank, round: .gradients) }
             return true
@@ -435,15 +431,14 @@ public final class Coordinator: StepRunner {
     private func sendRescue(step: UInt64) {
         let layout = GradientLayout(network.exchange)
         outbox.removeAll(keepingCapacity: true)
-        outbox += Message.reducedHeader(step: step, round: .gradients, width: UInt32(layout.resultWidth), element: .float32)
+        Message.reduced(step: step, round: .gradients, width: UInt32(layout.resultWidth), element: .float32, payload: []).encode(appendingTo: &outbox)
         outbox += UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: floatResult[0..<layout.resultWidth]))
         for peer in members { try? send(raw: outbox, to: peer) }
     }
 
     /// After a change of membership, sends every member the new table of peers (a new epoch).
     private func sendPeerTableIfChanged() throws {
-        let identities = members.map(\.identity)
-        guard identities != peerTableMembers else { return }
+        guard !members.elementsEqual(peerTableMembers, by: { $0.identity == $1 }) else { return }
         peerEpoch += 1
         let endpoints = members.map(\.peerEndpoint)
         for (rank, peer) in members.enumerated() {
@@ -453,7 +448,7 @@ public final class Coordinator: StepRunner {
                 throw WorkerLost(rank: rank, reason: "its connection is closed")
             }
         }
-        peerTableMembers = identities
+        peerTableMembers = members.map(\.identity)
     }
 
     /// Collects `messagesPerWorker` accepted messages of a round from every member; `accept` stores one and

@@ -32,16 +32,6 @@ public struct GradientLayout: Equatable, Sendable {
     }
 }
 
-extension Message {
-    /// The step and table epoch of a message between workers; nil for other kinds.
-    public var peerTag: (step: UInt64, epoch: UInt32)? {
-        switch self {
-        case .gradientTiles(let step, let epoch, _, _, _, _, _, _, _, _), .gradientShard(let step, let epoch, _, _, _, _): (step, epoch)
-        default: nil
-        }
-    }
-}
-
 /// The worker's side of a link to whoever coordinates the exchange: where it sends its rows and its shard,
 /// and what it does with a message from there while it waits for other workers (a redo of the step abandons
 /// the round by throwing).
@@ -76,6 +66,8 @@ public final class PeerGradientExchange {
     private let scratch: UnsafeMutableBufferPointer<Float>
     /// Where each of this worker's tiles is: its chunk's partial for a one-chunk tile, else in `ownTiles`.
     private var ownTilePointers: [UnsafePointer<Float>] = []
+    /// Reused buffer for the header and fields of an outgoing message.
+    private var header: [UInt8] = []
     /// Peer messages of a later step or table, kept for the round they belong to (a few rounds' worth at most).
     private var early: [[UInt8]] = []
     /// Told about every message from another worker that is dropped (it cannot be read, or does not fit the
@@ -136,15 +128,13 @@ public final class PeerGradientExchange {
         /// Sends the tiles' slices of `shard` (none to the coordinator) and this worker's rows.
         func sendTiles(shard: Range<Int>, to socket: Socket) throws {
             let wireTiles = shard.isEmpty ? [] : allTiles
-            let header = Message.gradientTilesHeader(step: step, epoch: epoch, from: UInt32(me), shardOffset: UInt32(shard.lowerBound),
-                                                     shardWidth: UInt32(shard.count), tiles: wireTiles, rowsFirstChunk: UInt32(chunks.lowerBound),
-                                                     rowsChunkCount: UInt32(chunks.count), rowsWidth: UInt32(rowsWidth))
             let rowBytes = chunks.count * rowsWidth * 4
-            try socket.send(size: header.count + (wireTiles.count * shard.count) * 4 + rowBytes) { buffer in
-                var at = buffer.baseAddress!
-                header.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: header.count) }
-                at += header.count
-                for t in wireTiles.indices where !shard.isEmpty {
+            let fields = Message.gradientTiles(step: step, epoch: epoch, from: UInt32(me), shardOffset: UInt32(shard.lowerBound),
+                                               shardWidth: UInt32(shard.count), tiles: wireTiles, rowsFirstChunk: UInt32(chunks.lowerBound),
+                                               rowsChunkCount: UInt32(chunks.count), rowsWidth: UInt32(rowsWidth), payload: [])
+            try send(fields, payloadBytes: wireTiles.count * shard.count * 4 + rowBytes, to: socket) { at in
+                var at = at
+                for t in wireTiles.indices {
                     at.copyMemory(from: ownTilePointers[t] + shard.lowerBound, byteCount: shard.count * 4)
                     at += shard.count * 4
                 }
@@ -218,14 +208,15 @@ public final class PeerGradientExchange {
         while shardsMissing > 0 {
             if tilesMissing == 0 && !shardFrom[me] {
                 reduceOwnShard(myShard, tilesFrom: tilesFrom, me: me, into: out)
-                let header = Message.gradientShardHeader(step: step, epoch: epoch, from: UInt32(me), shardOffset: UInt32(myShard.lowerBound),
-                                                         shardWidth: UInt32(myShard.count))
-                for target in (0..<n).filter({ $0 != me }).map(mesh.outlet(to:)) + [upstream.socket] {
-                    try target.send(size: header.count + myShard.count * 4) { buffer in
-                        header.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: header.count) }
-                        if !myShard.isEmpty { (buffer.baseAddress! + header.count).copyMemory(from: out + myShard.lowerBound, byteCount: myShard.count * 4) }
+                let fields = Message.gradientShard(step: step, epoch: epoch, from: UInt32(me), shardOffset: UInt32(myShard.lowerBound),
+                                                   shardWidth: UInt32(myShard.count), payload: [])
+                func sendShard(to socket: Socket) throws {
+                    try send(fields, payloadBytes: myShard.count * 4, to: socket) { at in
+                        if !myShard.isEmpty { at.copyMemory(from: out + myShard.lowerBound, byteCount: myShard.count * 4) }
                     }
                 }
+                for owner in 0..<n where owner != me { try sendShard(to: mesh.outlet(to: owner)) }
+                try sendShard(to: upstream.socket)
                 shardFrom[me] = true
                 shardsMissing -= 1
                 continue
@@ -246,6 +237,19 @@ public final class PeerGradientExchange {
             }
             while let (_, frames) = try mesh.inbox.receiveInPlace(dontWait: true, handle) {
                 if frames != 1 { onDrop("a message of \(frames) frames (its first frame was read; SyncBN messages are one frame)") }
+            }
+        }
+    }
+
+    /// Sends `fields` (a message whose payload is left empty) followed by `payloadBytes` that `writePayload`
+    /// writes, as one frame: every byte is copied once, straight into libzmq's message.
+    private func send(_ fields: Message, payloadBytes: Int, to socket: Socket, writePayload: (UnsafeMutableRawPointer) -> Void) throws {
+        header.removeAll(keepingCapacity: true)
+        fields.encode(appendingTo: &header)
+        try header.withUnsafeBytes { head in
+            try socket.send(size: head.count + payloadBytes) { buffer in
+                buffer.baseAddress!.copyMemory(from: head.baseAddress!, byteCount: head.count)
+                writePayload(buffer.baseAddress! + head.count)
             }
         }
     }

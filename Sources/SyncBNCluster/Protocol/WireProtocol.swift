@@ -83,6 +83,16 @@ public enum Message: Equatable {
     }
 }
 
+extension Message {
+    /// The step and table epoch of a message between workers; nil for other kinds.
+    public var peerTag: (step: UInt64, epoch: UInt32)? {
+        switch self {
+        case .gradientTiles(let step, let epoch, _, _, _, _, _, _, _, _), .gradientShard(let step, let epoch, _, _, _, _): (step, epoch)
+        default: nil
+        }
+    }
+}
+
 /// The rows of a global batch: labels and features, as bytes (pixels scaled on arrival) or Float32.
 public struct BatchData: Equatable, Sendable {
     public var rows: Int
@@ -229,17 +239,6 @@ extension Message {
     /// (straight from a tensor buffer, without an intermediate array).
     public static func partialsHeader(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
         Message.partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element, payload: []).encoded()
-    }
-
-    /// Header and fields of a gradientTiles message (its payload follows).
-    public static func gradientTilesHeader(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32, tiles: [Range<UInt32>],
-                                           rowsFirstChunk: UInt32, rowsChunkCount: UInt32, rowsWidth: UInt32) -> [UInt8] {
-        Message.gradientTiles(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, tiles: tiles,
-                              rowsFirstChunk: rowsFirstChunk, rowsChunkCount: rowsChunkCount, rowsWidth: rowsWidth, payload: []).encoded()
-    }
-
-    public static func gradientShardHeader(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32) -> [UInt8] {
-        Message.gradientShard(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, payload: []).encoded()
     }
 
     public static func reducedHeader(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element) -> [UInt8] {

@@ -48,6 +48,8 @@ public final class TrainingRun {
         defer { try? metricsFile?.close() }
 
         var permutations: [Int: [Int]] = [:]  // this epoch's and the next one's
+        /// Whether the test set is evaluated after `step`: every evaluateEvery steps and after the last.
+        func evaluates(_ step: Int) -> Bool { step == config.steps - 1 || (step + 1) % config.evaluateEvery == 0 }
         /// What step `step` trains on.
         func input(_ step: Int) -> StepInput {
             let epoch = step / order.stepsPerEpoch
@@ -55,10 +57,8 @@ public final class TrainingRun {
                 permutations = permutations.filter { $0.key >= epoch - 1 }
                 permutations[epoch] = order.permutation(epoch: epoch)
             }
-            let isLast = step == config.steps - 1
-            let evaluate = isLast || (step + 1) % config.evaluateEvery == 0
             return StepInput(step: step, samples: order.samples(step: step, permutation: permutations[epoch]!),
-                             computeMetrics: evaluate || (step + 1) % config.logEvery == 0)
+                             computeMetrics: evaluates(step) || (step + 1) % config.logEvery == 0)
         }
         var stepSeconds: [Double] = []
         stepSeconds.reserveCapacity(config.steps)
@@ -66,7 +66,7 @@ public final class TrainingRun {
         let started = Date()
         for step in startStep..<max(startStep, config.steps) {
             let isLast = step == config.steps - 1
-            let evaluate = isLast || (step + 1) % config.evaluateEvery == 0
+            let evaluate = evaluates(step)
 
             let t0 = DispatchTime.now().uptimeNanoseconds
             let metrics = try runner.runStep(input(step), next: isLast ? nil : input(step + 1))
