@@ -22,12 +22,7 @@ struct EvaluateCommand: ParsableCommand {
         try reportingErrors(logger) {
             let spec = try Network.spec(ofCheckpoint: model)
             let dataset = try ImageDataset.load(directory: data)
-            guard dataset.test.featureSize == spec.inputSize else {
-                throw CheckpointError("\(model) takes \(spec.inputSize) inputs, but the images in \(data) have \(dataset.test.featureSize) pixels")
-            }
-            if let label = dataset.test.labels.max(), Int(label) >= spec.classes {
-                throw CheckpointError("\(data) has label \(label), but \(model) classifies \(spec.classes) classes: evaluate on the data set it was trained on")
-            }
+            try spec.check(against: dataset, source: data)
             let network = Network(spec: spec, plan: ChunkPlan(batchSize: 1, chunkSize: 1), optimizer: SGD(learningRate: 0, momentum: 0), seed: 0)
             try network.loadModel(from: model)
             let result = network.evaluate(dataset.test)

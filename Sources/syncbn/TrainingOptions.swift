@@ -11,8 +11,12 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Directory of MNIST-format IDX files (plain or .gz).")
     var data = ImageDataset.defaultDirectory
 
-    @Option(help: "Network: \(ModelSpec.names.joined(separator: ", ")).")
+    @Option(help: ArgumentHelp("Built-in network: \(ModelSpec.presetNames.joined(separator: ", ")).",
+                               discussion: ModelSpec.presetSummaries.joined(separator: "\n")))
     var model = "bn-mlp"
+
+    @Option(help: "A model file (JSON mirroring torch.nn, see Examples/models) instead of --model.")
+    var modelFile: String?
 
     @Option(help: "BatchNorm: sync (global batch statistics), local (each worker's slice), none (no BN layers).")
     var bn: BatchNormMode = .sync
@@ -60,7 +64,7 @@ struct TrainingOptions: ParsableArguments {
     var evalEvery: Int?
 
     func validate() throws {
-        guard ModelSpec.names.contains(model) else { throw ValidationError("unknown --model \(model): choose one of \(ModelSpec.names.joined(separator: ", "))") }
+        guard ModelSpec.presetNames.contains(model) else { throw ValidationError("unknown --model \(model): choose one of \(ModelSpec.presetNames.joined(separator: ", ")), or give --model-file FILE") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard bn == .none || batchSize >= 2 else { throw ValidationError("--batch-size must be at least 2 with BatchNorm: the variance of one sample is undefined (or use --bn none)") }
         guard chunkSize >= 1 else { throw ValidationError("--chunk-size must be at least 1") }
@@ -82,8 +86,7 @@ struct TrainingOptions: ParsableArguments {
         guard dataset.train.count >= batchSize else {
             throw ValidationError("--batch-size \(batchSize) is larger than the \(dataset.train.count) training samples in \(data)")
         }
-        let classes = Int(max(dataset.train.labels.max() ?? 0, dataset.test.labels.max() ?? 0)) + 1
-        let spec = ModelSpec.named(model, batchNorm: bn, inputSize: dataset.train.featureSize, classes: max(10, classes))!
+        let spec = try resolveModel(for: dataset)
         let stepsPerEpoch = dataset.train.count / batchSize
         let totalSteps = steps ?? max(1, Int((Double(stepsPerEpoch) * (epochs ?? 1)).rounded()))
         let config = TrainingConfig(
@@ -91,6 +94,21 @@ struct TrainingOptions: ParsableArguments {
             optimizer: SGD(learningRate: lr, momentum: momentum), seed: seed, steps: totalSteps,
             shuffle: !noShuffle, logEvery: logEvery, evaluateEvery: evalEvery ?? stepsPerEpoch, schedule: lrSchedule)
         return (config, dataset)
+    }
+
+    /// The architecture to train: `--model-file`'s, or the preset `--model` sized for the data's samples
+    /// (classes: at least 10, more if the labels need them). Checked against the data before any step.
+    func resolveModel(for dataset: ImageDataset) throws -> ModelSpec {
+        let sampleShape = try TensorShape(dataset.train.sampleShape)
+        let spec: ModelSpec
+        if let modelFile {
+            spec = try ModelSpec.load(modelFile: modelFile, batchNorm: bn)
+        } else {
+            let classes = Int(max(dataset.train.labels.max() ?? 0, dataset.test.labels.max() ?? 0)) + 1
+            spec = try ModelSpec.preset(model, input: sampleShape, classes: max(10, classes), batchNorm: bn)!
+        }
+        try spec.check(against: dataset, source: data)
+        return spec
     }
 
     /// Replaces the network's random weights with `--init`'s, if given.

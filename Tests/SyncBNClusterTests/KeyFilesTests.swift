@@ -73,7 +73,7 @@ final class KeyFilesTests: XCTestCase {
         XCTAssertFalse(CoordinatorSecurity.isLocal("tcp://0.0.0.0:5555"))
         XCTAssertFalse(CoordinatorSecurity.isLocal("tcp://10.0.0.1:5555"))
         let data = LabeledImages(count: 4, featureSize: 2, labels: [0, 1, 0, 1], storage: .floats([0, 1, 1, 0, 0, 0, 1, 1]))
-        let spec = ModelSpec(name: "mlp", inputSize: 2, hiddenSizes: [3], classes: 2, activation: .sigmoid, batchNorm: .sync)
+        let spec = try ModelSpec(name: "mlp", input: TensorShape([2]), layers: ModelSpec.mlp(inputs: 2, hidden: [3], classes: 2))
         let config = TrainingConfig(model: spec, plan: ChunkPlan(batchSize: 2, chunkSize: 1), optimizer: SGD(learningRate: 0.1, momentum: 0),
                                     seed: 1, steps: 1, shuffle: false, logEvery: 1, evaluateEvery: 1)
         let logger = Logger(label: "test")

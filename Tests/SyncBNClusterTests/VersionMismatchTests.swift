@@ -25,7 +25,7 @@ final class VersionMismatchTests: XCTestCase {
     static func tinyJob() -> (TrainingConfig, LabeledImages) {
         let data = LabeledImages(count: 20, featureSize: 4, labels: (0..<20).map { UInt8($0 % 10) },
                                  storage: .floats((0..<80).map { Float($0) / 80 }))
-        let spec = ModelSpec(name: "tiny", inputSize: 4, hiddenSizes: [3], classes: 10, activation: .sigmoid, batchNorm: .sync)
+        let spec = try! ModelSpec(name: "tiny", input: TensorShape([4]), layers: ModelSpec.mlp(inputs: 4, hidden: [3], classes: 10))
         let config = TrainingConfig(model: spec, plan: ChunkPlan(batchSize: 4, chunkSize: 2), optimizer: SGD(learningRate: 0.1, momentum: 0),
                                     seed: 1, steps: 1, shuffle: false, logEvery: 1, evaluateEvery: 1)
         return (config, data)

@@ -43,7 +43,7 @@ final class DeterminismTests: XCTestCase {
     private let steps = 3
 
     private func spec(_ mode: BatchNormMode) -> ModelSpec {
-        ModelSpec(name: "mlp", inputSize: 6, hiddenSizes: [5, 4], classes: 3, activation: .sigmoid, batchNorm: mode)
+        ModelSpec.mlp(name: "mlp", inputSize: 6, hiddenSizes: [5, 4], classes: 3, activation: .sigmoid, batchNorm: mode)
     }
 
     private func makeNetwork(_ mode: BatchNormMode, _ plan: ChunkPlan) -> Network {

@@ -40,7 +40,7 @@ final class GradientExchangeTests: XCTestCase {
         let layers = linears([6, 5, 4, 3], capacity: 7)
         let exchange = GradientExchange(linears: layers, extraSumRanges: [74..<92], plan: plan)
         XCTAssertEqual(exchange.methods, [.factors, .sum, .sum])
-        XCTAssertEqual(exchange.sumRanges, [35..<59, 59..<74, 74..<92])
+        XCTAssertEqual(exchange.sumRanges, [35..<92])  // layers 1, 2 and the extra range are adjacent: one run
         XCTAssertEqual(exchange.sumWidth, 24 + 15 + 18)
         XCTAssertEqual(exchange.factorLayers.map(\.layer), [0])
         XCTAssertNil(exchange.factorLayers[0].inputColumn)
@@ -78,7 +78,7 @@ final class GradientExchangeTests: XCTestCase {
         // Oracle: Float64 Σ over chunks and their rows of dyᵀ·x and dy; rows past a chunk's end (NaN here)
         // must be ignored, and the first layer's x comes from `batchInput`.
         let plan = ChunkPlan(batchSize: 7, chunkSize: 2)
-        let spec = ModelSpec(name: "mlp", inputSize: 6, hiddenSizes: [5, 4], classes: 3, activation: .sigmoid, batchNorm: .sync)
+        let spec = ModelSpec.mlp(name: "mlp", inputSize: 6, hiddenSizes: [5, 4], classes: 3, activation: .sigmoid, batchNorm: .sync)
         let network = Network(spec: spec, plan: plan, optimizer: SGD(learningRate: 0, momentum: 0), seed: 1)
         let exchange = network.exchange
         XCTAssertEqual(exchange.methods, [.factors, .factors, .factors])

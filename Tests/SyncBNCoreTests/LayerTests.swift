@@ -104,6 +104,16 @@ final class LinearTests: XCTestCase {
     }
 }
 
+/// The Activation layer's ∂x for `dy`, after a forward pass over `x` (one row).
+private func activationBackward(_ kind: Activation.Kind, x: [Float], dy: [Float]) -> [Float] {
+    let shape = try! TensorShape([x.count])
+    let layer = Activation(kind, shape: shape, capacity: 1)
+    let store = ParameterStore(count: 1)
+    let context = StepContext.forTest(slice: .whole(ChunkPlan(batchSize: 1, chunkSize: 1)), store: store)
+    _ = try! layer.forward(makeMatrix(x, rows: 1, columns: x.count), context)
+    return try! layer.backward(makeMatrix(dy, rows: 1, columns: x.count), context).toArray()
+}
+
 final class ActivationTests: XCTestCase {
     func testSigmoidForwardAndBackwardMatchFiniteDifferences() {
         // Oracle: σ(x) = 1/(1 + e^−x) in Float64 for the forward; central differences (h = 1e-3) of the
@@ -111,16 +121,16 @@ final class ActivationTests: XCTestCase {
         let x = randomFloats(64, seed: 1, low: -6, high: 6)
         let w = randomFloats(64, seed: 2)
         var y = [Float](repeating: 0, count: 64)
-        Activation.sigmoid.forward(x, &y, count: 64)
+        Activation.apply(.sigmoid, x, &y, count: 64)
         for i in 0..<64 { assertClose(y[i], 1 / (1 + Foundation.exp(-Double(x[i]))), absolute: 1e-6, relative: 1e-6) }
         var dy = w
-        Activation.sigmoid.backward(output: y, gradient: &dy, count: 64)
+        dy = activationBackward(.sigmoid, x: x, dy: dy)
         let h: Float = 1e-3
         for i in 0..<64 {
             var up: Float = 0, down: Float = 0
             var xp = x[i] + h, xm = x[i] - h
-            Activation.sigmoid.forward(&xp, &up, count: 1)
-            Activation.sigmoid.forward(&xm, &down, count: 1)
+            Activation.apply(.sigmoid, &xp, &up, count: 1)
+            Activation.apply(.sigmoid, &xm, &down, count: 1)
             let numeric = Double(w[i]) * Double(up - down) / Double(xp - xm)
             assertClose(dy[i], numeric, absolute: 1e-4, relative: 1e-3, "σ′ at \(x[i])")
         }
@@ -133,10 +143,10 @@ final class ActivationTests: XCTestCase {
         x[7] = 0
         let w = randomFloats(64, seed: 4)
         var y = [Float](repeating: -1, count: 64)
-        Activation.relu.forward(x, &y, count: 64)
+        Activation.apply(.relu, x, &y, count: 64)
         XCTAssertEqual(y, x.map { max($0, 0) })
         var dy = w
-        Activation.relu.backward(output: y, gradient: &dy, count: 64)
+        dy = activationBackward(.relu, x: x, dy: dy)
         let h: Float = 1e-3
         for i in 0..<64 where i != 7 {
             let numeric = Double(w[i]) * Double(max(x[i] + h, 0) - max(x[i] - h, 0)) / Double(2 * h)

@@ -59,6 +59,7 @@ struct ReferenceMLP {
                 switch spec.activation {
                 case .sigmoid: z = z.map { 1 / (1 + Foundation.exp(-$0)) }
                 case .relu: z = z.map { max($0, 0) }
+                default: preconditionFailure("the reference MLP knows sigmoid and ReLU only")
                 }
             }
             h = z
@@ -80,7 +81,7 @@ final class NetworkGradientTests: XCTestCase {
     private let plans = [ChunkPlan(batchSize: 7, chunkSize: 2), ChunkPlan(batchSize: 7, chunkSize: 4), ChunkPlan(batchSize: 7, chunkSize: 7)]
 
     private func spec(_ mode: BatchNormMode) -> ModelSpec {
-        ModelSpec(name: "mlp", inputSize: 6, hiddenSizes: [5, 4], classes: 3, activation: .sigmoid, batchNorm: mode)
+        ModelSpec.mlp(name: "mlp", inputSize: 6, hiddenSizes: [5, 4], classes: 3, activation: .sigmoid, batchNorm: mode)
     }
 
     private func makeNetwork(_ mode: BatchNormMode, plan: ChunkPlan) -> (Network, [Float], [Int32]) {

@@ -348,7 +348,7 @@ public final class Coordinator: StepRunner {
             } else {
                 let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
                 let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
-                round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, into: result)
+                round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, valuesPerRow: network.valuesPerRow(of: round), into: result)
                 if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
                 Message.reduced(step: UInt64(step), round: round, width: UInt32(width), element: element, payload: []).encode(appendingTo: &outbox)
                 outbox += UnsafeRawBufferPointer(result)

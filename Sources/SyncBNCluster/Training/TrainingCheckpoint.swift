@@ -23,7 +23,7 @@ public struct TrainingCheckpoint {
     public static func save(_ network: Network, config: TrainingConfig, nextStep: Int, directory: String) throws -> String {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let path = path(in: directory)
-        let metadata = ["syncbn.step": "\(nextStep)", "syncbn.config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)]
+        let metadata = network.modelMetadata.merging(["syncbn.step": "\(nextStep)", "syncbn.config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)]) { $1 }
         try Network.writeAtomically(Safetensors.encode(network.trainingState(), metadata: metadata), to: path)
         return path
     }

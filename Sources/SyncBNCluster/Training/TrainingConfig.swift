@@ -73,7 +73,7 @@ public final class LocalStepRunner: StepRunner {
         self.network = network
         learningRate = config.learningRate(atStep:)
         self.data = data
-        collective = LocalCollective(plan: network.plan)
+        collective = LocalCollective(plan: network.plan, valuesPerRow: network.momentScales)
     }
 
     public func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics? {
@@ -83,7 +83,7 @@ public final class LocalStepRunner: StepRunner {
         data.copyFeatures(of: Array(samples), into: network.batchInput.storage)
         network.input.storage.update(from: network.batchInput.storage, count: samples.count * data.featureSize)
         for (row, index) in samples.enumerated() { network.labels[row] = Int32(data.labels[index]) }
-        return try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics)
+        return try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics, step: step)
     }
 }
 

@@ -156,7 +156,7 @@ public final class Worker {
         }
         collective.beginStep(step, slice: slice)
         network.optimizer.learningRate = config.learningRate(atStep: Int(step))
-        try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics)
+        try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics, step: Int(step))
     }
 
     /// How long a worker waits for an answer to one hello before it says hello again.

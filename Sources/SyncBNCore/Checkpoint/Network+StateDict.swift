@@ -2,29 +2,26 @@ import Foundation
 
 /// The network's state in the names, dtypes and shapes of the equivalent `torch.nn.Sequential`'s
 /// state_dict, so that `load_state_dict(strict=True)` accepts it: `0.weight` [100, 784], `0.bias`,
-/// `1.weight` (γ), `1.bias` (β), `1.running_mean`, `1.running_var`, `1.num_batches_tracked` (int64), ….
+/// `1.weight` (γ), `1.bias` (β), `1.running_mean`, `1.running_var`, `1.num_batches_tracked` (int64), …;
+/// a Residual at index k contributes `k.body.J.*` and `k.shortcut.J.*`.
 extension Network {
+    /// The metadata key under which a saved model or checkpoint carries its architecture (model-file JSON).
+    public static let modelMetadataKey = "syncbn.model"
+
     public func stateDict() -> [(name: String, tensor: Safetensors.Tensor)] {
-        let indices = spec.sequentialIndices
-        var entries: [(Int, [(String, Safetensors.Tensor)])] = []
-        for (l, linear) in linears.enumerated() {
-            let i = indices.linear[l]
-            entries.append((i, [
-                ("\(i).weight", Safetensors.Tensor(buffer(linear.weightOffset, linear.inputs * linear.outputs), shape: [linear.outputs, linear.inputs])),
-                ("\(i).bias", Safetensors.Tensor(buffer(linear.biasOffset, linear.outputs), shape: [linear.outputs])),
-            ]))
+        var entries: [(name: String, tensor: Safetensors.Tensor)] = []
+        for (name, layer) in namedLayers {
+            for parameter in layer.parameters {
+                entries.append(("\(name).\(parameter.name)", Safetensors.Tensor(buffer(parameter.offset, parameter.count), shape: parameter.shape)))
+            }
+            if let norm = layer as? BatchNorm {
+                let f = norm.features
+                entries.append(("\(name).running_mean", norm.runningMean.withUnsafeBufferPointer { Safetensors.Tensor($0, shape: [f]) }))
+                entries.append(("\(name).running_var", norm.runningVariance.withUnsafeBufferPointer { Safetensors.Tensor($0, shape: [f]) }))
+                entries.append(("\(name).num_batches_tracked", Safetensors.Tensor(int64: norm.batchesTracked)))
+            }
         }
-        for (n, norm) in norms.enumerated() {
-            let i = indices.batchNorm[n], f = norm.features
-            entries.append((i, [
-                ("\(i).weight", Safetensors.Tensor(buffer(norm.gammaOffset, f), shape: [f])),
-                ("\(i).bias", Safetensors.Tensor(buffer(norm.betaOffset, f), shape: [f])),
-                ("\(i).running_mean", norm.runningMean.withUnsafeBufferPointer { Safetensors.Tensor($0, shape: [f]) }),
-                ("\(i).running_var", norm.runningVariance.withUnsafeBufferPointer { Safetensors.Tensor($0, shape: [f]) }),
-                ("\(i).num_batches_tracked", Safetensors.Tensor(int64: norm.batchesTracked)),
-            ]))
-        }
-        return entries.sorted { $0.0 < $1.0 }.flatMap { $0.1.map { (name: $0.0, tensor: $0.1) } }
+        return entries
     }
 
     /// Replaces parameters and BatchNorm buffers with `tensors`, which must hold exactly this network's
@@ -32,32 +29,34 @@ extension Network {
     /// - Throws: `CheckpointError` naming the first missing, unexpected or mis-shaped tensor.
     public func loadStateDict(_ tensors: [String: Safetensors.Tensor], source: String) throws {
         let expected = stateDict()
+        let model = "\(spec.name) (--bn \(spec.batchNorm.rawValue))"
         for (name, reference) in expected {
             guard let tensor = tensors[name] else {
-                throw CheckpointError("\(source) has no tensor \(name), which a \(spec.name) with --bn \(spec.batchNorm.rawValue) needs: start from a checkpoint of the same model")
+                throw CheckpointError("\(source) has no tensor \(name), which \(model) needs: start from a checkpoint of the same model")
             }
             guard tensor.dtype == reference.dtype, tensor.shape == reference.shape else {
-                throw CheckpointError("\(source): tensor \(name) is \(tensor.dtype.rawValue) \(tensor.shape), but \(spec.name) needs \(reference.dtype.rawValue) \(reference.shape)")
+                throw CheckpointError("\(source): tensor \(name) is \(tensor.dtype.rawValue) \(tensor.shape), but \(model) needs \(reference.dtype.rawValue) \(reference.shape)")
             }
         }
         let extra = Set(tensors.keys).subtracting(expected.map(\.name))
         if let name = extra.sorted().first {
-            throw CheckpointError("\(source) has a tensor \(name) that \(spec.name) with --bn \(spec.batchNorm.rawValue) does not have: start from a checkpoint of the same model")
+            throw CheckpointError("\(source) has a tensor \(name) that \(model) does not have: start from a checkpoint of the same model")
         }
-        let indices = spec.sequentialIndices
-        for (l, linear) in linears.enumerated() {
-            let i = indices.linear[l]
-            copyIn(tensors["\(i).weight"]!.floats, at: linear.weightOffset)
-            copyIn(tensors["\(i).bias"]!.floats, at: linear.biasOffset)
+        for (name, layer) in namedLayers {
+            for parameter in layer.parameters { copyIn(tensors["\(name).\(parameter.name)"]!.floats, at: parameter.offset) }
+            if let norm = layer as? BatchNorm {
+                norm.runningMean = tensors["\(name).running_mean"]!.floats
+                norm.runningVariance = tensors["\(name).running_var"]!.floats
+                norm.batchesTracked = tensors["\(name).num_batches_tracked"]!.int64
+            }
         }
-        for (n, norm) in norms.enumerated() {
-            let i = indices.batchNorm[n]
-            copyIn(tensors["\(i).weight"]!.floats, at: norm.gammaOffset)
-            copyIn(tensors["\(i).bias"]!.floats, at: norm.betaOffset)
-            norm.runningMean = tensors["\(i).running_mean"]!.floats
-            norm.runningVariance = tensors["\(i).running_var"]!.floats
-            norm.batchesTracked = tensors["\(i).num_batches_tracked"]!.int64
-        }
+    }
+
+    /// The architecture as metadata for a safetensors file.
+    public var modelMetadata: [String: String] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return [Self.modelMetadataKey: String(decoding: (try? encoder.encode(spec)) ?? Data(), as: UTF8.self)]
     }
 
     /// The name of SGD's momentum buffer in a training state (the whole parameter store, flat).
@@ -80,8 +79,9 @@ extension Network {
         velocity.floats.withUnsafeBufferPointer { store.velocity.update(from: $0.baseAddress!, count: store.count) }
     }
 
+    /// Writes the state_dict, with the architecture in the metadata, atomically.
     public func saveModel(to path: String) throws {
-        try Self.writeAtomically(Safetensors.encode(stateDict()), to: path)
+        try Self.writeAtomically(Safetensors.encode(stateDict(), metadata: modelMetadata), to: path)
     }
 
     public func loadModel(from path: String) throws {
@@ -91,22 +91,19 @@ extension Network {
         try loadStateDict(Safetensors.decode(Array(data), source: path), source: path)
     }
 
-    /// The architecture a checkpoint holds: `bn-mlp` shapes, with or without BatchNorm layers.
+    /// The architecture a saved model or checkpoint holds in its metadata.
+    /// - Throws: `CheckpointError` if the file cannot be read or carries no architecture.
     public static func spec(ofCheckpoint path: String) throws -> ModelSpec {
         guard let data = FileManager.default.contents(atPath: path) else { throw CheckpointError("cannot read \(path): check the path") }
-        let tensors = try Safetensors.decode(Array(data), source: path)
-        let hasNorm = tensors["1.running_mean"] != nil
-        guard let first = tensors["0.weight"], first.shape.count == 2 else { throw CheckpointError("\(path) has no 0.weight matrix: it is not a SyncBN model") }
-        var hidden: [Int] = []
-        var index = 0
-        while let weight = tensors["\(index).weight"], weight.shape.count == 2, tensors["\(index + (hasNorm ? 3 : 2)).weight"] != nil {
-            hidden.append(weight.shape[0])
-            index += hasNorm ? 3 : 2
+        let metadata = try Safetensors.metadata(Array(data), source: path)
+        guard let json = metadata[modelMetadataKey] else {
+            throw CheckpointError("\(path) has no \(modelMetadataKey) metadata, so its architecture is unknown: it was not saved by this syncbn release; retrain, or pass its tensors with --init to a run that names the model")
         }
-        guard let last = tensors["\(index).weight"], last.shape.count == 2 else { throw CheckpointError("\(path) has no classifier layer \(index).weight") }
-        let name = hidden == [100, 100, 100] ? "bn-mlp" : hidden == [1024, 1024, 1024] ? "wide-mlp" : "mlp"
-        return ModelSpec(name: name, inputSize: first.shape[1], hiddenSizes: hidden, classes: last.shape[0],
-                         activation: .sigmoid, batchNorm: hasNorm ? .sync : .none)
+        do {
+            return try ModelSpec.decode(Array(json.utf8))
+        } catch let error as ModelError {
+            throw CheckpointError("\(path): its \(modelMetadataKey) metadata is not a valid model: \(error.description)")
+        }
     }
 
     private func buffer(_ offset: Int, _ count: Int) -> UnsafeBufferPointer<Float> {

@@ -1,29 +1,60 @@
 import Foundation
 
-/// Element-wise non-linearities. Each backward overwrites the incoming gradient in place.
-public enum Activation: String, Codable, Sendable, CaseIterable {
-    /// σ(x) = 1 / (1 + e^(−x));  ∂σ/∂x = σ(x)·(1 − σ(x)).
-    case sigmoid
-    /// relu(x) = max(x, 0);  ∂relu/∂x = 1 if x > 0, else 0.
-    case relu
+/// Element-wise non-linearities, `torch.nn.ReLU`, `Sigmoid` and `Tanh`. Backward uses the forward output y:
+///   sigmoid: y = 1/(1 + e^(−x)),  ∂y/∂x = y·(1 − y)
+///   relu:    y = max(x, 0),        ∂y/∂x = 1 if y > 0, else 0
+///   tanh:    y = tanh(x),          ∂y/∂x = 1 − y²
+public final class Activation: Layer {
+    public enum Kind: String, Sendable { case relu, sigmoid, tanh }
+
+    public let kind: Kind
+    public let inputShape: TensorShape
+    public var outputShape: TensorShape { inputShape }
+    private let output: Matrix
+    private let inputGradient: Matrix
+
+    init(_ kind: Kind, shape: TensorShape, capacity: Int) {
+        self.kind = kind
+        inputShape = shape
+        output = Matrix(capacity: capacity, columns: shape.count)
+        inputGradient = Matrix(capacity: capacity, columns: shape.count)
+    }
+
+    public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
+        output.rows = x.rows
+        Self.apply(kind, x.storage, output.storage, count: x.count)
+        return output
+    }
+
+    public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
+        inputGradient.rows = dy.rows
+        let y = output.storage, g = dy.storage, dx = inputGradient.storage
+        switch kind {
+        case .sigmoid:
+            for i in 0..<dy.count { dx[i] = g[i] * (y[i] * (1 - y[i])) }
+        case .relu:
+            for i in 0..<dy.count { dx[i] = y[i] > 0 ? g[i] : 0 }
+        case .tanh:
+            for i in 0..<dy.count { dx[i] = g[i] * (1 - y[i] * y[i]) }
+        }
+        return inputGradient
+    }
+
+    public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
+        let y = Matrix(capacity: x.rows, columns: inputShape.count)
+        Self.apply(kind, x.storage, y.storage, count: x.count)
+        return y
+    }
 
     /// y = f(x), element by element.
-    public func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
-        switch self {
+    static func apply(_ kind: Kind, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        switch kind {
         case .sigmoid:
             for i in 0..<count { y[i] = 1 / (1 + expf(-x[i])) }
         case .relu:
             for i in 0..<count { y[i] = max(x[i], 0) }
-        }
-    }
-
-    /// dy ← dy · f′, computed from the forward output y.
-    public func backward(output y: UnsafePointer<Float>, gradient dy: UnsafeMutablePointer<Float>, count: Int) {
-        switch self {
-        case .sigmoid:
-            for i in 0..<count { dy[i] *= y[i] * (1 - y[i]) }
-        case .relu:
-            for i in 0..<count where y[i] <= 0 { dy[i] = 0 }
+        case .tanh:
+            for i in 0..<count { y[i] = tanhf(x[i]) }
         }
     }
 }

@@ -11,32 +11,42 @@ public enum BatchNormMode: String, Codable, Sendable, CaseIterable {
     case none
 }
 
-/// Batch Normalization over the feature axis of a [rows, features] matrix, as `torch.nn.BatchNorm1d`.
+/// Batch Normalization per feature, as `torch.nn.BatchNorm1d` (input [N, F]: statistics per feature over the
+/// N rows) and `torch.nn.BatchNorm2d` (input [N, C, H, W]: statistics per channel over N·H·W values).
 ///
-/// Training, with μ and σ² the mean and biased variance of the batch:
+/// Training, with μ and σ² the mean and biased variance of a channel over the batch's n = N·H·W values:
 ///   x̂ = (x − μ) / √(σ² + ε),   y = γ·x̂ + β.
-/// Backward, through the batch statistics (Ioffe & Szegedy 2015, §3), with means over the batch:
+/// Backward, through the batch statistics (Ioffe & Szegedy 2015, §3), with means over the same n values:
 ///   ∂L/∂x = γ/√(σ² + ε) · (dy − mean(dy) − x̂·mean(dy·x̂)),   ∂L/∂γ = Σ dy·x̂,   ∂L/∂β = Σ dy.
 /// Running statistics, with momentum m (0.1) and the unbiased variance over the global count n:
 ///   running_mean ← (1 − m)·running_mean + m·μ,   running_var ← (1 − m)·running_var + m·σ²·n/(n − 1).
 /// Evaluation normalizes by the running statistics and needs no communication.
 ///
 /// Synchronization is one collective call between two local computations in each direction: the forward
-/// pass reduces per-chunk `[mean, M2]`, the backward pass per-chunk `[Σdy, Σdy·x̂]`. Statistics are kept in
-/// Float64; the tensors are Float32.
+/// pass reduces per-chunk `[mean(C), M2(C)]` (each chunk counting rows·H·W values), the backward pass
+/// per-chunk `[Σdy(C), Σdy·x̂(C)]`. Statistics are kept in Float64; the tensors are Float32.
 ///
 /// Reference: S. Ioffe, C. Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing
 /// Internal Covariate Shift", ICML 2015.
-public final class BatchNorm {
-    public static let epsilon = 1e-5
-    public static let momentum = 0.1
+public final class BatchNorm: Layer {
+    public static let defaultEpsilon = 1e-5
+    public static let defaultMomentum = 0.1
 
-    /// Position among the network's BatchNorm layers (0, 1, 2 …), which names its rounds.
+    /// Position among the network's BatchNorm layers (0, 1, 2 … in forward order), which names its rounds.
     public let index: Int
+    /// Features (BatchNorm1d) or channels (BatchNorm2d).
     public let features: Int
-    /// Offsets of γ (scale, `weight` in PyTorch) and β (shift, `bias`) in the parameter store.
-    public let gammaOffset: Int
-    public let betaOffset: Int
+    /// Values per feature in one sample: H·W for BatchNorm2d, 1 for BatchNorm1d.
+    public let spatialSize: Int
+    public let epsilon: Double
+    public let momentum: Double
+    public let inputShape: TensorShape
+    public var outputShape: TensorShape { inputShape }
+    /// γ (scale, `weight` in PyTorch) and β (shift, `bias`).
+    public let gamma: ParameterTensor
+    public let beta: ParameterTensor
+    public var gammaOffset: Int { gamma.offset }
+    public var betaOffset: Int { beta.offset }
     public var runningMean: [Float]
     public var runningVariance: [Float]
     public var batchesTracked: Int64 = 0
@@ -57,16 +67,21 @@ public final class BatchNorm {
     private let coefficients: UnsafeMutablePointer<Float>
     private var hasStagedMoments = false
 
-    init(index: Int, features: Int, gammaOffset: Int, betaOffset: Int, capacity: Int, maxChunks: Int) {
+    init(index: Int, shape: TensorShape, epsilon: Double = defaultEpsilon, momentum: Double = defaultMomentum,
+         capacity: Int, maxChunks: Int, allocator: inout ParameterAllocator) {
         self.index = index
-        self.features = features
-        self.gammaOffset = gammaOffset
-        self.betaOffset = betaOffset
+        inputShape = shape
+        features = shape.isImage ? shape.channels : shape.count
+        spatialSize = shape.spatialSize
+        self.epsilon = epsilon
+        self.momentum = momentum
+        gamma = allocator.allocate("weight", shape: [features])
+        beta = allocator.allocate("bias", shape: [features])
         runningMean = Array(repeating: 0, count: features)
         runningVariance = Array(repeating: 1, count: features)
-        output = Matrix(capacity: capacity, columns: features)
-        inputGradient = Matrix(capacity: capacity, columns: features)
-        normalized = Matrix(capacity: capacity, columns: features)
+        output = Matrix(capacity: capacity, columns: shape.count)
+        inputGradient = Matrix(capacity: capacity, columns: shape.count)
+        normalized = Matrix(capacity: capacity, columns: shape.count)
         mean = Array(repeating: 0, count: features)
         inverseStd = Array(repeating: 1, count: features)
         partials = .allocate(capacity: max(1, maxChunks) * 2 * features)
@@ -89,48 +104,55 @@ public final class BatchNorm {
         coefficients.deallocate()
     }
 
-    func initialize(_ store: ParameterStore) {
+    public var parameters: [ParameterTensor] { [gamma, beta] }
+
+    public func initialize(_ store: ParameterStore, random: inout SplitMix64) {
         for f in 0..<features {
-            store.values[gammaOffset + f] = 1
-            store.values[betaOffset + f] = 0
+            store.values[gamma.offset + f] = 1
+            store.values[beta.offset + f] = 0
         }
     }
 
     // MARK: Forward
 
-    /// Normalizes `x` (this replica's slice) by the statistics `mode` asks for, and updates the running
-    /// statistics from the global batch.
-    func forward(_ x: Matrix, slice: BatchSlice, mode: BatchNormMode, collective: Collective, store: ParameterStore) throws -> Matrix {
-        let chunks = slice.localChunkRows
+    /// Normalizes `x` (this replica's slice) by the statistics the step's mode asks for, and stages the
+    /// running statistics' update from the global batch.
+    public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
+        let chunks = step.chunks
         let width = 2 * features
         for (c, rows) in chunks.enumerated() {
-            OrderedReduction.chunkMoments(x.storage, rows: rows, features: features, into: partials.baseAddress! + c * width)
+            OrderedReduction.chunkMoments(x.storage, rows: rows, features: features, spatial: spatialSize, into: partials.baseAddress! + c * width)
         }
         let mine = UnsafeBufferPointer(rebasing: partials[0..<(chunks.count * width)])
-        try collective.allReduce(.moments(layer: index), partials: mine, into: reduced)
+        try step.collective.allReduce(.moments(layer: index), partials: mine, into: reduced)
         stageRunningStatistics(moments: UnsafeBufferPointer(reduced))
 
         output.rows = x.rows
         normalized.rows = x.rows
         guard x.rows > 0 else { return output }
-        var count = slice.plan.batchSize
+        var count = step.plan.batchSize * spatialSize
         var moments = UnsafeBufferPointer(reduced)
-        if mode == .local {
-            Round.moments(layer: index).reduce(mine, plan: slice.plan, chunks: slice.chunks, width: width, into: localReduced)
-            count = slice.rowCount
+        if step.batchNorm == .local {
+            Round.moments(layer: index).reduce(mine, plan: step.plan, chunks: step.slice.chunks, width: width,
+                                               valuesPerRow: spatialSize, into: localReduced)
+            count = step.slice.rowCount * spatialSize
             moments = UnsafeBufferPointer(localReduced)
         }
         for f in 0..<features {
             mean[f] = moments[f]
-            inverseStd[f] = 1 / (moments[features + f] / Double(count) + Self.epsilon).squareRoot()
+            inverseStd[f] = 1 / (moments[features + f] / Double(count) + epsilon).squareRoot()
         }
-        let gamma = store.values + gammaOffset, beta = store.values + betaOffset
+        let g = step.store.values + gamma.offset, b = step.store.values + beta.offset
+        let s = spatialSize
         for r in 0..<x.rows {
             let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
             for f in 0..<features {
-                let xhat = Float((Double(xr[f]) - mean[f]) * inverseStd[f])
-                nr[f] = xhat
-                yr[f] = gamma[f] * xhat + beta[f]
+                let m = mean[f], inv = inverseStd[f], gf = g[f], bf = b[f]
+                for i in (f * s)..<(f * s + s) {
+                    let xhat = Float((Double(xr[i]) - m) * inv)
+                    nr[i] = xhat
+                    yr[i] = gf * xhat + bf
+                }
             }
         }
         return output
@@ -145,17 +167,18 @@ public final class BatchNorm {
         hasStagedMoments = true
     }
 
-    /// Applies the staged moments to the running statistics, if a forward pass staged any.
-    public func commitRunningStatistics(count: Int) {
+    /// Applies the staged moments to the running statistics, if a forward pass staged any. `batchSize` is
+    /// the global batch's number of samples (each contributing `spatialSize` values per feature).
+    public func commitRunningStatistics(batchSize: Int) {
         guard hasStagedMoments else { return }
         hasStagedMoments = false
-        updateRunningStatistics(moments: UnsafeBufferPointer(start: stagedMoments, count: 2 * features), count: count)
+        updateRunningStatistics(moments: UnsafeBufferPointer(start: stagedMoments, count: 2 * features), count: batchSize * spatialSize)
     }
 
     /// running ← (1 − m)·running + m·batch, with the unbiased variance M2/(n − 1) of the global batch.
-    /// `moments` is `[mean(F), M2(F)]` over `count` samples.
+    /// `moments` is `[mean(F), M2(F)]` over `count` values per feature.
     public func updateRunningStatistics(moments: UnsafeBufferPointer<Double>, count: Int) {
-        let m = Self.momentum
+        let m = momentum
         let unbiased = count > 1 ? 1 / Double(count - 1) : 0
         for f in 0..<features {
             runningMean[f] = Float((1 - m) * Double(runningMean[f]) + m * moments[f])
@@ -169,61 +192,63 @@ public final class BatchNorm {
     /// ∂L/∂x = γ/√(σ² + ε) · (dy − mean(dy) − x̂·mean(dy·x̂)); ∂γ = Σ dy·x̂ and ∂β = Σ dy.
     ///
     /// With `sync`, the sums are global and ∂γ, ∂β go straight to the store's gradients. With `local`,
-    /// they are this slice's own, and ∂γ, ∂β are written per chunk to `gradients` to be all-reduced with
-    /// the other parameters.
-    func backward(
-        _ dy: Matrix, slice: BatchSlice, mode: BatchNormMode, collective: Collective, store: ParameterStore,
-        gradients: UnsafeMutablePointer<Float>, gradientWidth: Int
-    ) throws -> Matrix {
-        let chunks = slice.localChunkRows
-        let width = 2 * features
+    /// they are this slice's own, and ∂γ, ∂β are written per chunk to the chunk gradient rows to be
+    /// all-reduced with the other parameters.
+    public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
+        let chunks = step.chunks
+        let width = 2 * features, s = spatialSize
         for (c, rows) in chunks.enumerated() {
             let sumDy = partials.baseAddress! + c * width, sumDyXhat = sumDy + features
             for f in 0..<features { sumDy[f] = 0; sumDyXhat[f] = 0 }
             for r in rows {
                 let g = dy.row(r), xhat = normalized.row(r)
                 for f in 0..<features {
-                    sumDy[f] += Double(g[f])
-                    sumDyXhat[f] += Double(g[f]) * Double(xhat[f])
+                    for i in (f * s)..<(f * s + s) {
+                        sumDy[f] += Double(g[i])
+                        sumDyXhat[f] += Double(g[i]) * Double(xhat[i])
+                    }
                 }
             }
         }
         let mine = UnsafeBufferPointer(rebasing: partials[0..<(chunks.count * width)])
         let sums: UnsafeMutableBufferPointer<Double>
         let count: Int
-        switch mode {
+        switch step.batchNorm {
         case .sync:
-            try collective.allReduce(.sums(layer: index), partials: mine, into: reduced)
-            setParameterGradients(sums: UnsafeBufferPointer(reduced), store: store)
+            try step.collective.allReduce(.sums(layer: index), partials: mine, into: reduced)
+            setParameterGradients(sums: UnsafeBufferPointer(reduced), store: step.store)
             sums = reduced
-            count = slice.plan.batchSize
+            count = step.plan.batchSize * s
         case .local, .none:
             for c in 0..<chunks.count {
-                let chunkGradient = gradients + c * gradientWidth, p = mine.baseAddress! + c * width
+                let chunkGradient = step.chunkGradient(c), p = mine.baseAddress! + c * width
                 for f in 0..<features {
-                    chunkGradient[betaOffset + f] = Float(p[f])
-                    chunkGradient[gammaOffset + f] = Float(p[features + f])
+                    chunkGradient[beta.offset + f] = Float(p[f])
+                    chunkGradient[gamma.offset + f] = Float(p[features + f])
                 }
             }
             OrderedReduction.sum(mine, width: width, into: localReduced)
             sums = localReduced
-            count = slice.rowCount
+            count = step.slice.rowCount * s
         }
 
         inputGradient.rows = dy.rows
         guard dy.rows > 0 else { return inputGradient }
-        let gamma = store.values + gammaOffset
+        let g = step.store.values + gamma.offset
         let n = Double(count)
         let scale = coefficients, meanDy = coefficients + features, meanDyXhat = coefficients + 2 * features
         for f in 0..<features {
-            scale[f] = Float(Double(gamma[f]) * inverseStd[f])
+            scale[f] = Float(Double(g[f]) * inverseStd[f])
             meanDy[f] = Float(sums[f] / n)
             meanDyXhat[f] = Float(sums[features + f] / n)
         }
         for r in 0..<dy.rows {
-            let g = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
+            let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
             for f in 0..<features {
-                dx[f] = scale[f] * (g[f] - meanDy[f] - xhat[f] * meanDyXhat[f])
+                let sf = scale[f], mf = meanDy[f], mxf = meanDyXhat[f]
+                for i in (f * s)..<(f * s + s) {
+                    dx[i] = sf * (gr[i] - mf - xhat[i] * mxf)
+                }
             }
         }
         return inputGradient
@@ -232,26 +257,29 @@ public final class BatchNorm {
     /// ∂γ = Σ dy·x̂ and ∂β = Σ dy from global sums `[Σdy(F), Σdy·x̂(F)]`.
     public func setParameterGradients(sums: UnsafeBufferPointer<Double>, store: ParameterStore) {
         for f in 0..<features {
-            store.gradients[betaOffset + f] = Float(sums[f])
-            store.gradients[gammaOffset + f] = Float(sums[features + f])
+            store.gradients[beta.offset + f] = Float(sums[f])
+            store.gradients[gamma.offset + f] = Float(sums[features + f])
         }
     }
 
     // MARK: Evaluation
 
     /// y = γ·(x − running_mean)/√(running_var + ε) + β, into a new matrix.
-    func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
-        let y = Matrix(capacity: x.rows, columns: features)
-        let gamma = store.values + gammaOffset, beta = store.values + betaOffset
+    public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
+        let y = Matrix(capacity: x.rows, columns: inputShape.count)
+        let g = store.values + gamma.offset, b = store.values + beta.offset
         var scale = [Float](repeating: 0, count: features), shift = [Float](repeating: 0, count: features)
         for f in 0..<features {
-            let s = Double(gamma[f]) / (Double(runningVariance[f]) + Self.epsilon).squareRoot()
+            let s = Double(g[f]) / (Double(runningVariance[f]) + epsilon).squareRoot()
             scale[f] = Float(s)
-            shift[f] = Float(Double(beta[f]) - s * Double(runningMean[f]))
+            shift[f] = Float(Double(b[f]) - s * Double(runningMean[f]))
         }
+        let s = spatialSize
         for r in 0..<x.rows {
             let xr = x.row(r), yr = y.row(r)
-            for f in 0..<features { yr[f] = scale[f] * xr[f] + shift[f] }
+            for f in 0..<features {
+                for i in (f * s)..<(f * s + s) { yr[i] = scale[f] * xr[i] + shift[f] }
+            }
         }
         return y
     }

@@ -1,72 +1,93 @@
-/// A fully connected layer, y = x·Wᵀ + b, with W of shape [outputs, inputs] as in `torch.nn.Linear`.
+/// A fully connected layer, `torch.nn.Linear`: y = x·Wᵀ + b, with W of shape [outputs, inputs].
+///
+/// Backward, per chunk c of the slice: ∂W_c = dy_cᵀ·x_c and ∂b_c = Σ_rows dy_c (its partial gradients), and
+/// ∂x = dy·W. When the network sends this layer's gradient as factors (`sendsFactors`), the partials are not
+/// computed here: the rows of x and dy travel instead, and every replica forms ∂W from them
+/// (`GradientExchange`).
 ///
 /// Forward and backward run chunk by chunk (one `sgemm` per chunk), so that each chunk's results do not
 /// depend on how many other rows the process holds: OpenBLAS may pick a different kernel, and so a
 /// different summation order, for a different number of rows.
-public final class Linear {
+public final class Linear: Layer {
     public let inputs: Int
     public let outputs: Int
-    /// Offsets of W and b in the parameter store.
-    public let weightOffset: Int
-    public let biasOffset: Int
+    public let weight: ParameterTensor
+    public let bias: ParameterTensor?
+    public let inputShape: TensorShape
+    public let outputShape: TensorShape
     public let output: Matrix
-    /// ∂L/∂x, for the layer below (unused for the first layer).
+    /// ∂L/∂x, for the layer below.
     public let inputGradient: Matrix
+    /// Set by the network: this layer's gradient travels as factor rows, not as per-chunk partials.
+    public internal(set) var sendsFactors = false
+    /// Cleared by the network for its first layer, whose input gradient nobody needs.
+    public internal(set) var computesInputGradient = true
+    private var lastInput: Matrix?
 
-    init(inputs: Int, outputs: Int, weightOffset: Int, biasOffset: Int, capacity: Int) {
+    public var weightOffset: Int { weight.offset }
+    /// The bias's offset; for a layer without bias, where it would be (nothing is read or written there).
+    public var biasOffset: Int { bias?.offset ?? weight.range.upperBound }
+
+    init(inputs: Int, outputs: Int, bias hasBias: Bool, capacity: Int, allocator: inout ParameterAllocator) {
         self.inputs = inputs
         self.outputs = outputs
-        self.weightOffset = weightOffset
-        self.biasOffset = biasOffset
+        inputShape = TensorShape(checked: [inputs])
+        outputShape = TensorShape(checked: [outputs])
+        weight = allocator.allocate("weight", shape: [outputs, inputs])
+        bias = hasBias ? allocator.allocate("bias", shape: [outputs]) : nil
         output = Matrix(capacity: capacity, columns: outputs)
         inputGradient = Matrix(capacity: capacity, columns: inputs)
     }
 
-    /// PyTorch's default initialization: W and b uniform on ±1/√inputs.
-    func initialize(_ store: ParameterStore, random: inout SplitMix64) {
+    public var parameters: [ParameterTensor] { [weight] + (bias.map { [$0] } ?? []) }
+
+    /// PyTorch's default initialization: W and b uniform on ±1/√inputs (Kaiming-uniform with a = √5).
+    public func initialize(_ store: ParameterStore, random: inout SplitMix64) {
         let bound = 1 / Float(inputs).squareRoot()
-        for i in 0..<(inputs * outputs) { store.values[weightOffset + i] = random.uniform(-bound, bound) }
-        for i in 0..<outputs { store.values[biasOffset + i] = random.uniform(-bound, bound) }
+        for i in weight.range { store.values[i] = random.uniform(-bound, bound) }
+        for i in bias?.range ?? 0..<0 { store.values[i] = random.uniform(-bound, bound) }
     }
 
     /// y = x·Wᵀ + b for every row of every chunk.
-    func forward(_ x: Matrix, chunks: [Range<Int>], store: ParameterStore) -> Matrix {
+    public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
+        lastInput = x
         output.rows = x.rows
-        let weight = store.values + weightOffset, bias = store.values + biasOffset
-        for rows in chunks where !rows.isEmpty {
+        let store = step.store
+        let w = store.values + weight.offset
+        for rows in step.chunks where !rows.isEmpty {
             let y = output.row(rows.lowerBound)
-            for r in 0..<rows.count { (y + r * outputs).update(from: bias, count: outputs) }
+            setBias(y, rows: rows.count, store: store)
             BLAS.gemm(transposeA: false, transposeB: true, m: rows.count, n: outputs, k: inputs,
-                      a: x.row(rows.lowerBound), lda: inputs, b: weight, ldb: inputs,
+                      a: x.row(rows.lowerBound), lda: inputs, b: w, ldb: inputs,
                       beta: 1, c: y, ldc: outputs)
         }
         return output
     }
 
-    /// Per chunk c, if `weightGradient`: ∂W_c = dyᵀ·x, ∂b_c = Σ_rows dy, written at this layer's offsets in
-    /// the chunk's gradient row (`gradients + c·gradientWidth`). Then ∂x = dy·W if `needsInputGradient`.
-    func backward(
-        _ dy: Matrix, input x: Matrix, chunks: [Range<Int>], store: ParameterStore,
-        gradients: UnsafeMutablePointer<Float>, gradientWidth: Int, weightGradient: Bool = true, needsInputGradient: Bool
-    ) -> Matrix {
-        for (c, rows) in chunks.enumerated() where weightGradient {
-            let chunkGradient = gradients + c * gradientWidth
+    /// Per chunk c, unless `sendsFactors`: ∂W_c = dyᵀ·x, ∂b_c = Σ_rows dy in the chunk's gradient row.
+    /// Then ∂x = dy·W if `computesInputGradient`.
+    public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
+        let x = lastInput!
+        for (c, rows) in step.chunks.enumerated() where !sendsFactors {
+            let chunkGradient = step.chunkGradient(c)
             BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows.count,
                       a: dy.row(rows.lowerBound), lda: outputs, b: x.row(rows.lowerBound), ldb: inputs,
-                      c: chunkGradient + weightOffset, ldc: inputs)
-            let biasGradient = chunkGradient + biasOffset
-            for o in 0..<outputs { biasGradient[o] = 0 }
-            for r in rows {
-                let g = dy.row(r)
-                for o in 0..<outputs { biasGradient[o] += g[o] }
+                      c: chunkGradient + weight.offset, ldc: inputs)
+            if let bias {
+                let biasGradient = chunkGradient + bias.offset
+                for o in 0..<outputs { biasGradient[o] = 0 }
+                for r in rows {
+                    let g = dy.row(r)
+                    for o in 0..<outputs { biasGradient[o] += g[o] }
+                }
             }
         }
         inputGradient.rows = dy.rows
-        if needsInputGradient {
-            let weight = store.values + weightOffset
-            for rows in chunks where !rows.isEmpty {
+        if computesInputGradient {
+            let w = step.store.values + weight.offset
+            for rows in step.chunks where !rows.isEmpty {
                 BLAS.gemm(transposeA: false, transposeB: false, m: rows.count, n: inputs, k: outputs,
-                          a: dy.row(rows.lowerBound), lda: outputs, b: weight, ldb: inputs,
+                          a: dy.row(rows.lowerBound), lda: outputs, b: w, ldb: inputs,
                           c: inputGradient.row(rows.lowerBound), ldc: inputs)
             }
         }
@@ -74,17 +95,20 @@ public final class Linear {
     }
 
     /// y = x·Wᵀ + b for a batch of any size, into a new matrix (evaluation).
-    func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
+    public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
         let y = Matrix(capacity: x.rows, columns: outputs)
-        forward(x, into: y, store: store)
+        setBias(y.storage, rows: x.rows, store: store)
+        BLAS.gemm(transposeA: false, transposeB: true, m: x.rows, n: outputs, k: inputs,
+                  a: x.storage, lda: inputs, b: store.values + weight.offset, ldb: inputs,
+                  beta: 1, c: y.storage, ldc: outputs)
         return y
     }
 
-    private func forward(_ x: Matrix, into y: Matrix, store: ParameterStore) {
-        let bias = store.values + biasOffset
-        for r in 0..<x.rows { y.row(r).update(from: bias, count: outputs) }
-        BLAS.gemm(transposeA: false, transposeB: true, m: x.rows, n: outputs, k: inputs,
-                  a: x.storage, lda: inputs, b: store.values + weightOffset, ldb: inputs,
-                  beta: 1, c: y.storage, ldc: outputs)
+    /// Fills `rows` rows of `y` with b (zeros without bias).
+    private func setBias(_ y: UnsafeMutablePointer<Float>, rows: Int, store: ParameterStore) {
+        for r in 0..<rows {
+            if let bias { (y + r * outputs).update(from: store.values + bias.offset, count: outputs) }
+            else { (y + r * outputs).update(repeating: 0, count: outputs) }
+        }
     }
 }

@@ -1,4 +1,6 @@
-/// How one step's parameter gradients cross replicas, chosen per Linear layer by what is cheaper to send.
+/// How one step's parameter gradients cross replicas, chosen per Linear layer by what is cheaper to send;
+/// every other layer's gradients (Conv2d, BatchNorm with local statistics, Linear layers inside a Residual)
+/// are summed.
 ///
 /// A Linear layer's weight gradient over the batch is a sum of per-chunk products, ∂W = Σ_c dy_cᵀ·x_c.
 /// A replica can send either
@@ -42,31 +44,46 @@ public struct GradientExchange: Sendable {
     /// Values of the exchanged result: the sums, then every chunk's factor rows in chunk order.
     public var resultWidth: Int { sumWidth + chunkCount * chunkSize * factorRowWidth }
 
-    init(linears: [Linear], extraSumRanges: [Range<Int>], plan: ChunkPlan) {
+    /// Chooses per Linear layer of `factorCandidates` (the network's top-level Linear layers with a bias, and
+    /// whether each one's input is the network's input batch, which every replica holds); every range of
+    /// `sumRanges` (all other parameters whose gradients are per-chunk partials) is summed.
+    init(factorCandidates: [(linear: Linear, inputIsBatch: Bool)], sumRanges otherRanges: [Range<Int>], plan: ChunkPlan) {
         var methods: [Method] = [], sumRanges: [Range<Int>] = [], factorLayers: [FactorLayer] = []
         var column = 0
-        for (l, linear) in linears.enumerated() {
-            let factorValues = plan.chunkSize * ((l == 0 ? 0 : linear.inputs) + linear.outputs)
+        for (l, candidate) in factorCandidates.enumerated() {
+            let linear = candidate.linear
+            let factorValues = plan.chunkSize * ((candidate.inputIsBatch ? 0 : linear.inputs) + linear.outputs)
             let partialValues = (linear.inputs + 1) * linear.outputs
-            if factorValues < partialValues {
+            if factorValues < partialValues && linear.bias != nil {
                 methods.append(.factors)
-                let inputColumn: Int? = l == 0 ? nil : column
-                if l > 0 { column += linear.inputs }
+                let inputColumn: Int? = candidate.inputIsBatch ? nil : column
+                if !candidate.inputIsBatch { column += linear.inputs }
                 factorLayers.append(FactorLayer(layer: l, inputColumn: inputColumn, outputColumn: column))
                 column += linear.outputs
             } else {
                 methods.append(.sum)
-                sumRanges.append(linear.weightOffset..<(linear.biasOffset + linear.outputs))
+                sumRanges += linear.parameters.map(\.range)
             }
         }
-        sumRanges += extraSumRanges
+        sumRanges += otherRanges
+        // Adjacent ranges travel as one (a Linear's W and b, say).
+        var merged: [Range<Int>] = []
+        for range in sumRanges.sorted(by: { $0.lowerBound < $1.lowerBound }) where !range.isEmpty {
+            if let last = merged.last, last.upperBound == range.lowerBound { merged[merged.count - 1] = last.lowerBound..<range.upperBound }
+            else { merged.append(range) }
+        }
         self.methods = methods
-        self.sumRanges = sumRanges
-        sumWidth = sumRanges.reduce(0) { $0 + $1.count }
+        self.sumRanges = merged
+        sumWidth = merged.reduce(0) { $0 + $1.count }
         self.factorLayers = factorLayers
         factorRowWidth = column
         chunkSize = plan.chunkSize
         chunkCount = plan.chunkCount
+    }
+
+    /// An MLP's exchange: `linears` in order, the first one's input the network's input batch.
+    init(linears: [Linear], extraSumRanges: [Range<Int>], plan: ChunkPlan) {
+        self.init(factorCandidates: linears.enumerated().map { ($0.element, $0.offset == 0) }, sumRanges: extraSumRanges, plan: plan)
     }
 
     /// Combines every chunk's partial (`partials.count == chunkCount × chunkWidth`, chunk-major): sums the

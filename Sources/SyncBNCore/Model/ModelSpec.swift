@@ -1,53 +1,118 @@
-/// The architecture of a multi-layer perceptron: [Linear, BatchNorm?, activation] per hidden layer,
-/// then a Linear classifier.
-public struct ModelSpec: Codable, Equatable, Sendable {
+import Foundation
+
+/// A network's architecture: the shape of one input sample and a sequence of layers that mirrors a
+/// `torch.nn.Sequential`, whose last layer gives one logit per class. It is what a model file holds, what
+/// the coordinator sends every worker, and what a saved model carries in its metadata.
+///
+/// Model-file JSON (`--model-file`): `{"input": [1, 28, 28], "layers": [ … ]}` (see `LayerSpec`), with an
+/// optional `"name"`. Built-in presets are listed in `presetNames`.
+public struct ModelSpec: Equatable, Sendable {
     public var name: String
-    public var inputSize: Int
-    public var hiddenSizes: [Int]
-    public var classes: Int
-    public var activation: Activation
+    public var input: TensorShape
+    public var layers: [LayerSpec]
+    /// How BatchNorm layers normalize across workers; `.none` when the model has none.
     public var batchNorm: BatchNormMode
 
-    public init(name: String, inputSize: Int, hiddenSizes: [Int], classes: Int, activation: Activation, batchNorm: BatchNormMode) {
+    /// - Throws: `ModelError` naming the first layer that does not fit its input, or a model whose output is
+    ///   not a flat vector of logits.
+    public init(name: String, input: TensorShape, layers: [LayerSpec], batchNorm: BatchNormMode = .sync) throws {
         self.name = name
-        self.inputSize = inputSize
-        self.hiddenSizes = hiddenSizes
-        self.classes = classes
-        self.activation = activation
+        self.input = input
+        self.layers = batchNorm == .none ? layers.compactMap { $0.removingBatchNorm() } : layers
         self.batchNorm = batchNorm
+        guard !self.layers.isEmpty else { throw ModelError("the model \(name) has no layers") }
+        let output = try LayerSpec.outputShape(of: self.layers, input: input)
+        guard output.dimensions.count == 1, output.count >= 2 else {
+            throw ModelError("the model \(name) ends with shape \(output); its last layer must give one logit per class (e.g. Flatten then Linear)")
+        }
+        if batchNorm != .none && !hasBatchNorm { self.batchNorm = .none }
     }
 
-    /// The names `--model` accepts.
-    public static let names = ["bn-mlp", "wide-mlp"]
+    /// Classes: the size of the last layer's output.
+    public var classes: Int { outputShape.count }
 
-    /// `bn-mlp`: the network of the Batch Normalization paper's MNIST experiment, three hidden layers of
-    /// 100 sigmoid units. `wide-mlp`: 784-1024-1024-1024-10, for measuring speed on larger matrices.
-    public static func named(_ name: String, batchNorm: BatchNormMode, inputSize: Int = 784, classes: Int = 10) -> ModelSpec? {
-        switch name {
-        case "bn-mlp":
-            ModelSpec(name: name, inputSize: inputSize, hiddenSizes: [100, 100, 100], classes: classes, activation: .sigmoid, batchNorm: batchNorm)
-        case "wide-mlp":
-            ModelSpec(name: name, inputSize: inputSize, hiddenSizes: [1024, 1024, 1024], classes: classes, activation: .sigmoid, batchNorm: batchNorm)
-        default:
-            nil
+    public var outputShape: TensorShape { (try? LayerSpec.outputShape(of: layers, input: input)) ?? input }
+
+    public var hasBatchNorm: Bool {
+        func any(_ layers: [LayerSpec]) -> Bool {
+            layers.contains { layer in
+                if layer.isBatchNorm { return true }
+                if case .residual(let body, let shortcut) = layer { return any(body) || any(shortcut) }
+                return false
+            }
+        }
+        return any(layers)
+    }
+
+    /// Values per input sample.
+    public var inputSize: Int { input.count }
+
+    // MARK: Model files
+
+    /// Reads a model file.
+    /// - Throws: `ModelError` with one line naming the file and what is wrong (JSON, a layer's settings, or
+    ///   a layer that does not fit its input shape, with both shapes).
+    public static func load(modelFile path: String, batchNorm: BatchNormMode = .sync) throws -> ModelSpec {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ModelError("cannot read the model file \(path): check the path given to --model-file")
+        }
+        do {
+            var spec = try decode(Array(data))
+            if spec.name.isEmpty || spec.name == "model" { spec.name = ((path as NSString).lastPathComponent as NSString).deletingPathExtension }
+            return try ModelSpec(name: spec.name, input: spec.input, layers: spec.layers, batchNorm: batchNorm)
+        } catch let error as ModelError {
+            throw ModelError("\(path): \(error.description)")
         }
     }
 
-    public var hasBatchNorm: Bool { batchNorm != .none }
-
-    /// Layer sizes from input to output.
-    public var widths: [Int] { [inputSize] + hiddenSizes + [classes] }
-
-    /// Index of each layer in the equivalent `torch.nn.Sequential`, which names its state_dict entries:
-    /// per hidden layer i, its Linear, BatchNorm (if any) and activation; then the classifier.
-    public var sequentialIndices: (linear: [Int], batchNorm: [Int]) {
-        var linear: [Int] = [], norms: [Int] = [], next = 0
-        for _ in hiddenSizes {
-            linear.append(next); next += 1
-            if hasBatchNorm { norms.append(next); next += 1 }
-            next += 1
+    /// Decodes model-file JSON.
+    /// - Throws: `ModelError` with one line.
+    public static func decode(_ bytes: [UInt8]) throws -> ModelSpec {
+        do {
+            return try JSONDecoder().decode(ModelSpec.self, from: Data(bytes))
+        } catch let error as ModelError {
+            throw error
+        } catch let DecodingError.dataCorrupted(context) {
+            throw ModelError(context.underlyingError.map { "not valid JSON (\($0.localizedDescription))" } ?? context.debugDescription)
+        } catch let DecodingError.keyNotFound(key, context) {
+            throw ModelError("\(Self.path(context.codingPath)) needs \"\(key.stringValue)\"")
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+            throw ModelError("\(Self.path(context.codingPath)): \(context.debugDescription)")
+        } catch {
+            throw ModelError("not a model file: \(error)")
         }
-        linear.append(next)
-        return (linear, norms)
+    }
+
+    private static func path(_ codingPath: [CodingKey]) -> String {
+        let parts = codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }
+        return parts.isEmpty ? "the model file" : parts.joined(separator: ".")
+    }
+
+    /// The model-file JSON of this architecture (pretty-printed, keys sorted).
+    public func encodedModelFile() -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return (try? encoder.encode(self)) ?? Data()
+    }
+}
+
+extension ModelSpec: Codable {
+    private enum CodingKeys: String, CodingKey { case name, input, layers, batchNorm = "batch_norm" }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let name = try container.decodeIfPresent(String.self, forKey: .name) ?? "model"
+        let input = try container.decode(TensorShape.self, forKey: .input)
+        let layers = try container.decode([LayerSpec].self, forKey: .layers)
+        let mode = try container.decodeIfPresent(BatchNormMode.self, forKey: .batchNorm) ?? .sync
+        try self.init(name: name, input: input, layers: layers, batchNorm: mode)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(name, forKey: .name)
+        try container.encode(input, forKey: .input)
+        try container.encode(layers, forKey: .layers)
+        try container.encode(batchNorm, forKey: .batchNorm)
     }
 }

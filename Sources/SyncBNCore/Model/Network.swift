@@ -9,8 +9,9 @@ public struct StepMetrics: Equatable, Sendable {
     }
 }
 
-/// A multi-layer perceptron replica: parameters, BatchNorm buffers, optimizer state and the work buffers
-/// of one training step, sized once for the largest slice it can get (the whole global batch).
+/// A replica of a network: its layers (built from a `ModelSpec`), parameters, BatchNorm buffers, optimizer
+/// state and the work buffers of one training step, sized once for the largest slice it can get (the whole
+/// global batch).
 ///
 /// A step runs forward, loss and backward over the replica's slice, calling the collective at each
 /// BatchNorm layer and once for the parameter gradients, then applies the optimizer. The rounds come in
@@ -20,7 +21,13 @@ public final class Network {
     public let plan: ChunkPlan
     public var optimizer: SGD
     public let store: ParameterStore
+    /// The top-level layers, in order (a Residual holds its own).
+    public let layers: [Layer]
+    /// Every layer with its state-dict name ("3", "4.body.0"), depth first.
+    public let namedLayers: [(name: String, layer: Layer)]
+    /// The top-level Linear layers, whose gradients may travel as factors (`exchange.factorLayers` index them).
     public let linears: [Linear]
+    /// Every BatchNorm layer, in forward order: `norms[i].index == i` names its rounds.
     public let norms: [BatchNorm]
     /// Input rows of this replica's slice and their labels; the caller fills them before `trainStep`.
     public let input: Matrix
@@ -33,7 +40,9 @@ public final class Network {
     /// not synchronized (synchronized, they come global out of the backward-sums rounds).
     public let exchange: GradientExchange
 
-    private let activations: [Matrix]
+    private let context: StepContext
+    /// Each top-level layer's input in the last forward pass.
+    private var layerInputs: [Matrix]
     private let logitGradient: Matrix
     /// Store-shaped per-chunk gradients of the summed layers, before packing.
     private let chunkGradients: UnsafeMutableBufferPointer<Float>
@@ -42,51 +51,53 @@ public final class Network {
     private let chunkWeightGradient: UnsafeMutableBufferPointer<Float>
     private let chunkMetrics: UnsafeMutableBufferPointer<Double>
     private let reducedMetrics: UnsafeMutableBufferPointer<Double>
+    /// Top-level layer index of each factor candidate in `linears`.
+    private let linearPositions: [Int]
 
     public init(spec: ModelSpec, plan: ChunkPlan, optimizer: SGD, seed: UInt64) {
         self.spec = spec
         self.plan = plan
         self.optimizer = optimizer
         let capacity = plan.batchSize
-        let widths = spec.widths
-        var offset = 0
-        var linearOffsets: [(Int, Int)] = []
-        for l in 0..<(widths.count - 1) {
-            linearOffsets.append((offset, offset + widths[l] * widths[l + 1]))
-            offset += widths[l] * widths[l + 1] + widths[l + 1]
-        }
-        let linearCount = offset
-        var normOffsets: [(Int, Int)] = []
-        if spec.hasBatchNorm {
-            for width in spec.hiddenSizes {
-                normOffsets.append((offset, offset + width))
-                offset += 2 * width
-            }
-        }
-        store = ParameterStore(count: offset)
-        let linears = (0..<(widths.count - 1)).map { l in
-            Linear(inputs: widths[l], outputs: widths[l + 1], weightOffset: linearOffsets[l].0,
-                   biasOffset: linearOffsets[l].1, capacity: capacity)
+        var builder = LayerBuilder(capacity: capacity, plan: plan)
+        layers = builder.build(spec.layers, input: spec.input)
+        norms = builder.norms
+        store = ParameterStore(count: builder.allocator.count)
+        namedLayers = layers.enumerated().flatMap { $0.element.flattened(name: "\($0.offset)") }
+        var linears: [Linear] = [], positions: [Int] = []
+        for (i, layer) in layers.enumerated() {
+            if let linear = layer as? Linear { linears.append(linear); positions.append(i) }
         }
         self.linears = linears
-        exchange = GradientExchange(linears: linears, extraSumRanges: spec.batchNorm == .local ? [linearCount..<offset] : [], plan: plan)
-        norms = normOffsets.enumerated().map { i, offsets in
-            BatchNorm(index: i, features: spec.hiddenSizes[i], gammaOffset: offsets.0, betaOffset: offsets.1,
-                      capacity: capacity, maxChunks: plan.chunkCount)
+        linearPositions = positions
+        if let first = layers.first as? Linear { first.computesInputGradient = false }
+        if let first = layers.first as? Conv2d { first.computesInputGradient = false }
+
+        let candidates = zip(linears, positions).map { (linear: $0.0, inputIsBatch: $0.1 == 0) }
+        let candidateSet = Set(linears.map(ObjectIdentifier.init))
+        var otherRanges: [Range<Int>] = []
+        for (_, layer) in namedLayers {
+            if candidateSet.contains(ObjectIdentifier(layer)) { continue }
+            if layer is BatchNorm && spec.batchNorm == .sync { continue }
+            otherRanges += layer.parameters.map(\.range)
         }
-        activations = spec.hiddenSizes.map { Matrix(capacity: capacity, columns: $0) }
-        input = Matrix(capacity: capacity, columns: spec.inputSize)
-        batchInput = Matrix(capacity: capacity, columns: spec.inputSize)
+        exchange = GradientExchange(factorCandidates: candidates, sumRanges: otherRanges, plan: plan)
+        for factor in exchange.factorLayers { linears[factor.layer].sendsFactors = true }
+
+        input = Matrix(capacity: capacity, columns: spec.input.count)
+        batchInput = Matrix(capacity: capacity, columns: spec.input.count)
+        layerInputs = Array(repeating: input, count: layers.count)
         labels = .allocate(capacity: max(1, capacity))
         labels.initialize(repeating: 0, count: max(1, capacity))
         logitGradient = Matrix(capacity: capacity, columns: spec.classes)
-        chunkGradients = .allocate(capacity: plan.chunkCount * store.count)
+        chunkGradients = .allocate(capacity: max(1, plan.chunkCount * store.count))
         chunkGradients.initialize(repeating: 0)
+        context = StepContext(plan: plan, store: store, batchNorm: spec.batchNorm, seed: seed, chunkGradients: chunkGradients.baseAddress!)
         gradientPartials = .allocate(capacity: max(1, plan.chunkCount * exchange.chunkWidth))
         gradientPartials.initialize(repeating: 0)
         gradientResult = .allocate(capacity: max(1, exchange.resultWidth))
         gradientResult.initialize(repeating: 0)
-        chunkWeightGradient = .allocate(capacity: (widths.indices.dropLast().map { widths[$0] * widths[$0 + 1] }.max() ?? 1) + (widths.max() ?? 1))
+        chunkWeightGradient = .allocate(capacity: max(1, exchange.factorLayers.map { linears[$0.layer].inputs * linears[$0.layer].outputs + linears[$0.layer].outputs }.max() ?? 1))
         chunkWeightGradient.initialize(repeating: 0)
         chunkMetrics = .allocate(capacity: plan.chunkCount * 2)
         chunkMetrics.initialize(repeating: 0)
@@ -94,8 +105,7 @@ public final class Network {
         reducedMetrics.initialize(repeating: 0)
 
         var random = SplitMix64(seed: seed, stream: 1)
-        for linear in linears { linear.initialize(store, random: &random) }
-        for norm in norms { norm.initialize(store) }
+        for layer in layers { layer.initialize(store, random: &random) }
     }
 
     deinit {
@@ -108,13 +118,24 @@ public final class Network {
         reducedMetrics.deallocate()
     }
 
-    /// The all-reduce rounds of one training step, in order. Coordinator and replicas agree on it.
+    /// The all-reduce rounds of one training step, in order. Coordinator and replicas agree on it: moments
+    /// of every BatchNorm layer in forward order, backward sums (synchronized BatchNorm) in the order the
+    /// backward pass reaches them, the gradients, and the metrics when wanted.
     public func rounds(computeMetrics: Bool) -> [Round] {
         var rounds: [Round] = norms.map { .moments(layer: $0.index) }
-        if spec.batchNorm == .sync { rounds += norms.reversed().map { .sums(layer: $0.index) } }
+        if spec.batchNorm == .sync { rounds += Self.backwardOrder(layers).map { .sums(layer: $0.index) } }
         rounds.append(.gradients)
         if computeMetrics { rounds.append(.metrics) }
         return rounds
+    }
+
+    /// BatchNorm layers in the order a backward pass through `layers` calls them.
+    private static func backwardOrder(_ layers: [Layer]) -> [BatchNorm] {
+        layers.reversed().flatMap { layer -> [BatchNorm] in
+            if let norm = layer as? BatchNorm { return [norm] }
+            if let residual = layer as? Residual { return backwardOrder(residual.body) + backwardOrder(residual.shortcut) }
+            return []
+        }
     }
 
     /// Width (values per chunk) of a round's partials.
@@ -126,54 +147,49 @@ public final class Network {
         }
     }
 
+    /// Values each row of a chunk counts in a round's reduction: H·W for a BatchNorm2d layer's moments, else 1.
+    public func valuesPerRow(of round: Round) -> Int {
+        if case .moments(let layer) = round { return norms[layer].spatialSize }
+        return 1
+    }
+
+    /// `valuesPerRow` of every BatchNorm layer's moments, by layer index (for `LocalCollective`).
+    public var momentScales: [Int] { norms.map(\.spatialSize) }
+
     // MARK: Training
 
     /// One training step over `slice`, whose rows are in `input` and `labels`, and the whole global batch's
     /// rows in `batchInput` (the first layer's gradient may be computed from all of them). Every replica of the job
     /// calls this for the same step with its own slice; the collective makes the results global.
-    /// Returns the global batch's metrics if `computeMetrics`.
+    /// `step` (the global step number) seeds dropout masks. Returns the global batch's metrics if `computeMetrics`.
     @discardableResult
-    public func trainStep(slice: BatchSlice, collective: Collective, computeMetrics: Bool) throws -> StepMetrics? {
+    public func trainStep(slice: BatchSlice, collective: Collective, computeMetrics: Bool, step: Int = 0) throws -> StepMetrics? {
         precondition(slice.plan == plan, "a step's slice must come from the network's chunk plan")
         let chunks = slice.localChunkRows
         input.rows = slice.rowCount
+        context.slice = slice
+        context.chunks = chunks
+        context.collective = collective
+        context.step = step
 
         // Forward.
         var x = input
-        for (l, width) in spec.hiddenSizes.enumerated() {
-            var z = linears[l].forward(x, chunks: chunks, store: store)
-            if spec.hasBatchNorm {
-                z = try norms[l].forward(z, slice: slice, mode: spec.batchNorm, collective: collective, store: store)
-            }
-            let a = activations[l]
-            a.rows = z.rows
-            spec.activation.forward(z.storage, a.storage, count: z.rows * width)
-            x = a
+        for (i, layer) in layers.enumerated() {
+            layerInputs[i] = x
+            x = try layer.forward(x, context)
         }
-        let logits = linears.last!.forward(x, chunks: chunks, store: store)
-        SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: labels, chunks: chunks, batchSize: plan.batchSize,
+        SoftmaxCrossEntropy.forwardBackward(logits: x, labels: labels, chunks: chunks, batchSize: plan.batchSize,
                                             gradient: logitGradient, metrics: chunkMetrics.baseAddress!)
 
         // Backward.
-        let gradients = chunkGradients.baseAddress!, width = store.count
         var dy = logitGradient
         var factorIndex = exchange.factorLayers.count - 1
-        for l in stride(from: linears.count - 1, through: 0, by: -1) {
-            let below = l == 0 ? input : activations[l - 1]
-            let bySum = exchange.methods[l] == .sum
-            if !bySum {
-                packFactors(exchange.factorLayers[factorIndex], x: below, dy: dy, chunks: chunks)
+        for i in stride(from: layers.count - 1, through: 0, by: -1) {
+            if factorIndex >= 0, linearPositions[exchange.factorLayers[factorIndex].layer] == i {
+                packFactors(exchange.factorLayers[factorIndex], x: layerInputs[i], dy: dy, chunks: chunks)
                 factorIndex -= 1
             }
-            dy = linears[l].backward(dy, input: below, chunks: chunks, store: store, gradients: gradients,
-                                     gradientWidth: width, weightGradient: bySum, needsInputGradient: l > 0)
-            guard l > 0 else { break }
-            let a = activations[l - 1]
-            spec.activation.backward(output: a.storage, gradient: dy.storage, count: dy.rows * a.columns)
-            if spec.hasBatchNorm {
-                dy = try norms[l - 1].backward(dy, slice: slice, mode: spec.batchNorm, collective: collective, store: store,
-                                               gradients: gradients, gradientWidth: width)
-            }
+            dy = try layers[i].backward(dy, context)
         }
 
         packSums(chunkCount: chunks.count)
@@ -285,7 +301,7 @@ public final class Network {
     /// Completes a step: commits the staged running statistics and takes the optimizer step. Until then a
     /// step can be abandoned and redone without trace.
     public func finishStep() {
-        for norm in norms { norm.commitRunningStatistics(count: plan.batchSize) }
+        for norm in norms { norm.commitRunningStatistics(batchSize: plan.batchSize) }
         optimizer.step(store)
     }
 
@@ -298,32 +314,30 @@ public final class Network {
     /// Logits for `x` (any number of rows), BatchNorm normalizing by its running statistics.
     public func infer(_ x: Matrix) -> Matrix {
         var h = x
-        for (l, width) in spec.hiddenSizes.enumerated() {
-            var z = linears[l].infer(h, store: store)
-            if spec.hasBatchNorm { z = norms[l].infer(z, store: store) }
-            spec.activation.forward(z.storage, z.storage, count: z.rows * width)
-            h = z
-        }
-        return linears.last!.infer(h, store: store)
+        for layer in layers { h = layer.infer(h, store: store) }
+        return h
     }
 
     /// Mean cross-entropy and accuracy over a whole data set, in batches of `batchSize`.
-    public func evaluate(_ data: LabeledImages, batchSize: Int = 1000) -> StepMetrics {
-        precondition(data.featureSize == spec.inputSize, "the data's images do not match the model's input size")
+    /// - Precondition: the data's samples have the model's input size and labels below its classes
+    ///   (callers check both and report the mismatch).
+    public func evaluate(_ data: LabeledImages, batchSize: Int = 250) -> StepMetrics {
+        precondition(data.featureSize == spec.input.count, "the data's images do not match the model's input size")
         var lossSum = 0.0, correct = 0
         var start = 0
+        let classes = spec.classes
         while start < data.count {
             let count = min(batchSize, data.count - start)
-            let x = Matrix(capacity: count, columns: spec.inputSize)
+            let x = Matrix(capacity: count, columns: spec.input.count)
             data.copyFeatures(of: start..<(start + count), into: x.storage)
             let logits = infer(x)
             for r in 0..<count {
                 let z = logits.row(r), label = Int(data.labels[start + r])
-                precondition(label < spec.classes, "label \(label) is outside the model's \(spec.classes) classes")
+                precondition(label < classes, "label \(label) is outside the model's \(classes) classes")
                 var best = 0, maxLogit = z[0]
-                for j in 1..<spec.classes where z[j] > maxLogit { best = j; maxLogit = z[j] }
+                for j in 1..<classes where z[j] > maxLogit { best = j; maxLogit = z[j] }
                 var total = 0.0
-                for j in 0..<spec.classes { total += Foundation.exp(Double(z[j] - maxLogit)) }
+                for j in 0..<classes { total += Foundation.exp(Double(z[j] - maxLogit)) }
                 lossSum += Foundation.log(total) + Double(maxLogit - z[label])
                 if best == label { correct += 1 }
             }

@@ -59,25 +59,32 @@ public enum OrderedReduction {
         }
     }
 
-    /// Moments of one chunk: `rows` of a row-major matrix with `features` columns, two passes in Float64.
-    /// Writes `[mean(F), M2(F)]` to `out`.
+    /// Moments of one chunk: `rows` of a row-major matrix whose rows hold `features` runs of `spatial`
+    /// values each (a [C, H, W] sample: C features of H·W values), two passes in Float64 over the
+    /// rows.count·spatial values of each feature. Writes `[mean(F), M2(F)]` to `out`.
     public static func chunkMoments(
-        _ x: UnsafePointer<Float>, rows: Range<Int>, features: Int, into out: UnsafeMutablePointer<Double>
+        _ x: UnsafePointer<Float>, rows: Range<Int>, features: Int, spatial: Int = 1, into out: UnsafeMutablePointer<Double>
     ) {
         let mean = out, m2 = out + features
         for f in 0..<features { mean[f] = 0; m2[f] = 0 }
         guard !rows.isEmpty else { return }
+        let rowWidth = features * spatial
         for r in rows {
-            let row = x + r * features
-            for f in 0..<features { mean[f] += Double(row[f]) }
+            let row = x + r * rowWidth
+            for f in 0..<features {
+                for i in (f * spatial)..<(f * spatial + spatial) { mean[f] += Double(row[i]) }
+            }
         }
-        let n = Double(rows.count)
+        let n = Double(rows.count * spatial)
         for f in 0..<features { mean[f] /= n }
         for r in rows {
-            let row = x + r * features
+            let row = x + r * rowWidth
             for f in 0..<features {
-                let d = Double(row[f]) - mean[f]
-                m2[f] += d * d
+                let m = mean[f]
+                for i in (f * spatial)..<(f * spatial + spatial) {
+                    let d = Double(row[i]) - m
+                    m2[f] += d * d
+                }
             }
         }
     }

@@ -19,14 +19,15 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Reduces chunk-major partials over the whole batch of `plan` (or a run of its chunks).
+    /// Reduces chunk-major partials over the whole batch of `plan` (or a run of its chunks). For moments,
+    /// each row of a chunk counts `valuesPerRow` values per feature (H·W for BatchNorm2d).
     public func reduce(
-        _ partials: UnsafeBufferPointer<Double>, plan: ChunkPlan, chunks: Range<Int>, width: Int,
+        _ partials: UnsafeBufferPointer<Double>, plan: ChunkPlan, chunks: Range<Int>, width: Int, valuesPerRow: Int = 1,
         into result: UnsafeMutableBufferPointer<Double>
     ) {
         switch self {
         case .moments:
-            let counts = chunks.map { plan.rows(ofChunk: $0).count }
+            let counts = chunks.map { plan.rows(ofChunk: $0).count * valuesPerRow }
             OrderedReduction.mergeMoments(partials, counts: counts[...], features: width / 2, into: result)
         case .sums, .metrics, .gradients:
             OrderedReduction.sum(partials, width: width, into: result)
@@ -50,11 +51,18 @@ public protocol Collective: AnyObject {
 /// The collective of a single process that holds the whole batch: it reduces locally.
 public final class LocalCollective: Collective {
     public let plan: ChunkPlan
+    /// Values per row and feature of each BatchNorm layer's moments (H·W for BatchNorm2d; 1 if absent).
+    public let valuesPerRow: [Int]
 
-    public init(plan: ChunkPlan) { self.plan = plan }
+    public init(plan: ChunkPlan, valuesPerRow: [Int] = []) {
+        self.plan = plan
+        self.valuesPerRow = valuesPerRow
+    }
 
     public func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
-        round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: result.count, into: result)
+        var scale = 1
+        if case .moments(let layer) = round, layer < valuesPerRow.count { scale = valuesPerRow[layer] }
+        round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: result.count, valuesPerRow: scale, into: result)
     }
 
     public func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {

@@ -1,0 +1,208 @@
+/// A 2-D convolution, `torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias)`, by
+/// im2col and one OpenBLAS `sgemm` per chunk of samples.
+///
+/// For a sample x of shape [Cin, H, W], with K = Cin·k·k and P = OH·OW output positions, im2col builds the
+/// K×P matrix X whose column p holds the k×k window of every input channel at output position p (zeros in
+/// the padding). With W the weight as a [Cout, K] matrix:
+///   forward:   y = W·X + b                      ([Cout, P], i.e. [Cout, OH, OW])
+///   backward:  ∂W = Σ_samples dy·Xᵀ,  ∂b = Σ_samples Σ_p dy,  ∂X = Wᵀ·dy, and ∂x = col2im(∂X) (overlapping
+///              windows add up).
+/// A chunk of n samples is laid side by side as K×(n·P), so each product is one `sgemm`; chunks are the
+/// unit of determinism, so every chunk gives the same bits wherever it runs.
+public final class Conv2d: Layer {
+    public let inChannels: Int
+    public let outChannels: Int
+    public let kernelSize: Int
+    public let stride: Int
+    public let padding: Int
+    public let weight: ParameterTensor
+    public let bias: ParameterTensor?
+    public let inputShape: TensorShape
+    public let outputShape: TensorShape
+    /// Cleared by the network for its first layer, whose input gradient nobody needs.
+    public internal(set) var computesInputGradient = true
+    private let output: Matrix
+    private let inputGradient: Matrix
+    /// Rows of one chunk (the most the scratch buffers hold at once).
+    private let blockRows: Int
+    /// K × (blockRows·P): im2col of a chunk, or ∂X in backward.
+    private let columns: UnsafeMutablePointer<Float>
+    /// Cout × (blockRows·P): a chunk's output, or its dy, channel-major.
+    private let product: UnsafeMutablePointer<Float>
+    private var lastInput: Matrix?
+
+    /// K = Cin·k·k, the rows of im2col.
+    private var patchSize: Int { inChannels * kernelSize * kernelSize }
+    private var positions: Int { outputShape.height * outputShape.width }
+
+    init(inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int, padding: Int, bias hasBias: Bool,
+         shape: TensorShape, output outputShape: TensorShape, capacity: Int, chunkSize: Int, allocator: inout ParameterAllocator) {
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernelSize = kernelSize
+        self.stride = stride
+        self.padding = padding
+        inputShape = shape
+        self.outputShape = outputShape
+        weight = allocator.allocate("weight", shape: [outChannels, inChannels, kernelSize, kernelSize])
+        bias = hasBias ? allocator.allocate("bias", shape: [outChannels]) : nil
+        output = Matrix(capacity: capacity, columns: outputShape.count)
+        inputGradient = Matrix(capacity: capacity, columns: shape.count)
+        blockRows = max(1, min(chunkSize, max(1, capacity)))
+        let p = outputShape.height * outputShape.width
+        columns = .allocate(capacity: inChannels * kernelSize * kernelSize * blockRows * p)
+        product = .allocate(capacity: outChannels * blockRows * p)
+    }
+
+    deinit {
+        columns.deallocate()
+        product.deallocate()
+    }
+
+    public var parameters: [ParameterTensor] { [weight] + (bias.map { [$0] } ?? []) }
+
+    /// PyTorch's default initialization: W and b uniform on ±1/√(Cin·k·k) (Kaiming-uniform with a = √5).
+    public func initialize(_ store: ParameterStore, random: inout SplitMix64) {
+        let bound = 1 / Float(patchSize).squareRoot()
+        for i in weight.range { store.values[i] = random.uniform(-bound, bound) }
+        for i in bias?.range ?? 0..<0 { store.values[i] = random.uniform(-bound, bound) }
+    }
+
+    // MARK: im2col and col2im
+
+    /// Fills `columns` (K × n·P, leading dimension n·P) from samples `rows` of `x`.
+    private func im2col(_ x: Matrix, rows: Range<Int>, into columns: UnsafeMutablePointer<Float>) {
+        let (h, w) = (inputShape.height, inputShape.width)
+        let (oh, ow) = (outputShape.height, outputShape.width)
+        let p = oh * ow, ld = rows.count * p, k = kernelSize
+        for (n, r) in rows.enumerated() {
+            let sample = x.row(r)
+            for c in 0..<inChannels {
+                let plane = sample + c * h * w
+                for ki in 0..<k {
+                    for kj in 0..<k {
+                        let out = columns + ((c * k + ki) * k + kj) * ld + n * p
+                        for i in 0..<oh {
+                            let row = i * stride - padding + ki
+                            let target = out + i * ow
+                            guard row >= 0 && row < h else { target.update(repeating: 0, count: ow); continue }
+                            let source = plane + row * w
+                            for j in 0..<ow {
+                                let col = j * stride - padding + kj
+                                target[j] = col >= 0 && col < w ? source[col] : 0
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `columns` (∂X, K × n·P) back onto the input positions of samples `rows` of `dx`, which it zeroes first.
+    private func col2im(_ columns: UnsafePointer<Float>, rows: Range<Int>, into dx: Matrix) {
+        let (h, w) = (inputShape.height, inputShape.width)
+        let (oh, ow) = (outputShape.height, outputShape.width)
+        let p = oh * ow, ld = rows.count * p, k = kernelSize
+        for (n, r) in rows.enumerated() {
+            let sample = dx.row(r)
+            sample.update(repeating: 0, count: inputShape.count)
+            for c in 0..<inChannels {
+                let plane = sample + c * h * w
+                for ki in 0..<k {
+                    for kj in 0..<k {
+                        let source = columns + ((c * k + ki) * k + kj) * ld + n * p
+                        for i in 0..<oh {
+                            let row = i * stride - padding + ki
+                            guard row >= 0 && row < h else { continue }
+                            let target = plane + row * w, values = source + i * ow
+                            for j in 0..<ow {
+                                let col = j * stride - padding + kj
+                                if col >= 0 && col < w { target[col] += values[j] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Forward
+
+    /// y = W·im2col(x) + b for samples `rows` of `x` into the same rows of `y`, through the scratch buffers.
+    private func convolve(_ x: Matrix, rows: Range<Int>, into y: Matrix, store: ParameterStore,
+                          columns: UnsafeMutablePointer<Float>, product: UnsafeMutablePointer<Float>) {
+        guard !rows.isEmpty else { return }
+        let p = positions, ld = rows.count * p
+        im2col(x, rows: rows, into: columns)
+        BLAS.gemm(transposeA: false, transposeB: false, m: outChannels, n: ld, k: patchSize,
+                  a: store.values + weight.offset, lda: patchSize, b: columns, ldb: ld, c: product, ldc: ld)
+        for (n, r) in rows.enumerated() {
+            let out = y.row(r)
+            for o in 0..<outChannels {
+                let b: Float = bias.map { store.values[$0.offset + o] } ?? 0
+                let source = product + o * ld + n * p, target = out + o * p
+                for i in 0..<p { target[i] = source[i] + b }
+            }
+        }
+    }
+
+    public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
+        lastInput = x
+        output.rows = x.rows
+        for rows in step.chunks { convolve(x, rows: rows, into: output, store: step.store, columns: columns, product: product) }
+        return output
+    }
+
+    // MARK: Backward
+
+    /// Per chunk: ∂W_c = dy·Xᵀ and ∂b_c = Σ dy into the chunk's gradient row; ∂x = col2im(Wᵀ·dy).
+    public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
+        let x = lastInput!
+        let p = positions
+        inputGradient.rows = dy.rows
+        for (c, rows) in step.chunks.enumerated() {
+            let ld = rows.count * p
+            let gradient = step.chunkGradient(c)
+            guard !rows.isEmpty else { continue }
+            // dy of the chunk, channel-major: product[o, n·P + i] = dy[row n][o, i].
+            for (n, r) in rows.enumerated() {
+                let g = dy.row(r)
+                for o in 0..<outChannels { (product + o * ld + n * p).update(from: g + o * p, count: p) }
+            }
+            if let bias {
+                for o in 0..<outChannels {
+                    var sum = 0.0
+                    let g = product + o * ld
+                    for i in 0..<ld { sum += Double(g[i]) }
+                    gradient[bias.offset + o] = Float(sum)
+                }
+            }
+            im2col(x, rows: rows, into: columns)
+            BLAS.gemm(transposeA: false, transposeB: true, m: outChannels, n: patchSize, k: ld,
+                      a: product, lda: ld, b: columns, ldb: ld, c: gradient + weight.offset, ldc: patchSize)
+            if computesInputGradient {
+                BLAS.gemm(transposeA: true, transposeB: false, m: patchSize, n: ld, k: outChannels,
+                          a: step.store.values + weight.offset, lda: patchSize, b: product, ldb: ld, c: columns, ldc: ld)
+                col2im(columns, rows: rows, into: inputGradient)
+            }
+        }
+        return inputGradient
+    }
+
+    // MARK: Evaluation
+
+    public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
+        let y = Matrix(capacity: x.rows, columns: outputShape.count)
+        let block = 16, p = positions
+        let columns = UnsafeMutablePointer<Float>.allocate(capacity: patchSize * block * p)
+        let product = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * block * p)
+        defer { columns.deallocate(); product.deallocate() }
+        var start = 0
+        while start < x.rows {
+            let rows = start..<min(start + block, x.rows)
+            convolve(x, rows: rows, into: y, store: store, columns: columns, product: product)
+            start = rows.upperBound
+        }
+        return y
+    }
+}

@@ -1,0 +1,102 @@
+/// A layer of a network: forward and backward over a replica's slice of the batch, evaluation, and the
+/// tensors it owns.
+///
+/// Tensors are `Matrix`es with one sample per row (a [C, H, W] sample is a row of C·H·W values, channel-major).
+/// A layer allocates its output and input-gradient buffers once, for the largest slice (the whole global
+/// batch), and returns them from `forward` and `backward`: the returned matrix stays valid until the layer's
+/// next call. A layer never writes into the matrix it is given.
+///
+/// Determinism: everything that is summed over samples (BatchNorm partials, parameter gradients) is computed
+/// per chunk of the step's `BatchSlice`, the same way wherever the chunk runs; per-sample results (a
+/// convolution's output) are computed per chunk too, so that they do not depend on how many rows a process
+/// holds. A layer's parameter gradients are written per chunk at its offsets in the chunk's gradient row
+/// (`StepContext.chunkGradient(_:)`), unless they travel otherwise (Linear factors, synchronized BatchNorm).
+public protocol Layer: AnyObject {
+    var inputShape: TensorShape { get }
+    var outputShape: TensorShape { get }
+    /// The trainable tensors, in state-dict order, named as in PyTorch ("weight", "bias").
+    var parameters: [ParameterTensor] { get }
+    /// Layers inside this one, with the state-dict name of each relative to this layer ("body.0").
+    var children: [(name: String, layer: Layer)] { get }
+
+    /// Sets the parameters to their initial values, drawing from `random` in a fixed order.
+    func initialize(_ store: ParameterStore, random: inout SplitMix64)
+    /// The training-mode output for `x` (this replica's slice).
+    func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix
+    /// ∂L/∂x for the output gradient `dy` of the last `forward`; writes this layer's parameter gradients.
+    func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix
+    /// The evaluation-mode output for `x` (any number of rows), into a new matrix.
+    func infer(_ x: Matrix, store: ParameterStore) -> Matrix
+}
+
+extension Layer {
+    public var parameters: [ParameterTensor] { [] }
+    public var children: [(name: String, layer: Layer)] { [] }
+    public func initialize(_ store: ParameterStore, random: inout SplitMix64) {}
+
+    /// This layer and every layer inside it, depth first (body before shortcut), with dotted state-dict names.
+    public func flattened(name: String) -> [(name: String, layer: Layer)] {
+        [(name, self)] + children.flatMap { $0.layer.flattened(name: name + "." + $0.name) }
+    }
+}
+
+/// A trainable tensor of a layer: its name within the layer, its place in the parameter store and its shape.
+public struct ParameterTensor: Sendable {
+    public let name: String
+    public let offset: Int
+    public let shape: [Int]
+    public var count: Int { shape.reduce(1, *) }
+    public var range: Range<Int> { offset..<(offset + count) }
+}
+
+/// Hands out consecutive ranges of the parameter store while a network's layers are built.
+public struct ParameterAllocator {
+    public private(set) var count = 0
+
+    /// An allocator whose first tensor starts at `offset`.
+    public init(startingAt offset: Int = 0) { count = offset }
+
+    public mutating func allocate(_ name: String, shape: [Int]) -> ParameterTensor {
+        let tensor = ParameterTensor(name: name, offset: count, shape: shape)
+        count += tensor.count
+        return tensor
+    }
+}
+
+/// What a layer's training step needs besides its input: the slice and its chunks, the collective, the
+/// parameters, where per-chunk gradients go, and what names the step (for deterministic dropout).
+public final class StepContext {
+    public internal(set) var slice: BatchSlice
+    /// Rows of this slice's chunks, relative to the slice's first row.
+    public internal(set) var chunks: [Range<Int>]
+    public internal(set) var collective: Collective
+    public let store: ParameterStore
+    public let batchNorm: BatchNormMode
+    /// The global step being run and the job's seed.
+    public internal(set) var step: Int
+    public let seed: UInt64
+    /// Per-chunk gradient rows, each `gradientWidth` values (the store's size).
+    let chunkGradients: UnsafeMutablePointer<Float>
+    let gradientWidth: Int
+
+    init(plan: ChunkPlan, store: ParameterStore, batchNorm: BatchNormMode, seed: UInt64, chunkGradients: UnsafeMutablePointer<Float>,
+         gradientWidth: Int? = nil) {
+        self.gradientWidth = gradientWidth ?? store.count
+        slice = .whole(plan)
+        chunks = slice.localChunkRows
+        collective = LocalCollective(plan: plan)
+        self.store = store
+        self.batchNorm = batchNorm
+        step = 0
+        self.seed = seed
+        self.chunkGradients = chunkGradients
+    }
+
+    /// Chunk `c`'s (local index) gradient row: a layer writes its parameters' partial gradients at their offsets.
+    @inline(__always)
+    public func chunkGradient(_ c: Int) -> UnsafeMutablePointer<Float> { chunkGradients + c * gradientWidth }
+
+    public var plan: ChunkPlan { slice.plan }
+    /// The global batch row of this slice's local row 0.
+    public var firstGlobalRow: Int { slice.globalRows.lowerBound }
+}
