@@ -11,9 +11,6 @@ final class DeterminismTests: SyncBNProcessTestCase {
     /// Short runs (a debug build takes ~5 ms per step of 60 samples), with metrics every 10 steps.
     static let steps = ["--steps", "30", "--log-every", "10"]
 
-    /// Reference models by flags, computed once per test process (each `train` costs ~0.6 s).
-    private static let referenceCache = ReferenceCache()
-
     // MARK: Worker counts, file order
 
     func testLaunchWithOneWorkerSavesTheSameModelAsTrain() throws {
@@ -84,50 +81,6 @@ final class DeterminismTests: SyncBNProcessTestCase {
         // workers, each owner adding every worker's tree tiles); worker 4 has no rows.
         try assertLaunchMatchesTrain(workers: 5, flags: ["--steps", "20", "--log-every", "5", "--no-shuffle", "--batch-size", "240", "--chunk-size", "60"],
                                      launchFlags: ["--gradient-exchange", "peers"])
-    }
-
-    // MARK: Helpers
-
-    /// Runs `train flags` (cached) and `launch --workers N flags`, and asserts the two models are the same bytes.
-    /// Returns the model.
-    @discardableResult
-    func assertLaunchMatchesTrain(workers: Int, flags: [String], launchFlags: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> Data {
-        try requireDataSet()
-        let expected = try reference(flags, file: file, line: line)
-        let out = try makeTemporaryDirectory("launch\(workers)")
-        let launch = try runSuccessfully(["launch", "--workers", "\(workers)"] + flags + launchFlags + ["--out", out.path], file: file, line: line)
-        let actual = try model(in: out, file: file, line: line)
-        let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
-        XCTAssertFalse(metrics.isEmpty, "launch wrote no metrics", file: file, line: line)
-        XCTAssertEqual(metrics, expected.metrics, "launch --workers \(workers) logged different metrics than train", file: file, line: line)
-
-        // Every worker really took part: each joined with its rank, and the coordinator trained on N.
-        XCTAssertTrue(launch.stderr.contains("on \(workers) worker(s)"), "no training line for \(workers) workers\n\(launch.transcript)", file: file, line: line)
-        for rank in 0..<workers {
-            XCTAssertTrue(launch.stderr.contains("[worker \(rank)] ") && launch.stderr.contains("joined as worker \(rank) of \(workers)"),
-                          "worker \(rank) of \(workers) did not report joining\n\(launch.transcript)", file: file, line: line)
-            XCTAssertTrue(launch.stderr.contains("training finished; worker \(rank) exits"),
-                          "worker \(rank) did not finish cleanly\n\(launch.transcript)", file: file, line: line)
-        }
-
-        let reference = expected.model
-        XCTAssertEqual(actual.count, reference.count, "model sizes differ: launch \(actual.count) B, train \(reference.count) B", file: file, line: line)
-        if actual != reference {
-            let firstDifference = zip(actual, reference).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(actual.count, reference.count)
-            XCTFail("launch --workers \(workers) \(flags.joined(separator: " ")) saved a model that differs from train's, first at byte \(firstDifference) of \(reference.count)", file: file, line: line)
-        }
-        return actual
-    }
-
-    /// What `syncbn train flags` saves: the model and the metrics log.
-    func reference(_ flags: [String], file: StaticString = #filePath, line: UInt = #line) throws -> TrainedRun {
-        if let cached = Self.referenceCache[flags] { return cached }
-        let out = try makeTemporaryDirectory("train")
-        try runSuccessfully(["train"] + flags + ["--out", out.path], file: file, line: line)
-        let run = TrainedRun(model: try model(in: out, file: file, line: line),
-                             metrics: try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8))
-        Self.referenceCache[flags] = run
-        return run
     }
 }
 

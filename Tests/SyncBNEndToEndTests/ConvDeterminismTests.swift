@@ -1,0 +1,122 @@
+// Oracle: as in DeterminismTests, `syncbn train` is the reference and `syncbn launch --workers N` must save
+// the same bytes — here for convolutional networks (BatchNorm2d statistics over N·H·W, Conv2d gradients
+// summed per chunk, residual blocks with identity and projection shortcuts), on a small data set the test
+// writes itself (IDX files of 12×12 images with a class-dependent pattern, so that training moves).
+
+import Foundation
+import XCTest
+
+final class ConvDeterminismTests: SyncBNProcessTestCase {
+    /// A 12×12 one-channel data set: 120 training and 40 test images, written once per test process.
+    static let dataSet: String = {
+        let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-conv-data-\(getpid())")
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (split, count) in [("train", 120), ("t10k", 40)] {
+            var seed: UInt64 = split == "train" ? 11 : 12
+            func next() -> UInt8 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 56) }
+            var labels: [UInt8] = [], pixels: [UInt8] = []
+            for i in 0..<count {
+                let label = UInt8(i % 10)
+                labels.append(label)
+                for r in 0..<12 { for c in 0..<12 {
+                    let stripe = (r + Int(label)) % 4 == 0 || (c * Int(label + 1)) % 7 == 0
+                    pixels.append(stripe ? 200 &+ next() % 50 : next() % 60)
+                } }
+            }
+            writeIDX(pixels, shape: [count, 12, 12], to: (directory as NSString).appendingPathComponent("\(split)-images-idx3-ubyte"))
+            writeIDX(labels, shape: [count], to: (directory as NSString).appendingPathComponent("\(split)-labels-idx1-ubyte"))
+        }
+        return directory
+    }()
+
+    /// A residual net with an identity block and a stride-2 block whose shortcut is a 1×1 convolution + BN.
+    static let residualModel: String = {
+        let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-residual-\(getpid()).json")
+        let json = """
+        {"input": [1, 12, 12], "layers": [
+          {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": false},
+          {"type": "BatchNorm2d", "num_features": 4}, {"type": "ReLU"},
+          {"type": "Residual", "body": [
+            {"type": "Conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"type": "BatchNorm2d", "num_features": 4}, {"type": "ReLU"},
+            {"type": "Conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"type": "BatchNorm2d", "num_features": 4}]},
+          {"type": "ReLU"},
+          {"type": "Residual", "body": [
+            {"type": "Conv2d", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1},
+            {"type": "BatchNorm2d", "num_features": 8}],
+           "shortcut": [
+            {"type": "Conv2d", "in_channels": 4, "out_channels": 8, "kernel_size": 1, "stride": 2, "bias": false},
+            {"type": "BatchNorm2d", "num_features": 8}]},
+          {"type": "Tanh"}, {"type": "AvgPool2d", "kernel_size": 2}, {"type": "Dropout", "p": 0.25},
+          {"type": "AdaptiveAvgPool2d", "output_size": 1}, {"type": "Flatten"},
+          {"type": "Linear", "in_features": 8, "out_features": 10}]}
+        """
+        FileManager.default.createFile(atPath: path, contents: Data(json.utf8))
+        return path
+    }()
+
+    private func cnn(_ extra: [String] = []) -> [String] {
+        ["--data", Self.dataSet, "--model", "bn-cnn", "--steps", "6", "--log-every", "3", "--batch-size", "8", "--chunk-size", "2"] + extra
+    }
+
+    private func residual(_ extra: [String] = []) -> [String] {
+        ["--data", Self.dataSet, "--model-file", Self.residualModel, "--steps", "6", "--log-every", "3", "--batch-size", "8", "--chunk-size", "2"] + extra
+    }
+
+    func testConvNetSavesTheSameModelForOneToFourWorkers() throws {
+        // 4 chunks of 2 rows: 1 worker holds all, 3 workers hold 2/1/1 chunks.
+        for workers in 1...4 { try assertLaunchMatchesTrain(workers: workers, flags: cnn()) }
+    }
+
+    func testConvNetWithAnEmptySliceSavesTheSameModel() throws {
+        // 3 chunks (2, 2, 1 rows) over 4 workers: worker 3 has no rows and still joins every round.
+        try assertLaunchMatchesTrain(workers: 4, flags: cnn(["--batch-size", "5"]))
+    }
+
+    func testResidualNetSavesTheSameModelForTwoAndThreeWorkers() throws {
+        for workers in [2, 3] { try assertLaunchMatchesTrain(workers: workers, flags: residual()) }
+    }
+
+    func testConvNetWithPerWorkerBatchNormIsReproducibleAndDiffersFromSync() throws {
+        let local = try makeTemporaryDirectory("local"), again = try makeTemporaryDirectory("local2")
+        try runSuccessfully(["launch", "--workers", "2"] + cnn(["--bn", "local", "--out", local.path]))
+        try runSuccessfully(["launch", "--workers", "2"] + cnn(["--bn", "local", "--out", again.path]))
+        XCTAssertEqual(try model(in: local), try model(in: again), "two identical --bn local runs saved different models")
+        XCTAssertNotEqual(try model(in: local), try reference(cnn()).model, "--bn local on 2 workers saved the same model as --bn sync")
+    }
+
+    func testKilledWorkerIsSurvivedByAConvNetWithTheSameModel() throws {
+        let flags = ["--data", Self.dataSet, "--model-file", Self.residualModel, "--steps", "600", "--log-every", "10",
+                     "--batch-size", "8", "--chunk-size", "2", "--no-shuffle"]
+        let expected = try reference(flags).model
+        let out = try makeTemporaryDirectory("killed-conv")
+        let launch = try start(["launch", "--workers", "3"] + flags + ["--out", out.path])
+        let pids = try XCTUnwrap(launch.waitForStandardError(containing: "pids ", seconds: 60) ? ProcessLifecycleTests.workerProcessIDs(in: launch.stderr) : nil, launch.transcript)
+        registerForeignProcesses(pids)
+        XCTAssertTrue(waitForLines(out, 3), launch.transcript)
+        XCTAssertEqual(kill(pids[1], SIGKILL), 0)
+        let result = try finish(launch, seconds: 180)
+        XCTAssertTrue(result.succeeded, result.transcript)
+        XCTAssertTrue(result.stderr.contains("declared dead"), result.transcript)
+        XCTAssertEqual(try model(in: out), expected, "the conv run that lost a worker saved a different model")
+    }
+
+    /// Whether `directory`'s metrics.jsonl has `lines` lines within 60 s (training reached a step).
+    private func waitForLines(_ directory: URL, _ lines: Int) -> Bool {
+        let deadline = Date().addingTimeInterval(60)
+        let path = directory.appendingPathComponent("metrics.jsonl").path
+        while Date() < deadline {
+            if let text = try? String(contentsOfFile: path, encoding: .utf8), text.split(separator: "\n").count >= lines { return true }
+            usleep(5_000)  // polling a file written by another process, under a deadline
+        }
+        return false
+    }
+}
+
+/// Writes an unsigned-byte IDX file (magic 00 00 08 rank, big-endian dimensions, data).
+func writeIDX(_ bytes: [UInt8], shape: [Int], to path: String) {
+    var out: [UInt8] = [0, 0, 8, UInt8(shape.count)]
+    for d in shape { out += [UInt8(d >> 24 & 0xFF), UInt8(d >> 16 & 0xFF), UInt8(d >> 8 & 0xFF), UInt8(d & 0xFF)] }
+    FileManager.default.createFile(atPath: path, contents: Data(out + bytes))
+}
