@@ -314,6 +314,10 @@ extension LabeledImages {
         let storage: Storage
         switch (imageFile.dtype.kind, imageFile.dtype.size) {
         case (.unsignedInteger, 1): storage = .bytes(imageFile.data)
+        case (.float, 4):
+            storage = .floats(imageFile.data.withUnsafeBytes { raw in
+                (0..<imageFile.count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
+            })
         case (.float, _): storage = .floats((0..<imageFile.count).map { imageFile.float($0) })
         default:
             throw DataError("\(imagesPath): images of dtype \(imageFile.dtype) are not supported (only |u1, <f4, <f8); save them with np.save(path, images.astype(np.uint8)) or images.astype(np.float32)")
