@@ -376,4 +376,27 @@ final class DataFormatTests: XCTestCase {
         let test = write(cifarBytes(labels: [200]), "test_batch.bin", in: cifar)
         assertDataError(try ImageDataset.load(directory: cifar), mentions: [test, "label 200"])
     }
+
+    func testFuzzCorpusParsesOrThrowsDataError() throws {
+        // The data fuzz target's committed corpus (Fuzz/DataParsers/corpus), replayed without the fuzz
+        // executable: each file parses or throws DataError in every reader; the seeds are valid files.
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Fuzz/DataParsers/corpus").path
+        let names = try FileManager.default.contentsOfDirectory(atPath: corpus).sorted()
+        XCTAssertGreaterThanOrEqual(names.count, 19)
+        var parsed: Set<String> = []
+        for name in names {
+            let bytes = Array(try XCTUnwrap(FileManager.default.contents(atPath: (corpus as NSString).appendingPathComponent(name))))
+            for (reader, parse) in [("idx", { _ = try IDXFile.parse($0, path: name) }), ("npy", { _ = try NumpyFile.parse($0, path: name) }),
+                                    ("cifar10", { _ = try CIFAR10File.parse($0, path: name) })] as [(String, ([UInt8]) throws -> Void)] {
+                do {
+                    try parse(bytes)
+                    parsed.insert("\(reader) \(name)")
+                } catch {
+                    XCTAssertTrue(error is DataError, "\(reader) \(name): \(error)")
+                }
+            }
+        }
+        XCTAssertTrue(parsed.isSuperset(of: ["idx seed-idx-double", "npy seed-npy-v3-f8", "npy seed-npy-labels-u2", "cifar10 seed-cifar10-record"]), "\(parsed.sorted())")
+    }
 }
