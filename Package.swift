@@ -41,6 +41,9 @@ let package = Package(
         // The wire decoder's fuzz target (Scripts/fuzz.sh); built normally, it replays the corpus.
         .executableTarget(name: "syncbn-fuzz-wire", dependencies: ["SyncBNCluster"], path: "Fuzz/WireDecoder",
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        // The data readers' fuzz target (Scripts/fuzz.sh); built normally, it replays its corpus.
+        .executableTarget(name: "syncbn-fuzz-data", dependencies: ["SyncBNCore"], path: "Fuzz/DataParsers",
+                          exclude: ["corpus"], swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore"]),

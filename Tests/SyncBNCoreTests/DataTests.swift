@@ -96,8 +96,9 @@ final class IDXFileTests: XCTestCase {
     }
 
     func testRejectsUnsupportedElementType() {
-        // 0x0B is IDX's signed 16-bit integer type, which SyncBN does not read.
-        assertThrows(write(idxBytes(type: 0x0B, shape: [2], body: [0, 1, 0, 2]), "shorts"), containing: ["0xb", "not supported"])
+        // The format defines 0x08, 0x09, 0x0B, 0x0C, 0x0D and 0x0E; 0x0A and 0x0F are none of them.
+        assertThrows(write(idxBytes(type: 0x0A, shape: [2], body: [0, 1, 0, 2]), "type-0a"), containing: ["0xa", "not supported"])
+        assertThrows(write(idxBytes(type: 0x0F, shape: [2], body: [0, 1]), "type-0f"), containing: ["0xf", "not supported"])
     }
 
     func testMissingFileNamesTheFile() {

@@ -2,11 +2,21 @@ import CZlib
 import Foundation
 
 /// A file in the IDX format of the MNIST family: a 4-byte magic (0, 0, element type, rank), `rank`
-/// big-endian UInt32 dimensions, then the elements, big-endian. Read plain or gzip-compressed.
+/// big-endian UInt32 dimensions, then the elements, big-endian, row-major. Read plain or gzip-compressed.
+///
+/// Element types (the format's whole list): 0x08 unsigned byte, 0x09 signed byte, 0x0B Int16, 0x0C Int32,
+/// 0x0D Float32, 0x0E Float64. The three signed integer types are read into `.signedIntegers` (sign-extended
+/// to Int32); the others keep their own type.
 public struct IDXFile: Equatable {
     public enum Elements: Equatable {
+        /// Type 0x08.
         case unsignedBytes([UInt8])
+        /// Types 0x09 (Int8), 0x0B (Int16) and 0x0C (Int32), sign-extended.
+        case signedIntegers([Int32])
+        /// Type 0x0D.
         case float32([Float])
+        /// Type 0x0E.
+        case float64([Double])
     }
 
     public let shape: [Int]
@@ -25,10 +35,21 @@ public struct IDXFile: Equatable {
         try parse(readPossiblyCompressed(path), path: path)
     }
 
+    /// Parses the bytes of an IDX file; `path` only names it in errors. Any bytes either parse or throw
+    /// `DataError` (the dimensions' product is checked for overflow and against the data's length).
     public static func parse(_ bytes: [UInt8], path: String) throws -> IDXFile {
         func fail(_ why: String) -> DataError { DataError("\(path) is not a valid IDX file: \(why)") }
         guard bytes.count >= 4, bytes[0] == 0, bytes[1] == 0 else { throw fail("it does not start with the IDX magic 00 00") }
         let type = bytes[2], rank = Int(bytes[3])
+        let size: Int
+        switch type {
+        case 0x08, 0x09: size = 1
+        case 0x0B: size = 2
+        case 0x0C, 0x0D: size = 4
+        case 0x0E: size = 8
+        default:
+            throw fail("element type 0x\(String(type, radix: 16)) is not supported (the format defines 0x08 unsigned byte, 0x09 signed byte, 0x0b int16, 0x0c int32, 0x0d float32, 0x0e float64)")
+        }
         guard rank >= 1, bytes.count >= 4 + 4 * rank else { throw fail("its header is cut short") }
         var shape: [Int] = []
         for d in 0..<rank {
@@ -41,24 +62,27 @@ public struct IDXFile: Equatable {
             guard !overflow, product <= bytes.count else { throw fail("its shape \(shape) holds more elements than the file's \(bytes.count) bytes") }
             count = product
         }
+        // count ≤ bytes.count, so count × size (size ≤ 8) cannot overflow.
         let body = bytes[(4 + 4 * rank)...]
-        switch type {
-        case 0x08:
-            guard body.count == count else { throw fail("expected \(count) bytes of data for shape \(shape), found \(body.count)") }
-            return IDXFile(shape: shape, elements: .unsignedBytes(Array(body)))
-        case 0x0D:
-            guard body.count == 4 * count else { throw fail("expected \(4 * count) bytes of data for shape \(shape), found \(body.count)") }
-            var values = [Float](repeating: 0, count: count)
-            var o = body.startIndex
-            for i in 0..<count {
-                let bits = UInt32(body[o]) << 24 | UInt32(body[o + 1]) << 16 | UInt32(body[o + 2]) << 8 | UInt32(body[o + 3])
-                values[i] = Float(bitPattern: bits)
-                o += 4
-            }
-            return IDXFile(shape: shape, elements: .float32(values))
-        default:
-            throw fail("element type 0x\(String(type, radix: 16)) is not supported (only 0x08 unsigned byte and 0x0D float32)")
+        guard body.count == size * count else {
+            throw fail("expected \(size * count) bytes of data for shape \(shape), found \(body.count)")
         }
+        /// The big-endian unsigned integer of `size` bytes that element `i` occupies.
+        func element(_ i: Int) -> UInt64 {
+            var value: UInt64 = 0
+            for o in (body.startIndex + i * size)..<(body.startIndex + (i + 1) * size) { value = value << 8 | UInt64(body[o]) }
+            return value
+        }
+        let elements: Elements
+        switch type {
+        case 0x08: elements = .unsignedBytes(Array(body))
+        case 0x09: elements = .signedIntegers((0..<count).map { Int32(Int8(truncatingIfNeeded: element($0))) })
+        case 0x0B: elements = .signedIntegers((0..<count).map { Int32(Int16(truncatingIfNeeded: element($0))) })
+        case 0x0C: elements = .signedIntegers((0..<count).map { Int32(truncatingIfNeeded: element($0)) })
+        case 0x0D: elements = .float32((0..<count).map { Float(bitPattern: UInt32(truncatingIfNeeded: element($0))) })
+        default: elements = .float64((0..<count).map { Double(bitPattern: element($0)) })
+        }
+        return IDXFile(shape: shape, elements: elements)
     }
 
     static func readPossiblyCompressed(_ path: String) throws -> [UInt8] {

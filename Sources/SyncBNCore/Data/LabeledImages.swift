@@ -1,13 +1,16 @@
 import Foundation
 
-/// Images flattened to rows of `featureSize` values in [0, 1], with a class label each.
+/// Images flattened to rows of `featureSize` values, with a class label each, and the shape each row had.
 ///
+/// `sampleShape` is [C, H, W] for images (a file of 2-D images gives [1, H, W]) and [F] for samples that
+/// were vectors in their file; `featureSize` is its product and rows are row-major in that shape (CHW).
 /// Images stored as unsigned bytes keep their bytes, so that a coordinator can ship a slice to a worker at
-/// one byte per pixel; the worker scales them with the same `scale(pixel:)`, so the Float32 values agree bit
-/// for bit.
+/// one byte per pixel; the worker scales them to [0, 1] with the same `scale(pixel:)`, so the Float32 values
+/// agree bit for bit. Other element types are kept as Float32 values, unscaled.
 public struct LabeledImages: Sendable {
     public let count: Int
     public let featureSize: Int
+    public let sampleShape: [Int]
     public let labels: [UInt8]
     public let storage: Storage
 
@@ -16,13 +19,24 @@ public struct LabeledImages: Sendable {
         case floats([Float])
     }
 
-    public init(count: Int, featureSize: Int, labels: [UInt8], storage: Storage) {
+    /// - Parameter sampleShape: the shape of one sample, whose product must be `featureSize`;
+    ///   `[featureSize]` when not given.
+    public init(count: Int, featureSize: Int, labels: [UInt8], storage: Storage, sampleShape: [Int]? = nil) {
         precondition(labels.count == count)
+        let shape = sampleShape ?? [featureSize]
+        precondition(shape.reduce(1, *) == featureSize, "a sample shape \(shape) does not hold \(featureSize) features")
         self.count = count
         self.featureSize = featureSize
+        self.sampleShape = shape
         self.labels = labels
         self.storage = storage
     }
+
+    /// The number of channels of a sample of `shape`: C of [C, H, W]; 1 for any other rank.
+    public static func channels(of shape: [Int]) -> Int { shape.count == 3 ? shape[0] : 1 }
+
+    /// The number of channels of each sample (C of [C, H, W]; 1 for vectors).
+    public var channels: Int { Self.channels(of: sampleShape) }
 
     @inline(__always)
     public static func scale(pixel: UInt8) -> Float { Float(pixel) / 255 }
@@ -45,46 +59,62 @@ public struct LabeledImages: Sendable {
     }
 
     /// The IDX image and label files of one split, checked against each other.
+    /// - Throws: `DataError` naming the file that is missing, malformed or does not match the other.
     public static func load(images: String, labels: String) throws -> LabeledImages {
-        let imageFile = try IDXFile.read(images), labelFile = try IDXFile.read(labels)
-        guard imageFile.shape.count >= 2 else { throw DataError("\(images): expected images of rank 2 or more, found shape \(imageFile.shape)") }
+        try LabeledImages(idxImages: IDXFile.read(images), labels: IDXFile.read(labels), imagesPath: images, labelsPath: labels)
+    }
+
+    /// One split from parsed IDX files: images of shape [N, F], [N, H, W] or [N, C, H, W] (samples [F],
+    /// [1, H, W], [C, H, W]); labels of shape [N], of any integer type, each in 0...255.
+    /// Unsigned-byte images stay bytes; other types become Float32 values as stored (no scaling).
+    public init(idxImages imageFile: IDXFile, labels labelFile: IDXFile, imagesPath: String, labelsPath: String) throws {
+        let sampleShape = try Self.sampleShape(fileShape: imageFile.shape, path: imagesPath)
         let count = imageFile.shape[0]
-        let featureSize = imageFile.shape.dropFirst().reduce(1, *)
-        guard labelFile.shape == [count], case .unsignedBytes(let labelBytes) = labelFile.elements else {
-            throw DataError("\(labels): expected \(count) unsigned-byte labels to match \(images), found shape \(labelFile.shape)")
+        guard labelFile.shape == [count] else {
+            throw DataError("\(labelsPath): expected \(count) labels (shape [\(count)]) to match \(imagesPath), found shape \(labelFile.shape)")
+        }
+        let labels: [UInt8]
+        switch labelFile.elements {
+        case .unsignedBytes(let bytes): labels = bytes
+        case .signedIntegers(let values): labels = try Self.labels(count: count, path: labelsPath) { Int64(values[$0]) }
+        case .float32, .float64:
+            throw DataError("\(labelsPath): labels must be integers, found floating-point values; write them as IDX type 0x08 (unsigned byte)")
         }
         let storage: Storage
         switch imageFile.elements {
         case .unsignedBytes(let bytes): storage = .bytes(bytes)
+        case .signedIntegers(let values): storage = .floats(values.map { Float($0) })
         case .float32(let values): storage = .floats(values)
+        case .float64(let values): storage = .floats(values.map { Float($0) })
         }
-        return LabeledImages(count: count, featureSize: featureSize, labels: labelBytes, storage: storage)
+        self.init(count: count, featureSize: sampleShape.reduce(1, *), labels: labels, storage: storage, sampleShape: sampleShape)
     }
-}
 
-/// The training and test splits of an MNIST-format data set in one directory
-/// (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`, `t10k-…`).
-public struct ImageDataset: Sendable {
-    public static let defaultDirectory = "/usr/share/datasets/fashion-mnist"
-
-    public let train: LabeledImages
-    public let test: LabeledImages
-
-    public static func load(directory: String) throws -> ImageDataset {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw DataError("no data directory at \(directory): install Fashion-MNIST with `apt-get install dataset-fashion-mnist`, or pass --data DIR")
+    /// The shape of one sample of a file of images of shape `fileShape` ([N, F], [N, H, W] or [N, C, H, W]):
+    /// [F], [1, H, W] or [C, H, W].
+    /// - Throws: `DataError` for any other rank, no samples or empty samples.
+    static func sampleShape(fileShape: [Int], path: String) throws -> [Int] {
+        guard (2...4).contains(fileShape.count) else {
+            throw DataError("\(path): expected images of shape [N, F], [N, H, W] or [N, C, H, W], found shape \(fileShape)")
         }
-        func file(_ stem: String) throws -> String {
-            for candidate in [stem, stem + ".gz"] {
-                let path = (directory as NSString).appendingPathComponent(candidate)
-                if FileManager.default.fileExists(atPath: path) { return path }
+        guard fileShape[0] > 0 else { throw DataError("\(path) holds no images (shape \(fileShape)): it is damaged or empty; write it again") }
+        guard !fileShape.contains(0) else { throw DataError("\(path): images of shape \(Array(fileShape.dropFirst())) hold no values; write the file again") }
+        let sample = Array(fileShape.dropFirst())
+        return sample.count == 2 ? [1] + sample : sample
+    }
+
+    /// `count` labels, the one of sample i read by `value(i)`.
+    /// - Throws: `DataError` naming the file and the first sample whose label is outside 0...255.
+    static func labels(count: Int, path: String, _ value: (Int) -> Int64) throws -> [UInt8] {
+        var labels = [UInt8](repeating: 0, count: count)
+        for i in 0..<count {
+            let label = value(i)
+            guard (0...255).contains(label) else {
+                throw DataError("\(path): the label of sample \(i) is \(label), outside 0...255; labels must be class numbers 0...255")
             }
-            throw DataError("\(directory) has no \(stem) or \(stem).gz: point --data at a directory of MNIST-format IDX files")
+            labels[i] = UInt8(label)
         }
-        return ImageDataset(
-            train: try .load(images: file("train-images-idx3-ubyte"), labels: file("train-labels-idx1-ubyte")),
-            test: try .load(images: file("t10k-images-idx3-ubyte"), labels: file("t10k-labels-idx1-ubyte")))
+        return labels
     }
 }
 
