@@ -10,8 +10,11 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "The model.safetensors to evaluate.")
     var model: String
 
-    @Option(help: "Directory of MNIST-format IDX files (plain or .gz).")
+    @Option(help: "Data directory: MNIST-format IDX files (plain or .gz), CIFAR-10 binary batches, or NumPy .npy files.")
     var data = ImageDataset.defaultDirectory
+
+    @Option(help: "Data format (idx, cifar10, npy); detected from the directory's files when not given.")
+    var dataFormat: DataFormat?
 
     @Flag(help: "Print one JSON object with accuracy, loss and samples.")
     var json = false
@@ -21,11 +24,13 @@ struct EvaluateCommand: ParsableCommand {
         BLAS.useSingleThread()
         try reportingErrors(logger) {
             let spec = try Network.spec(ofCheckpoint: model)
-            let dataset = try ImageDataset.load(directory: data)
+            let dataset = try ImageDataset.load(directory: data, format: dataFormat)
             try spec.check(against: dataset, source: data)
             let network = Network(spec: spec, plan: ChunkPlan(batchSize: 1, chunkSize: 1), optimizer: SGD(learningRate: 0, momentum: 0), seed: 0)
             try network.loadModel(from: model)
-            let result = network.evaluate(dataset.test)
+            let normalization = try Network.normalization(ofCheckpoint: model)
+            try normalization?.check(sampleShape: dataset.test.sampleShape)
+            let result = network.evaluate(dataset.test, normalization: normalization)
             if json {
                 let object: [String: Any] = ["accuracy": result.accuracy, "loss": result.loss, "samples": dataset.test.count, "model": model]
                 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])

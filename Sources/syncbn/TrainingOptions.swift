@@ -5,11 +5,21 @@ import SyncBNCluster
 
 extension BatchNormMode: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}
+extension DataFormat: ExpressibleByArgument {}
 
 /// The settings that decide a training run, shared by `train`, `launch` and `coordinator`.
 struct TrainingOptions: ParsableArguments {
-    @Option(help: "Directory of MNIST-format IDX files (plain or .gz).")
+    @Option(help: "Data directory: MNIST-format IDX files (plain or .gz), CIFAR-10 binary batches, or NumPy .npy files.")
     var data = ImageDataset.defaultDirectory
+
+    @Option(help: "Data format (idx, cifar10, npy); detected from the directory's files when not given.")
+    var dataFormat: DataFormat?
+
+    @Option(help: "Per-channel normalization of the input, MEAN,…,STD,… (e.g. 0.2860,0.3530 for Fashion-MNIST).")
+    var normalize: String?
+
+    @Option(help: "Deterministic augmentation of training samples: crop4 (pad 4, random crop), flip (horizontal), or crop4,flip.")
+    var augment: String?
 
     @Option(help: ArgumentHelp("Built-in network: \(ModelSpec.presetNames.joined(separator: ", ")).",
                                discussion: ModelSpec.presetSummaries.joined(separator: "\n")))
@@ -82,17 +92,21 @@ struct TrainingOptions: ParsableArguments {
 
     /// Loads the data and turns the options into a job's settings.
     func resolve() throws -> (TrainingConfig, ImageDataset) {
-        let dataset = try ImageDataset.load(directory: data)
+        let dataset = try ImageDataset.load(directory: data, format: dataFormat)
+        let pipeline = InputPipeline(normalization: try normalize.map { try Normalization(parsing: $0, sampleShape: dataset.train.sampleShape) },
+                                     augmentation: try augment.map { try Augmentation(parsing: $0) })
+        try pipeline.check(sampleShape: dataset.train.sampleShape)
         guard dataset.train.count >= batchSize else {
             throw ValidationError("--batch-size \(batchSize) is larger than the \(dataset.train.count) training samples in \(data)")
         }
         let spec = try resolveModel(for: dataset)
         let stepsPerEpoch = dataset.train.count / batchSize
         let totalSteps = steps ?? max(1, Int((Double(stepsPerEpoch) * (epochs ?? 1)).rounded()))
-        let config = TrainingConfig(
+        var config = TrainingConfig(
             model: spec, plan: ChunkPlan(batchSize: batchSize, chunkSize: chunkSize),
             optimizer: SGD(learningRate: lr, momentum: momentum), seed: seed, steps: totalSteps,
             shuffle: !noShuffle, logEvery: logEvery, evaluateEvery: evalEvery ?? stepsPerEpoch, schedule: lrSchedule)
+        config.inputPipeline = pipeline
         return (config, dataset)
     }
 

@@ -29,6 +29,26 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
         return directory
     }()
 
+    /// A CIFAR-10-format data set (binary batches of 3×32×32 images): 2 × 24 training and 10 test records.
+    static let cifarDataSet: String = {
+        let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-cifar-data-\(getpid())")
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var seed: UInt64 = 5
+        func next() -> UInt8 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 56) }
+        func records(_ count: Int) -> Data {
+            var bytes: [UInt8] = []
+            for i in 0..<count {
+                bytes.append(UInt8(i % 10))
+                for j in 0..<3072 { bytes.append((j / 32 + i % 10) % 5 == 0 ? 255 : next()) }
+            }
+            return Data(bytes)
+        }
+        for (name, count) in [("data_batch_1.bin", 24), ("data_batch_2.bin", 24), ("test_batch.bin", 10)] {
+            FileManager.default.createFile(atPath: (directory as NSString).appendingPathComponent(name), contents: records(count))
+        }
+        return directory
+    }()
+
     /// A residual net with an identity block and a stride-2 block whose shortcut is a 1×1 convolution + BN.
     static let residualModel: String = {
         let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-residual-\(getpid()).json")
@@ -100,6 +120,22 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
         XCTAssertTrue(result.succeeded, result.transcript)
         XCTAssertTrue(result.stderr.contains("declared dead"), result.transcript)
         XCTAssertEqual(try model(in: out), expected, "the conv run that lost a worker saved a different model")
+    }
+
+    func testResNet20OnCIFARFormatSavesTheSameModelForOneToFourWorkersAndEvaluates() throws {
+        // Normalized, augmented (crop and flip drawn per sample) CIFAR-format input through He et al.'s ResNet-20.
+        let flags = ["--data", Self.cifarDataSet, "--model", "resnet20", "--steps", "3", "--log-every", "3", "--batch-size", "8",
+                     "--chunk-size", "2", "--normalize", "0.5,0.5,0.5,0.25,0.25,0.25", "--augment", "crop4,flip"]
+        var model = Data()
+        for workers in 1...4 { model = try assertLaunchMatchesTrain(workers: workers, flags: flags) }
+        let plain = try reference(flags.filter { $0 != "--augment" && $0 != "crop4,flip" }).model
+        XCTAssertNotEqual(model, plain, "--augment crop4,flip changed nothing")
+        // evaluate needs nothing but the model file: the architecture and the normalization are in its metadata.
+        let directory = try makeTemporaryDirectory("resnet-model")
+        try model.write(to: directory.appendingPathComponent("model.safetensors"))
+        let evaluation = try runSuccessfully(["evaluate", "--model", directory.appendingPathComponent("model.safetensors").path,
+                                              "--data", Self.cifarDataSet, "--json"])
+        XCTAssertTrue(evaluation.stdout.contains("\"samples\":10"), evaluation.transcript)
     }
 
     /// Whether `directory`'s metrics.jsonl has `lines` lines within 60 s (training reached a step).

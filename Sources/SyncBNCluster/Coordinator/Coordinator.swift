@@ -217,7 +217,7 @@ public final class Coordinator: StepRunner {
     public func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics? {
         let (step, computeMetrics) = (input.step, input.computeMetrics)
         nextStep = step
-        data.copyFeatures(of: Array(input.samples), into: network.batchInput.storage)
+        config.pipeline.copyBatch(data, indices: input.samples, seed: config.seed, epoch: input.epoch, into: network.batchInput.storage)
         network.batchInput.rows = config.plan.batchSize
         // Encoded once; each worker's copy differs only in its chunk assignment.
         var stepMessage: [UInt8]
@@ -225,7 +225,7 @@ public final class Coordinator: StepRunner {
         if let ahead = sentAhead, ahead.step == step {
             (stepMessage, alreadySent) = (ahead.message, ahead.members)
         } else {
-            stepMessage = Self.encodeStep(input, data: data)
+            stepMessage = encodeStep(input)
         }
         sentAhead = nil
         let stepStarted = Date()
@@ -240,7 +240,7 @@ public final class Coordinator: StepRunner {
                 let metrics = try attemptStep(step, message: &stepMessage, sendStep: sendStep, computeMetrics: computeMetrics)
                 if let next {
                     // Workers start the next step while this replica updates: the update is off their path.
-                    var message = Self.encodeStep(next, data: data)
+                    var message = encodeStep(next)
                     if (try? sendStepMessages(&message)) != nil {
                         sentAhead = (next.step, message, members.map(\.identity))
                     }
@@ -284,9 +284,11 @@ public final class Coordinator: StepRunner {
         logger.info("resuming at step \(step + 1) with \(members.count) worker(s)")
     }
 
-    static func encodeStep(_ input: StepInput, data: LabeledImages) -> [UInt8] {
-        Message.step(step: UInt64(input.step), firstChunk: 0, chunkCount: 0, computeMetrics: input.computeMetrics,
-                     batch: BatchData(data, indices: input.samples)).encoded()
+    /// The step message for `input`, with the batch augmented as `train` augments it (workers only normalize).
+    func encodeStep(_ input: StepInput) -> [UInt8] {
+        let batch = config.pipeline.augmentation == nil ? BatchData(data, indices: input.samples)
+            : BatchData(config.pipeline.batch(data, indices: input.samples, seed: config.seed, epoch: input.epoch), indices: 0..<input.samples.count)
+        return Message.step(step: UInt64(input.step), firstChunk: 0, chunkCount: 0, computeMetrics: input.computeMetrics, batch: batch).encoded()
     }
 
     /// Sends each member `message` with its chunk assignment.

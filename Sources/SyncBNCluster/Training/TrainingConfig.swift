@@ -14,6 +14,13 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// The test set is evaluated every `evaluateEvery` steps (and after the last step).
     public var evaluateEvery: Int
     public var schedule: LearningRateSchedule
+    /// Augmentation and normalization of the input (nil: neither).
+    public var inputPipeline: InputPipeline?
+    /// Consecutive samples of the global batch whose statistics each BatchNorm layer uses (nil: the whole
+    /// batch, SyncBN). A multiple of the chunk size that divides the batch size.
+    public var batchNormGroupSize: Int?
+
+    public var pipeline: InputPipeline { inputPipeline ?? InputPipeline() }
 
     public init(model: ModelSpec, plan: ChunkPlan, optimizer: SGD, seed: UInt64, steps: Int, shuffle: Bool, logEvery: Int, evaluateEvery: Int,
                 schedule: LearningRateSchedule = .constant) {
@@ -43,11 +50,14 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 /// loss and accuracy are wanted.
 public struct StepInput: Sendable {
     public let step: Int
+    /// The epoch the step belongs to, which draws its augmentation.
+    public let epoch: Int
     public let samples: ArraySlice<Int>
     public let computeMetrics: Bool
 
-    public init(step: Int, samples: ArraySlice<Int>, computeMetrics: Bool) {
+    public init(step: Int, epoch: Int = 0, samples: ArraySlice<Int>, computeMetrics: Bool) {
         self.step = step
+        self.epoch = epoch
         self.samples = samples
         self.computeMetrics = computeMetrics
     }
@@ -68,9 +78,11 @@ public final class LocalStepRunner: StepRunner {
     private let data: LabeledImages
     private let collective: LocalCollective
     private let learningRate: (Int) -> Float
+    private let config: TrainingConfig
 
     public init(network: Network, data: LabeledImages, config: TrainingConfig) {
         self.network = network
+        self.config = config
         learningRate = config.learningRate(atStep:)
         self.data = data
         collective = LocalCollective(plan: network.plan, valuesPerRow: network.momentScales)
@@ -80,7 +92,7 @@ public final class LocalStepRunner: StepRunner {
         let (step, samples) = (input.step, input.samples)
         let slice = BatchSlice.whole(network.plan)
         network.optimizer.learningRate = learningRate(step)
-        data.copyFeatures(of: Array(samples), into: network.batchInput.storage)
+        config.pipeline.copyBatch(data, indices: samples, seed: config.seed, epoch: input.epoch, into: network.batchInput.storage)
         network.input.storage.update(from: network.batchInput.storage, count: samples.count * data.featureSize)
         for (row, index) in samples.enumerated() { network.labels[row] = Int32(data.labels[index]) }
         return try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics, step: step)

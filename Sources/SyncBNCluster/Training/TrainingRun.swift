@@ -57,7 +57,7 @@ public final class TrainingRun {
                 permutations = permutations.filter { $0.key >= epoch - 1 }
                 permutations[epoch] = order.permutation(epoch: epoch)
             }
-            return StepInput(step: step, samples: order.samples(step: step, permutation: permutations[epoch]!),
+            return StepInput(step: step, epoch: epoch, samples: order.samples(step: step, permutation: permutations[epoch]!),
                              computeMetrics: evaluates(step) || (step + 1) % config.logEvery == 0)
         }
         var stepSeconds: [Double] = []
@@ -84,7 +84,7 @@ public final class TrainingRun {
             }
             var record: [String: Any] = ["step": step + 1, "loss": metrics.loss, "train_accuracy": metrics.accuracy, "epoch": Double(step + 1) / Double(order.stepsPerEpoch)]
             if evaluate {
-                lastTest = runner.network.evaluate(dataset.test)
+                lastTest = runner.network.evaluate(dataset.test, normalization: config.pipeline.normalization)
                 record["test_loss"] = lastTest.loss
                 record["test_accuracy"] = lastTest.accuracy
             }
@@ -101,10 +101,10 @@ public final class TrainingRun {
         var modelPath: String?
         if let outputDirectory {
             let path = (outputDirectory as NSString).appendingPathComponent("model.safetensors")
-            try runner.network.saveModel(to: path)
+            try runner.network.saveModel(to: path, metadata: config.pipeline.normalization.map { [Network.normalizationMetadataKey: $0.description] } ?? [:])
             modelPath = path
         }
-        if lastTest.loss.isNaN { lastTest = runner.network.evaluate(dataset.test) }
+        if lastTest.loss.isNaN { lastTest = runner.network.evaluate(dataset.test, normalization: config.pipeline.normalization) }
         let median = stepSeconds.isEmpty ? 0 : stepSeconds.sorted()[stepSeconds.count / 2]
         return Summary(steps: config.steps, test: lastTest, medianStepSeconds: median, modelPath: modelPath)
     }

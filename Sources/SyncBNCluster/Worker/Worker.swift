@@ -148,6 +148,7 @@ public final class Worker {
             throw ClusterError("step \(step + 1) carries \(batch.rows) rows of \(batch.featureSize) features for a batch of \(config.plan.batchSize) rows of \(config.model.inputSize)")
         }
         batch.copyFeatures(into: network.batchInput.storage)
+        config.pipeline.normalize(network.batchInput.storage, rows: batch.rows, shape: config.model.input.dimensions)
         let rows = slice.globalRows
         network.input.storage.update(from: network.batchInput.row(rows.lowerBound), count: rows.count * config.model.inputSize)
         for (row, label) in batch.labels[rows].enumerated() {

@@ -79,9 +79,12 @@ extension Network {
         velocity.floats.withUnsafeBufferPointer { store.velocity.update(from: $0.baseAddress!, count: store.count) }
     }
 
-    /// Writes the state_dict, with the architecture in the metadata, atomically.
-    public func saveModel(to path: String) throws {
-        try Self.writeAtomically(Safetensors.encode(stateDict(), metadata: modelMetadata), to: path)
+    /// The metadata key of the input normalization a model was trained with ("MEAN,…,STD,…", as --normalize).
+    public static let normalizationMetadataKey = "syncbn.normalize"
+
+    /// Writes the state_dict, with the architecture (and `metadata`) in the metadata, atomically.
+    public func saveModel(to path: String, metadata: [String: String] = [:]) throws {
+        try Self.writeAtomically(Safetensors.encode(stateDict(), metadata: modelMetadata.merging(metadata) { $1 }), to: path)
     }
 
     public func loadModel(from path: String) throws {
@@ -104,6 +107,13 @@ extension Network {
         } catch let error as ModelError {
             throw CheckpointError("\(path): its \(modelMetadataKey) metadata is not a valid model: \(error.description)")
         }
+    }
+
+    /// The input normalization a saved model was trained with, if any (its metadata).
+    public static func normalization(ofCheckpoint path: String) throws -> Normalization? {
+        guard let data = FileManager.default.contents(atPath: path) else { throw CheckpointError("cannot read \(path): check the path") }
+        guard let text = try Safetensors.metadata(Array(data), source: path)[normalizationMetadataKey] else { return nil }
+        return try Normalization(parsing: text)
     }
 
     private func buffer(_ offset: Int, _ count: Int) -> UnsafeBufferPointer<Float> {

@@ -321,7 +321,7 @@ public final class Network {
     /// Mean cross-entropy and accuracy over a whole data set, in batches of `batchSize`.
     /// - Precondition: the data's samples have the model's input size and labels below its classes
     ///   (callers check both and report the mismatch).
-    public func evaluate(_ data: LabeledImages, batchSize: Int = 250) -> StepMetrics {
+    public func evaluate(_ data: LabeledImages, normalization: Normalization? = nil, batchSize: Int = 250) -> StepMetrics {
         precondition(data.featureSize == spec.input.count, "the data's images do not match the model's input size")
         var lossSum = 0.0, correct = 0
         var start = 0
@@ -330,6 +330,7 @@ public final class Network {
             let count = min(batchSize, data.count - start)
             let x = Matrix(capacity: count, columns: spec.input.count)
             data.copyFeatures(of: start..<(start + count), into: x.storage)
+            InputPipeline(normalization: normalization).normalize(x.storage, rows: count, shape: data.sampleShape)
             let logits = infer(x)
             for r in 0..<count {
                 let z = logits.row(r), label = Int(data.labels[start + r])
