@@ -66,7 +66,7 @@ final class BatchNormTests: XCTestCase {
 
     private func forward(_ norm: BatchNorm, _ store: ParameterStore, _ x: [Float], mode: BatchNormMode = .sync) throws -> [Float] {
         let matrix = makeMatrix(x, rows: plan.batchSize, columns: features)
-        let y = try norm.forward(matrix, slice: .whole(plan), mode: mode, collective: LocalCollective(plan: plan), store: store).toArray()
+        let y = try norm.forward(matrix, slice: .whole(plan), mode: mode, collective: LocalCollective(plan: plan, valuesPerRow: flatScales), store: store).toArray()
         norm.commitRunningStatistics(count: plan.batchSize)  // what Network.finishStep does at the end of a step
         return y
     }
@@ -77,7 +77,7 @@ final class BatchNormTests: XCTestCase {
         scratch.initialize(repeating: 0, count: plan.chunkCount * 2 * features)
         defer { scratch.deallocate() }
         return try norm.backward(makeMatrix(dy, rows: plan.batchSize, columns: features), slice: .whole(plan), mode: mode,
-                                 collective: LocalCollective(plan: plan), store: store,
+                                 collective: LocalCollective(plan: plan, valuesPerRow: flatScales), store: store,
                                  gradients: chunkGradients ?? scratch, gradientWidth: 2 * features).toArray()
     }
 

@@ -129,7 +129,7 @@ final class StateDictTests: XCTestCase {
         let x = randomFloats(plan.batchSize * 784, seed: 3, low: 0, high: 1)
         network.input.assign(x, rows: plan.batchSize)
         for r in 0..<plan.batchSize { network.labels[r] = Int32(r % 10) }
-        for _ in 0..<2 { try network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan), computeMetrics: false) }
+        for _ in 0..<2 { try network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan, valuesPerRow: flatScales), computeMetrics: false) }
         return network
     }
 

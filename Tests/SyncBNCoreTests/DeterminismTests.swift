@@ -16,7 +16,7 @@ final class RecordingCollective: Collective {
     var floats: [(Round, [Float])] = []
     var order: [Round] = []
 
-    init(plan: ChunkPlan) { inner = LocalCollective(plan: plan) }
+    init(plan: ChunkPlan) { inner = LocalCollective(plan: plan, valuesPerRow: flatScales) }
 
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
         try inner.allReduce(round, partials: partials, into: result)
@@ -82,7 +82,7 @@ final class DeterminismTests: XCTestCase {
         var losses: [UInt64] = []
         for step in 0..<steps {
             load(network, step: step, rows: 0..<plan.batchSize)
-            let metrics = try network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan), computeMetrics: true)
+            let metrics = try network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan, valuesPerRow: flatScales), computeMetrics: true)
             losses.append(try XCTUnwrap(metrics).loss.bitPattern)
         }
         return (State(network), losses)

@@ -11,7 +11,7 @@ extension StepContext {
         let context = StepContext(plan: slice.plan, store: store, batchNorm: mode, seed: seed, chunkGradients: scratch, gradientWidth: gradientWidth)
         context.slice = slice
         context.chunks = slice.localChunkRows
-        context.collective = collective ?? LocalCollective(plan: slice.plan)
+        context.collective = collective ?? LocalCollective(plan: slice.plan, valuesPerRow: flatScales)
         context.step = step
         return context
     }

@@ -183,10 +183,7 @@ final class ModelFileTests: XCTestCase {
     }
 
     func testSettingErrorsNameTheLayerByItsIndex() throws {
-        // FAILS: LayerSpec.init(from:) (Sources/SyncBNCore/Model/LayerSpec.swift:150) prefixes "layers." to a
-        // coding path that already starts with "layers", so the second layer is named "layers.layers.1"
-        // (inside a Residual: "layers.layers.0.body.1").
-        try XCTSkipIf(true, "bug: decoding errors name the layer \"layers.layers.1\" instead of \"layers.1\" (LayerSpec.swift:150)")
+        // Regression: the layer's place was once printed "layers.layers.1".
         let top = error(#"{"type": "Flatten"}, {"type": "Conv3d"}"#)
         assertMentions(top, ["layers.1"])
         XCTAssertFalse(top.contains("layers.layers"), top)

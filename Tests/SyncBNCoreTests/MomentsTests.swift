@@ -208,7 +208,7 @@ final class MomentsTests: XCTestCase {
         let features = 3
         let x = randomNormals(10 * features, seed: 7, mean: 2, std: 1)
         let partials = chunkPartials(x, counts: [4, 4, 2], features: features)
-        let collective = LocalCollective(plan: plan)
+        let collective = LocalCollective(plan: plan, valuesPerRow: flatScales)
         let viaCollective = try withDoubles(2 * features) { out in
             try partials.withUnsafeBufferPointer { try collective.allReduce(.moments(layer: 0), partials: $0, into: out) }
         }

@@ -103,7 +103,7 @@ final class NetworkGradientTests: XCTestCase {
 
     private func step(_ network: Network) throws -> Double {
         let plan = network.plan
-        return try XCTUnwrap(network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan), computeMetrics: true)).loss
+        return try XCTUnwrap(network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan, valuesPerRow: flatScales), computeMetrics: true)).loss
     }
 
     func testThePlansExerciseBothGradientExchangeMethods() {

@@ -65,3 +65,7 @@ func withDoubles(_ count: Int, _ body: (UnsafeMutableBufferPointer<Double>) thro
     try out.withUnsafeMutableBufferPointer { try body($0) }
     return out
 }
+
+/// `LocalCollective`'s values per row for networks whose BatchNorm layers are all BatchNorm1d (one value per
+/// row and feature).
+let flatScales = Array(repeating: 1, count: 64)

@@ -84,7 +84,7 @@ public final class StepContext {
         self.gradientWidth = gradientWidth ?? store.count
         slice = .whole(plan)
         chunks = slice.localChunkRows
-        collective = LocalCollective(plan: plan)
+        collective = LocalCollective(plan: plan, valuesPerRow: [])  // replaced by each step's collective
         self.store = store
         self.batchNorm = batchNorm
         step = 0

@@ -145,9 +145,10 @@ extension LayerSpec: Codable {
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: Key.self)
         let type = try container.decode(String.self, forKey: Key("type"))
-        let where_ = decoder.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+        // The coding path reads "layers.4.body.1": the layer's place in the model file.
+        let place = decoder.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
         func fail(_ why: String) -> DecodingError {
-            .dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "\(type) at layers.\(where_): \(why)"))
+            .dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "\(type) at \(place): \(why)"))
         }
         var allowed: Set<String> = ["type"]
         func int(_ key: String, default value: Int? = nil, minimum: Int = 1) throws -> Int {

@@ -51,17 +51,21 @@ public protocol Collective: AnyObject {
 /// The collective of a single process that holds the whole batch: it reduces locally.
 public final class LocalCollective: Collective {
     public let plan: ChunkPlan
-    /// Values per row and feature of each BatchNorm layer's moments (H·W for BatchNorm2d; 1 if absent).
+    /// Values per row and feature of each BatchNorm layer's moments, by layer index: H·W for BatchNorm2d, 1 for
+    /// BatchNorm1d (`Network.momentScales`). Moments of a layer not listed are refused.
     public let valuesPerRow: [Int]
 
-    public init(plan: ChunkPlan, valuesPerRow: [Int] = []) {
+    public init(plan: ChunkPlan, valuesPerRow: [Int]) {
         self.plan = plan
         self.valuesPerRow = valuesPerRow
     }
 
     public func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
         var scale = 1
-        if case .moments(let layer) = round, layer < valuesPerRow.count { scale = valuesPerRow[layer] }
+        if case .moments(let layer) = round {
+            precondition(layer < valuesPerRow.count, "LocalCollective was not told how many values a row of BatchNorm \(layer) counts")
+            scale = valuesPerRow[layer]
+        }
         round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: result.count, valuesPerRow: scale, into: result)
     }
 
