@@ -33,7 +33,7 @@ public final class Activation: Layer {
         case .sigmoid:
             for i in 0..<dy.count { dx[i] = g[i] * (y[i] * (1 - y[i])) }
         case .relu:
-            for i in 0..<dy.count { dx[i] = y[i] > 0 ? g[i] : 0 }
+            Self.reluBackward(y, g, dx, count: dy.count)
         case .tanh:
             for i in 0..<dy.count { dx[i] = g[i] * (1 - y[i] * y[i]) }
         }
@@ -46,13 +46,26 @@ public final class Activation: Layer {
         return y
     }
 
+    /// dx = dy where y > 0, else 0; sixteen lanes at a time.
+    private static func reluBackward(_ y: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, count: Int) {
+        let lanes = 16, whole = count / lanes * lanes
+        var i = 0
+        while i < whole {
+            let yv = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD16<Float>.self)
+            let gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(dx + i).storeBytes(of: gv.replacing(with: 0, where: yv .<= 0), as: SIMD16<Float>.self)
+            i += lanes
+        }
+        for j in whole..<count { dx[j] = y[j] > 0 ? g[j] : 0 }
+    }
+
     /// y = f(x), element by element.
     static func apply(_ kind: Kind, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
         switch kind {
         case .sigmoid:
             for i in 0..<count { y[i] = 1 / (1 + expf(-x[i])) }
         case .relu:
-            for i in 0..<count { y[i] = max(x[i], 0) }
+            VectorKernels.relu(x, y, count: count)
         case .tanh:
             for i in 0..<count { y[i] = tanhf(x[i]) }
         }

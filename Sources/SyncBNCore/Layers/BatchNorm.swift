@@ -147,12 +147,8 @@ public final class BatchNorm: Layer {
         for r in 0..<x.rows {
             let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
             for f in 0..<features {
-                let m = mean[f], inv = inverseStd[f], gf = g[f], bf = b[f]
-                for i in (f * s)..<(f * s + s) {
-                    let xhat = Float((Double(xr[i]) - m) * inv)
-                    nr[i] = xhat
-                    yr[i] = gf * xhat + bf
-                }
+                VectorKernels.normalize(xr + f * s, xhat: nr + f * s, y: yr + f * s, count: s,
+                                        mean: mean[f], inverseStd: inverseStd[f], gamma: g[f], beta: b[f])
             }
         }
         return output
@@ -203,10 +199,9 @@ public final class BatchNorm: Layer {
             for r in rows {
                 let g = dy.row(r), xhat = normalized.row(r)
                 for f in 0..<features {
-                    for i in (f * s)..<(f * s + s) {
-                        sumDy[f] += Double(g[i])
-                        sumDyXhat[f] += Double(g[i]) * Double(xhat[i])
-                    }
+                    let (dySum, dyXhatSum) = VectorKernels.sumAndDot(g + f * s, xhat + f * s, count: s)
+                    sumDy[f] += dySum
+                    sumDyXhat[f] += dyXhatSum
                 }
             }
         }
@@ -245,10 +240,8 @@ public final class BatchNorm: Layer {
         for r in 0..<dy.rows {
             let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
             for f in 0..<features {
-                let sf = scale[f], mf = meanDy[f], mxf = meanDyXhat[f]
-                for i in (f * s)..<(f * s + s) {
-                    dx[i] = sf * (gr[i] - mf - xhat[i] * mxf)
-                }
+                VectorKernels.batchNormInputGradient(gr + f * s, xhat: xhat + f * s, dx: dx + f * s, count: s,
+                                                     scale: scale[f], meanDy: meanDy[f], meanDyXhat: meanDyXhat[f])
             }
         }
         return inputGradient

@@ -70,26 +70,40 @@ public final class Conv2d: Layer {
 
     // MARK: im2col and col2im
 
+    /// The output columns j whose input column j·stride − padding + kj lies inside [0, width).
+    @inline(__always)
+    private func validColumns(kj: Int) -> Range<Int> {
+        let w = inputShape.width, ow = outputShape.width
+        let first = padding - kj <= 0 ? 0 : (padding - kj + stride - 1) / stride
+        let lastInput = w - 1 + padding - kj
+        let end = lastInput < 0 ? 0 : min(ow, lastInput / stride + 1)
+        return first..<max(first, end)
+    }
+
     /// Fills `columns` (K × n·P, leading dimension n·P) from samples `rows` of `x`.
     private func im2col(_ x: Matrix, rows: Range<Int>, into columns: UnsafeMutablePointer<Float>) {
         let (h, w) = (inputShape.height, inputShape.width)
         let (oh, ow) = (outputShape.height, outputShape.width)
         let p = oh * ow, ld = rows.count * p, k = kernelSize
-        for (n, r) in rows.enumerated() {
-            let sample = x.row(r)
-            for c in 0..<inChannels {
-                let plane = sample + c * h * w
-                for ki in 0..<k {
-                    for kj in 0..<k {
+        for kj in 0..<k {
+            let valid = validColumns(kj: kj), offset = kj - padding
+            for (n, r) in rows.enumerated() {
+                let sample = x.row(r)
+                for c in 0..<inChannels {
+                    let plane = sample + c * h * w
+                    for ki in 0..<k {
                         let out = columns + ((c * k + ki) * k + kj) * ld + n * p
                         for i in 0..<oh {
                             let row = i * stride - padding + ki
                             let target = out + i * ow
-                            guard row >= 0 && row < h else { target.update(repeating: 0, count: ow); continue }
+                            guard row >= 0 && row < h, !valid.isEmpty else { target.update(repeating: 0, count: ow); continue }
+                            if valid.lowerBound > 0 { target.update(repeating: 0, count: valid.lowerBound) }
+                            if valid.upperBound < ow { (target + valid.upperBound).update(repeating: 0, count: ow - valid.upperBound) }
                             let source = plane + row * w
-                            for j in 0..<ow {
-                                let col = j * stride - padding + kj
-                                target[j] = col >= 0 && col < w ? source[col] : 0
+                            if stride == 1 {
+                                (target + valid.lowerBound).update(from: source + valid.lowerBound + offset, count: valid.count)
+                            } else {
+                                for j in valid { target[j] = source[j * stride + offset] }
                             }
                         }
                     }
@@ -103,21 +117,25 @@ public final class Conv2d: Layer {
         let (h, w) = (inputShape.height, inputShape.width)
         let (oh, ow) = (outputShape.height, outputShape.width)
         let p = oh * ow, ld = rows.count * p, k = kernelSize
+        for r in rows { dx.row(r).update(repeating: 0, count: inputShape.count) }
         for (n, r) in rows.enumerated() {
             let sample = dx.row(r)
-            sample.update(repeating: 0, count: inputShape.count)
             for c in 0..<inChannels {
                 let plane = sample + c * h * w
                 for ki in 0..<k {
                     for kj in 0..<k {
+                        let valid = validColumns(kj: kj), offset = kj - padding
+                        guard !valid.isEmpty else { continue }
                         let source = columns + ((c * k + ki) * k + kj) * ld + n * p
                         for i in 0..<oh {
                             let row = i * stride - padding + ki
                             guard row >= 0 && row < h else { continue }
                             let target = plane + row * w, values = source + i * ow
-                            for j in 0..<ow {
-                                let col = j * stride - padding + kj
-                                if col >= 0 && col < w { target[col] += values[j] }
+                            if stride == 1 {
+                                let t = target + offset
+                                for j in valid { t[j] += values[j] }
+                            } else {
+                                for j in valid { target[j * stride + offset] += values[j] }
                             }
                         }
                     }

@@ -26,28 +26,44 @@ public final class MaxPool2d: Layer {
 
     deinit { argmax.deallocate() }
 
-    /// Pools one sample `x` into `y`, writing the maxima's positions to `indices` if given.
-    private func pool(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, indices: UnsafeMutablePointer<Int32>?) {
+    /// Pools one sample `x` into `y`, writing each maximum's position to `indices`.
+    private func pool(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, indices: UnsafeMutablePointer<Int32>) {
         let (c, h, w) = (inputShape.channels, inputShape.height, inputShape.width)
         let (oh, ow) = (outputShape.height, outputShape.width)
+        if kernelSize == 2 && stride == 2 && padding == 0 {
+            // The common case, without window bounds: the four values in scan order, the first of equals winning.
+            for ch in 0..<c {
+                let plane = ch * h * w
+                for i in 0..<oh {
+                    let top = plane + 2 * i * w, out = (ch * oh + i) * ow
+                    for j in 0..<ow {
+                        let a = top + 2 * j
+                        var best = x[a], index = a
+                        if x[a + 1] > best { best = x[a + 1]; index = a + 1 }
+                        if x[a + w] > best { best = x[a + w]; index = a + w }
+                        if x[a + w + 1] > best { best = x[a + w + 1]; index = a + w + 1 }
+                        y[out + j] = best
+                        indices[out + j] = Int32(index)
+                    }
+                }
+            }
+            return
+        }
         for ch in 0..<c {
             let plane = ch * h * w
             for i in 0..<oh {
+                let rows = max(0, i * stride - padding)..<min(h, i * stride - padding + kernelSize)
                 for j in 0..<ow {
-                    var best = -Float.infinity, bestIndex = -1
-                    for ki in 0..<kernelSize {
-                        let row = i * stride - padding + ki
-                        guard row >= 0 && row < h else { continue }
-                        for kj in 0..<kernelSize {
-                            let col = j * stride - padding + kj
-                            guard col >= 0 && col < w else { continue }
-                            let index = plane + row * w + col
-                            if x[index] > best || bestIndex < 0 { best = x[index]; bestIndex = index }
-                        }
+                    let columns = max(0, j * stride - padding)..<min(w, j * stride - padding + kernelSize)
+                    var index = plane + rows.lowerBound * w + columns.lowerBound
+                    var best = x[index]
+                    for row in rows {
+                        let line = plane + row * w
+                        for col in columns where x[line + col] > best { best = x[line + col]; index = line + col }
                     }
                     let o = (ch * oh + i) * ow + j
                     y[o] = best
-                    indices?[o] = Int32(bestIndex)
+                    indices[o] = Int32(index)
                 }
             }
         }
@@ -73,7 +89,9 @@ public final class MaxPool2d: Layer {
 
     public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
         let y = Matrix(capacity: x.rows, columns: outputShape.count)
-        for r in 0..<x.rows { pool(x.row(r), y.row(r), indices: nil) }
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: outputShape.count) { scratch in
+            for r in 0..<x.rows { pool(x.row(r), y.row(r), indices: scratch.baseAddress!) }
+        }
         return y
     }
 }

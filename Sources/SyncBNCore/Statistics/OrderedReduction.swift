@@ -71,21 +71,13 @@ public enum OrderedReduction {
         let rowWidth = features * spatial
         for r in rows {
             let row = x + r * rowWidth
-            for f in 0..<features {
-                for i in (f * spatial)..<(f * spatial + spatial) { mean[f] += Double(row[i]) }
-            }
+            for f in 0..<features { mean[f] += VectorKernels.sum(row + f * spatial, count: spatial) }
         }
         let n = Double(rows.count * spatial)
         for f in 0..<features { mean[f] /= n }
         for r in rows {
             let row = x + r * rowWidth
-            for f in 0..<features {
-                let m = mean[f]
-                for i in (f * spatial)..<(f * spatial + spatial) {
-                    let d = Double(row[i]) - m
-                    m2[f] += d * d
-                }
-            }
+            for f in 0..<features { m2[f] += VectorKernels.squaredDeviations(row + f * spatial, count: spatial, mean: mean[f]) }
         }
     }
 }

@@ -1,0 +1,109 @@
+/// Inner loops over contiguous runs of values, written with SIMD lanes so that they vectorize. Each is
+/// deterministic: the same input gives the same bits, and a run of one value gives exactly what the plain
+/// scalar expression gives (so BatchNorm1d, whose runs are one value long, is unchanged by them).
+enum VectorKernels {
+    private static let lanes = 8
+
+    /// Σ Double(x[i]) over `count` values: eight running sums, added pairwise, then the tail in order.
+    @inline(__always)
+    static func sum(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        var i = 0, total = 0.0
+        if count >= lanes {
+            var acc = SIMD8<Double>(repeating: 0)
+            while i + lanes <= count {
+                acc += SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+                i += lanes
+            }
+            total = acc.sum()
+        }
+        while i < count { total += Double(x[i]); i += 1 }
+        return total
+    }
+
+    /// Σ (Double(x[i]) − mean)² over `count` values, grouped as `sum`.
+    @inline(__always)
+    static func squaredDeviations(_ x: UnsafePointer<Float>, count: Int, mean: Double) -> Double {
+        var i = 0, total = 0.0
+        if count >= lanes {
+            var acc = SIMD8<Double>(repeating: 0)
+            let m = SIMD8<Double>(repeating: mean)
+            while i + lanes <= count {
+                let d = SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)) - m
+                acc += d * d
+                i += lanes
+            }
+            total = acc.sum()
+        }
+        while i < count { let d = Double(x[i]) - mean; total += d * d; i += 1 }
+        return total
+    }
+
+    /// (Σ Double(g[i]), Σ Double(g[i])·Double(h[i])) over `count` values, grouped as `sum`.
+    @inline(__always)
+    static func sumAndDot(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, count: Int) -> (Double, Double) {
+        var i = 0, s = 0.0, d = 0.0
+        if count >= lanes {
+            var sv = SIMD8<Double>(repeating: 0), dv = SIMD8<Double>(repeating: 0)
+            while i + lanes <= count {
+                let gv = SIMD8<Double>(UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self))
+                let hv = SIMD8<Double>(UnsafeRawPointer(h + i).loadUnaligned(as: SIMD8<Float>.self))
+                sv += gv
+                dv += gv * hv
+                i += lanes
+            }
+            s = sv.sum(); d = dv.sum()
+        }
+        while i < count { s += Double(g[i]); d += Double(g[i]) * Double(h[i]); i += 1 }
+        return (s, d)
+    }
+
+    /// x̂ = Float((Double(x) − mean)·inverseStd), y = γ·x̂ + β, for `count` values.
+    @inline(__always)
+    static func normalize(_ x: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int,
+                          mean: Double, inverseStd: Double, gamma: Float, beta: Float) {
+        var i = 0
+        let m = SIMD8<Double>(repeating: mean), inv = SIMD8<Double>(repeating: inverseStd)
+        let g = SIMD8<Float>(repeating: gamma), b = SIMD8<Float>(repeating: beta)
+        while i + lanes <= count {
+            let xv = SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+            let h = SIMD8<Float>((xv - m) * inv)
+            UnsafeMutableRawPointer(xhat + i).storeBytes(of: h, as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(y + i).storeBytes(of: g * h + b, as: SIMD8<Float>.self)
+            i += lanes
+        }
+        while i < count {
+            let h = Float((Double(x[i]) - mean) * inverseStd)
+            xhat[i] = h
+            y[i] = gamma * h + beta
+            i += 1
+        }
+    }
+
+    /// dx = scale·(dy − meanDy − x̂·meanDyXhat), for `count` values.
+    @inline(__always)
+    static func batchNormInputGradient(_ dy: UnsafePointer<Float>, xhat: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int,
+                                       scale: Float, meanDy: Float, meanDyXhat: Float) {
+        var i = 0
+        let s = SIMD8<Float>(repeating: scale), md = SIMD8<Float>(repeating: meanDy), mx = SIMD8<Float>(repeating: meanDyXhat)
+        while i + lanes <= count {
+            let g = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD8<Float>.self)
+            let h = UnsafeRawPointer(xhat + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(dx + i).storeBytes(of: s * (g - md - h * mx), as: SIMD8<Float>.self)
+            i += lanes
+        }
+        while i < count { dx[i] = scale * (dy[i] - meanDy - xhat[i] * meanDyXhat); i += 1 }
+    }
+
+    /// y = max(x, 0) for `count` values.
+    @inline(__always)
+    static func relu(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        var i = 0
+        let zero = SIMD8<Float>(repeating: 0)
+        while i + lanes <= count {
+            let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(y + i).storeBytes(of: v.replacing(with: zero, where: v .< zero), as: SIMD8<Float>.self)
+            i += lanes
+        }
+        while i < count { y[i] = max(x[i], 0); i += 1 }
+    }
+}
