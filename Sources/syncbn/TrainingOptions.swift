@@ -31,6 +31,10 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "BatchNorm: sync (global batch statistics), local (each worker's slice), none (no BN layers).")
     var bn: BatchNormMode = .sync
 
+    @Option(help: ArgumentHelp("BatchNorm statistics over consecutive groups of G samples of the global batch (default: the whole batch).",
+                               discussion: "A multiple of --chunk-size that divides --batch-size. G equal to each worker's slice reproduces per-device BN deterministically; values in between are sync groups and ghost BN."))
+    var bnGroupSize: Int?
+
     @Option(help: "Global mini-batch size, split across workers.")
     var batchSize = 60
 
@@ -78,6 +82,12 @@ struct TrainingOptions: ParsableArguments {
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard bn == .none || batchSize >= 2 else { throw ValidationError("--batch-size must be at least 2 with BatchNorm: the variance of one sample is undefined (or use --bn none)") }
         guard chunkSize >= 1 else { throw ValidationError("--chunk-size must be at least 1") }
+        if let bnGroupSize {
+            guard bn == .sync else { throw ValidationError("--bn-group-size groups synchronized BatchNorm: use it with --bn sync (the default)") }
+            guard bnGroupSize >= 1, bnGroupSize % min(chunkSize, batchSize) == 0, batchSize % bnGroupSize == 0 else {
+                throw ValidationError("--bn-group-size \(bnGroupSize) must be a multiple of --chunk-size \(chunkSize) that divides --batch-size \(batchSize)")
+            }
+        }
         if let steps { guard steps >= 1 else { throw ValidationError("--steps must be at least 1") } }
         if let epochs { guard epochs > 0, epochs.isFinite else { throw ValidationError("--epochs must be a positive number") } }
         guard lr.isFinite, lr > 0 else { throw ValidationError("--lr must be a positive number") }
@@ -107,6 +117,7 @@ struct TrainingOptions: ParsableArguments {
             optimizer: SGD(learningRate: lr, momentum: momentum), seed: seed, steps: totalSteps,
             shuffle: !noShuffle, logEvery: logEvery, evaluateEvery: evalEvery ?? stepsPerEpoch, schedule: lrSchedule)
         config.inputPipeline = pipeline
+        config.batchNormGroupSize = bnGroupSize.flatMap { $0 < batchSize ? $0 : nil }
         return (config, dataset)
     }
 

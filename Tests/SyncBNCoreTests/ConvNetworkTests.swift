@@ -37,6 +37,10 @@ final class ImageHubCollective: Collective {
         for i in 0..<width { result[i] = reduced[i] }
     }
 
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
+        try inner.allGather(round, partials: partials, width: width, into: result)
+    }
+
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         try inner.exchangeGradients(partials, exchange: exchange, into: result)
     }

@@ -24,6 +24,12 @@ final class RecordingCollective: Collective {
         order.append(round)
     }
 
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
+        try inner.allGather(round, partials: partials, width: width, into: result)
+        doubles.append((round, Array(result)))
+        order.append(round)
+    }
+
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         try inner.exchangeGradients(partials, exchange: exchange, into: result)
         floats.append((.gradients, Array(result)))

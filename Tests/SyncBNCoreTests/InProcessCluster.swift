@@ -75,6 +75,11 @@ final class HubCollective: Collective {
         for i in 0..<width { result[i] = reduced[i] }
     }
 
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
+        let all = hub.exchange(rank: rank, round: round, partials: Array(partials), width: width) { $0 }
+        for i in 0..<result.count { result[i] = all[i] }
+    }
+
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         let width = result.count
         let combined = hub.exchange(rank: rank, round: .gradients, partials: Array(partials), width: exchange.chunkWidth) { all in

@@ -94,6 +94,25 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
         try assertLaunchMatchesTrain(workers: 4, flags: cnn(["--batch-size", "5"]))
     }
 
+    func testBatchNormGroupsAreTheSameBitsForAnyWorkerCount() throws {
+        // Groups of 4 samples (2 chunks) of the batch of 8, over 1, 3 and 4 workers: a group spans workers.
+        for workers in [1, 3, 4] { try assertLaunchMatchesTrain(workers: workers, flags: cnn(["--bn-group-size", "4"])) }
+        XCTAssertNotEqual(try reference(cnn(["--bn-group-size", "4"])).model, try reference(cnn()).model,
+                          "--bn-group-size 4 saved the same model as whole-batch SyncBN")
+    }
+
+    func testBatchNormGroupsOfOneSliceReproducePerWorkerBatchNorm() throws {
+        // Oracle: per-device BN on 2 workers (slices of 4) is one process with BN groups of 4, bit for bit.
+        let local = try makeTemporaryDirectory("local")
+        try runSuccessfully(["launch", "--workers", "2"] + cnn(["--bn", "local", "--out", local.path]))
+        // The tensors, not the header: the metadata names each run's --bn mode.
+        XCTAssertEqual(tensorBytes(try model(in: local)), tensorBytes(try reference(cnn(["--bn-group-size", "4"])).model),
+                       "train --bn-group-size 4 differs from launch --workers 2 --bn local")
+        let wrong = try run(["train"] + cnn(["--bn-group-size", "3"]))
+        XCTAssertFalse(wrong.succeeded)
+        XCTAssertTrue(wrong.stderr.contains("--bn-group-size 3 must be a multiple of --chunk-size 2"), wrong.transcript)
+    }
+
     func testResidualNetSavesTheSameModelForTwoAndThreeWorkers() throws {
         for workers in [2, 3] { try assertLaunchMatchesTrain(workers: workers, flags: residual()) }
     }
@@ -148,6 +167,13 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
         }
         return false
     }
+}
+
+/// A safetensors file's data section: every tensor's bytes, after the 8-byte length and the JSON header.
+func tensorBytes(_ file: Data) -> Data {
+    guard file.count >= 8 else { return Data() }
+    let headerLength = file.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+    return file.dropFirst(8 + headerLength)
 }
 
 /// Writes an unsigned-byte IDX file (magic 00 00 08 rank, big-endian dimensions, data).

@@ -349,10 +349,15 @@ public final class Coordinator: StepRunner {
                 gradientsPending = true
             } else {
                 let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
-                let result = UnsafeMutableBufferPointer(rebasing: doubleResult[0..<width])
-                round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, valuesPerRow: network.valuesPerRow(of: round), into: result)
-                if let m = network.apply(round, doubles: UnsafeBufferPointer(result)) { metrics = m }
-                Message.reduced(step: UInt64(step), round: round, width: UInt32(width), element: element, payload: []).encode(appendingTo: &outbox)
+                var result = UnsafeBufferPointer(rebasing: doubleResult[0..<width])
+                if network.gathers(round) {
+                    result = partials  // BatchNorm groups: every chunk's partials, each replica merges its group's
+                } else {
+                    round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: width, valuesPerRow: network.valuesPerRow(of: round),
+                                 into: UnsafeMutableBufferPointer(mutating: result))
+                }
+                if let m = network.apply(round, doubles: result) { metrics = m }
+                Message.reduced(step: UInt64(step), round: round, width: UInt32(result.count), element: element, payload: []).encode(appendingTo: &outbox)
                 outbox += UnsafeRawBufferPointer(result)
                 try broadcast(final: final)
             }

@@ -42,7 +42,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 
     /// A fresh replica: initial weights drawn from `seed`, the same in every process.
     public func makeNetwork() -> Network {
-        Network(spec: model, plan: plan, optimizer: optimizer, seed: seed)
+        Network(spec: model, plan: plan, optimizer: optimizer, seed: seed, batchNormGroupSize: batchNormGroupSize)
     }
 }
 

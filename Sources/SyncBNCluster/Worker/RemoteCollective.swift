@@ -62,6 +62,11 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                       partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
     }
 
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
+        try roundTrip(round, element: .float64, width: width, resultWidth: result.count,
+                      partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
+    }
+
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         if let mesh, mesh.epoch != nil {
             try timed {

@@ -55,21 +55,27 @@ public final class BatchNorm: Layer {
     let inputGradient: Matrix
     /// x̂, kept from forward for backward.
     private let normalized: Matrix
-    /// μ and 1/√(σ² + ε) of the statistics used to normalize the last forward batch.
+    /// μ and 1/√(σ² + ε) of the statistics used to normalize the last forward batch, per local chunk
+    /// (`maxChunks` × features; every chunk has the same unless BatchNorm groups are in use).
     private var mean: [Double]
     private var inverseStd: [Double]
+    /// Every chunk's partials of a gathered round (BatchNorm groups).
+    private let gathered: UnsafeMutableBufferPointer<Double>
     /// Per-chunk partials of this replica's slice, and the reductions.
     private let partials: UnsafeMutableBufferPointer<Double>
     private let reduced: UnsafeMutableBufferPointer<Double>
     private let localReduced: UnsafeMutableBufferPointer<Double>
     private let stagedMoments: UnsafeMutablePointer<Double>
-    /// Per-feature factors of the backward pass: γ/σ, mean(dy), mean(dy·x̂).
+    /// Per-chunk, per-feature factors of the backward pass: γ/σ, mean(dy), mean(dy·x̂) (three blocks of
+    /// maxChunks × features).
     private let coefficients: UnsafeMutablePointer<Float>
     private var hasStagedMoments = false
+    private let maxChunks: Int
 
     init(index: Int, shape: TensorShape, epsilon: Double = defaultEpsilon, momentum: Double = defaultMomentum,
          capacity: Int, maxChunks: Int, allocator: inout ParameterAllocator) {
         self.index = index
+        self.maxChunks = max(1, maxChunks)
         inputShape = shape
         features = shape.isImage ? shape.channels : shape.count
         spatialSize = shape.spatialSize
@@ -82,8 +88,10 @@ public final class BatchNorm: Layer {
         output = Matrix(capacity: capacity, columns: shape.count)
         inputGradient = Matrix(capacity: capacity, columns: shape.count)
         normalized = Matrix(capacity: capacity, columns: shape.count)
-        mean = Array(repeating: 0, count: features)
-        inverseStd = Array(repeating: 1, count: features)
+        mean = Array(repeating: 0, count: max(1, maxChunks) * features)
+        inverseStd = Array(repeating: 1, count: max(1, maxChunks) * features)
+        gathered = .allocate(capacity: max(1, maxChunks) * 2 * features)
+        gathered.initialize(repeating: 0)
         partials = .allocate(capacity: max(1, maxChunks) * 2 * features)
         partials.initialize(repeating: 0)
         reduced = .allocate(capacity: 2 * features)
@@ -92,11 +100,12 @@ public final class BatchNorm: Layer {
         localReduced.initialize(repeating: 0)
         stagedMoments = .allocate(capacity: 2 * features)
         stagedMoments.initialize(repeating: 0, count: 2 * features)
-        coefficients = .allocate(capacity: 3 * features)
-        coefficients.initialize(repeating: 0, count: 3 * features)
+        coefficients = .allocate(capacity: 3 * max(1, maxChunks) * features)
+        coefficients.initialize(repeating: 0, count: 3 * max(1, maxChunks) * features)
     }
 
     deinit {
+        gathered.deallocate()
         partials.deallocate()
         reduced.deallocate()
         localReduced.deallocate()
@@ -117,6 +126,9 @@ public final class BatchNorm: Layer {
 
     /// Normalizes `x` (this replica's slice) by the statistics the step's mode asks for, and stages the
     /// running statistics' update from the global batch.
+    ///
+    /// With BatchNorm groups, every chunk's moments are gathered; each chunk is normalized by its group's
+    /// (chunks merged in order, as the coordinator would), and the running statistics by the whole batch's.
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         let chunks = step.chunks
         let width = 2 * features
@@ -124,34 +136,69 @@ public final class BatchNorm: Layer {
             OrderedReduction.chunkMoments(x.storage, rows: rows, features: features, spatial: spatialSize, into: partials.baseAddress! + c * width)
         }
         let mine = UnsafeBufferPointer(rebasing: partials[0..<(chunks.count * width)])
-        try step.collective.allReduce(.moments(layer: index), partials: mine, into: reduced)
-        stageRunningStatistics(moments: UnsafeBufferPointer(reduced))
+        let plan = step.plan
+        if let groupChunks = step.batchNormGroupChunks {
+            let all = UnsafeMutableBufferPointer(rebasing: gathered[0..<(plan.chunkCount * width)])
+            try step.collective.allGather(.moments(layer: index), partials: mine, width: width, into: all)
+            stageRunningStatistics(gathered: UnsafeBufferPointer(all), plan: plan)
+            for c in 0..<chunks.count {
+                let group = Self.group(ofChunk: step.slice.chunks.lowerBound + c, groupChunks: groupChunks, plan: plan)
+                Round.moments(layer: index).reduce(UnsafeBufferPointer(rebasing: all[(group.lowerBound * width)..<(group.upperBound * width)]),
+                                                   plan: plan, chunks: group, width: width, valuesPerRow: spatialSize, into: localReduced)
+                setStatistics(chunk: c, moments: UnsafeBufferPointer(localReduced), count: plan.rows(ofChunks: group).count * spatialSize)
+            }
+        } else {
+            try step.collective.allReduce(.moments(layer: index), partials: mine, into: reduced)
+            stageRunningStatistics(moments: UnsafeBufferPointer(reduced))
+            var count = plan.batchSize * spatialSize
+            var moments = UnsafeBufferPointer(reduced)
+            if step.batchNorm == .local {
+                Round.moments(layer: index).reduce(mine, plan: plan, chunks: step.slice.chunks, width: width,
+                                                   valuesPerRow: spatialSize, into: localReduced)
+                count = step.slice.rowCount * spatialSize
+                moments = UnsafeBufferPointer(localReduced)
+            }
+            for c in 0..<chunks.count { setStatistics(chunk: c, moments: moments, count: count) }
+        }
 
         output.rows = x.rows
         normalized.rows = x.rows
-        guard x.rows > 0 else { return output }
-        var count = step.plan.batchSize * spatialSize
-        var moments = UnsafeBufferPointer(reduced)
-        if step.batchNorm == .local {
-            Round.moments(layer: index).reduce(mine, plan: step.plan, chunks: step.slice.chunks, width: width,
-                                               valuesPerRow: spatialSize, into: localReduced)
-            count = step.slice.rowCount * spatialSize
-            moments = UnsafeBufferPointer(localReduced)
-        }
-        for f in 0..<features {
-            mean[f] = moments[f]
-            inverseStd[f] = 1 / (moments[features + f] / Double(count) + epsilon).squareRoot()
-        }
         let g = step.store.values + gamma.offset, b = step.store.values + beta.offset
         let s = spatialSize
-        for r in 0..<x.rows {
-            let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
-            for f in 0..<features {
-                VectorKernels.normalize(xr + f * s, xhat: nr + f * s, y: yr + f * s, count: s,
-                                        mean: mean[f], inverseStd: inverseStd[f], gamma: g[f], beta: b[f])
+        for (c, rows) in chunks.enumerated() {
+            let statistics = c * features
+            for r in rows {
+                let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
+                for f in 0..<features {
+                    VectorKernels.normalize(xr + f * s, xhat: nr + f * s, y: yr + f * s, count: s,
+                                            mean: mean[statistics + f], inverseStd: inverseStd[statistics + f], gamma: g[f], beta: b[f])
+                }
             }
         }
         return output
+    }
+
+    /// The chunks of the BatchNorm group that holds global chunk `chunk`: runs of `groupChunks` chunks.
+    static func group(ofChunk chunk: Int, groupChunks: Int, plan: ChunkPlan) -> Range<Int> {
+        let first = chunk / groupChunks * groupChunks
+        return first..<min(first + groupChunks, plan.chunkCount)
+    }
+
+    /// Local chunk `c` normalizes by `moments` (`[mean(F), M2(F)]` over `count` values per feature).
+    private func setStatistics(chunk c: Int, moments: UnsafeBufferPointer<Double>, count: Int) {
+        for f in 0..<features {
+            mean[c * features + f] = moments[f]
+            inverseStd[c * features + f] = 1 / (moments[features + f] / Double(count) + epsilon).squareRoot()
+        }
+    }
+
+    /// Stages the running statistics' update from every chunk's moments (BatchNorm groups), merged in chunk order.
+    public func stageRunningStatistics(gathered: UnsafeBufferPointer<Double>, plan: ChunkPlan) {
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * features) { merged in
+            Round.moments(layer: index).reduce(gathered, plan: plan, chunks: 0..<plan.chunkCount, width: 2 * features,
+                                               valuesPerRow: spatialSize, into: merged)
+            stageRunningStatistics(moments: UnsafeBufferPointer(merged))
+        }
     }
 
     /// Keeps the global batch's moments `[mean(F), M2(F)]` for `commitRunningStatistics`.
@@ -206,15 +253,24 @@ public final class BatchNorm: Layer {
             }
         }
         let mine = UnsafeBufferPointer(rebasing: partials[0..<(chunks.count * width)])
-        let sums: UnsafeMutableBufferPointer<Double>
-        let count: Int
-        switch step.batchNorm {
-        case .sync:
+        let plan = step.plan
+        let block = maxChunks * features
+        let scale = coefficients, meanDy = coefficients + block, meanDyXhat = coefficients + 2 * block
+        /// Local chunk c's coefficients from `sums` over `count` values per feature.
+        func setCoefficients(chunk c: Int, sums: UnsafeBufferPointer<Double>, count: Int) {
+            let n = Double(count), g = step.store.values + gamma.offset, o = c * features
+            for f in 0..<features {
+                scale[o + f] = Float(Double(g[f]) * inverseStd[o + f])
+                meanDy[o + f] = Float(sums[f] / n)
+                meanDyXhat[o + f] = Float(sums[features + f] / n)
+            }
+        }
+        if step.batchNorm == .sync && step.batchNormGroupChunks == nil {
             try step.collective.allReduce(.sums(layer: index), partials: mine, into: reduced)
             setParameterGradients(sums: UnsafeBufferPointer(reduced), store: step.store)
-            sums = reduced
-            count = step.plan.batchSize * s
-        case .local, .none:
+            for c in 0..<chunks.count { setCoefficients(chunk: c, sums: UnsafeBufferPointer(reduced), count: plan.batchSize * s) }
+        } else {
+            // ∂γ, ∂β per chunk, summed with the other parameters' gradients.
             for c in 0..<chunks.count {
                 let chunkGradient = step.chunkGradient(c), p = mine.baseAddress! + c * width
                 for f in 0..<features {
@@ -222,26 +278,29 @@ public final class BatchNorm: Layer {
                     chunkGradient[gamma.offset + f] = Float(p[features + f])
                 }
             }
-            OrderedReduction.sum(mine, width: width, into: localReduced)
-            sums = localReduced
-            count = step.slice.rowCount * s
+            if let groupChunks = step.batchNormGroupChunks {
+                let all = UnsafeMutableBufferPointer(rebasing: gathered[0..<(plan.chunkCount * width)])
+                try step.collective.allGather(.sums(layer: index), partials: mine, width: width, into: all)
+                for c in 0..<chunks.count {
+                    let group = Self.group(ofChunk: step.slice.chunks.lowerBound + c, groupChunks: groupChunks, plan: plan)
+                    OrderedReduction.sum(UnsafeBufferPointer(rebasing: all[(group.lowerBound * width)..<(group.upperBound * width)]), width: width, into: localReduced)
+                    setCoefficients(chunk: c, sums: UnsafeBufferPointer(localReduced), count: plan.rows(ofChunks: group).count * s)
+                }
+            } else if !chunks.isEmpty {
+                OrderedReduction.sum(mine, width: width, into: localReduced)
+                for c in 0..<chunks.count { setCoefficients(chunk: c, sums: UnsafeBufferPointer(localReduced), count: step.slice.rowCount * s) }
+            }
         }
 
         inputGradient.rows = dy.rows
-        guard dy.rows > 0 else { return inputGradient }
-        let g = step.store.values + gamma.offset
-        let n = Double(count)
-        let scale = coefficients, meanDy = coefficients + features, meanDyXhat = coefficients + 2 * features
-        for f in 0..<features {
-            scale[f] = Float(Double(g[f]) * inverseStd[f])
-            meanDy[f] = Float(sums[f] / n)
-            meanDyXhat[f] = Float(sums[features + f] / n)
-        }
-        for r in 0..<dy.rows {
-            let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
-            for f in 0..<features {
-                VectorKernels.batchNormInputGradient(gr + f * s, xhat: xhat + f * s, dx: dx + f * s, count: s,
-                                                     scale: scale[f], meanDy: meanDy[f], meanDyXhat: meanDyXhat[f])
+        for (c, rows) in chunks.enumerated() {
+            let o = c * features
+            for r in rows {
+                let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
+                for f in 0..<features {
+                    VectorKernels.batchNormInputGradient(gr + f * s, xhat: xhat + f * s, dx: dx + f * s, count: s,
+                                                         scale: scale[o + f], meanDy: meanDy[o + f], meanDyXhat: meanDyXhat[o + f])
+                }
             }
         }
         return inputGradient

@@ -72,6 +72,8 @@ public final class StepContext {
     public internal(set) var collective: Collective
     public let store: ParameterStore
     public let batchNorm: BatchNormMode
+    /// Chunks per BatchNorm group (`--bn-group-size` ÷ chunk size), or nil for statistics over the whole batch.
+    public internal(set) var batchNormGroupChunks: Int?
     /// The global step being run and the job's seed.
     public internal(set) var step: Int
     public let seed: UInt64

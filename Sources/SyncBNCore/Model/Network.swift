@@ -54,8 +54,19 @@ public final class Network {
     /// Top-level layer index of each factor candidate in `linears`.
     private let linearPositions: [Int]
 
-    public init(spec: ModelSpec, plan: ChunkPlan, optimizer: SGD, seed: UInt64) {
+    /// Chunks per BatchNorm group, or nil when BatchNorm sees the whole batch (or each slice, `--bn local`).
+    public let batchNormGroupChunks: Int?
+
+    /// - Parameter batchNormGroupSize: samples per BatchNorm group (a multiple of the chunk size that divides
+    ///   the batch size), or nil (or the batch size) for statistics over the whole global batch.
+    public init(spec: ModelSpec, plan: ChunkPlan, optimizer: SGD, seed: UInt64, batchNormGroupSize: Int? = nil) {
         self.spec = spec
+        if let size = batchNormGroupSize, size < plan.batchSize, spec.batchNorm == .sync {
+            precondition(size % plan.chunkSize == 0 && plan.batchSize % size == 0, "a BatchNorm group is whole chunks and divides the batch")
+            batchNormGroupChunks = size / plan.chunkSize
+        } else {
+            batchNormGroupChunks = nil
+        }
         self.plan = plan
         self.optimizer = optimizer
         let capacity = plan.batchSize
@@ -78,7 +89,7 @@ public final class Network {
         var otherRanges: [Range<Int>] = []
         for (_, layer) in namedLayers {
             if candidateSet.contains(ObjectIdentifier(layer)) { continue }
-            if layer is BatchNorm && spec.batchNorm == .sync { continue }
+            if layer is BatchNorm && spec.batchNorm == .sync && batchNormGroupChunks == nil { continue }
             otherRanges += layer.parameters.map(\.range)
         }
         exchange = GradientExchange(factorCandidates: candidates, sumRanges: otherRanges, plan: plan)
@@ -93,6 +104,7 @@ public final class Network {
         chunkGradients = .allocate(capacity: max(1, plan.chunkCount * store.count))
         chunkGradients.initialize(repeating: 0)
         context = StepContext(plan: plan, store: store, batchNorm: spec.batchNorm, seed: seed, chunkGradients: chunkGradients.baseAddress!)
+        context.batchNormGroupChunks = batchNormGroupChunks
         gradientPartials = .allocate(capacity: max(1, plan.chunkCount * exchange.chunkWidth))
         gradientPartials.initialize(repeating: 0)
         gradientResult = .allocate(capacity: max(1, exchange.resultWidth))
@@ -120,7 +132,8 @@ public final class Network {
 
     /// The all-reduce rounds of one training step, in order. Coordinator and replicas agree on it: moments
     /// of every BatchNorm layer in forward order, backward sums (synchronized BatchNorm) in the order the
-    /// backward pass reaches them, the gradients, and the metrics when wanted.
+    /// backward pass reaches them, the gradients, and the metrics when wanted. With BatchNorm groups, moments
+    /// and sums are gathered rather than reduced (`gathers(_:)`).
     public func rounds(computeMetrics: Bool) -> [Round] {
         var rounds: [Round] = norms.map { .moments(layer: $0.index) }
         if spec.batchNorm == .sync { rounds += Self.backwardOrder(layers).map { .sums(layer: $0.index) } }
@@ -136,6 +149,19 @@ public final class Network {
             if let residual = layer as? Residual { return backwardOrder(residual.body) + backwardOrder(residual.shortcut) }
             return []
         }
+    }
+
+    /// Whether a round's result is every chunk's partials (BatchNorm groups) rather than their reduction.
+    public func gathers(_ round: Round) -> Bool {
+        switch round {
+        case .moments, .sums: batchNormGroupChunks != nil
+        case .gradients, .metrics: false
+        }
+    }
+
+    /// Values of a round's result: its width, or every chunk's partials when gathered.
+    public func resultWidth(of round: Round) -> Int {
+        gathers(round) ? plan.chunkCount * width(of: round) : round == .gradients ? exchange.resultWidth : width(of: round)
     }
 
     /// Width (values per chunk) of a round's partials.
@@ -212,8 +238,12 @@ public final class Network {
     @discardableResult
     public func apply(_ round: Round, doubles result: UnsafeBufferPointer<Double>) -> StepMetrics? {
         switch round {
+        case .moments(let layer) where gathers(round):
+            norms[layer].stageRunningStatistics(gathered: result, plan: plan)
         case .moments(let layer):
             norms[layer].stageRunningStatistics(moments: result)
+        case .sums where gathers(round):
+            break  // each group's sums serve its rows only; ∂γ, ∂β travel with the gradients
         case .sums(let layer):
             norms[layer].setParameterGradients(sums: result, store: store)
         case .metrics:

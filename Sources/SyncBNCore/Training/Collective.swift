@@ -43,6 +43,9 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
 public protocol Collective: AnyObject {
     /// Reduces Float64 partials (`partials.count == slice.chunks.count × result.count`).
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws
+    /// Gathers Float64 partials of `width` values per chunk from every replica: `result` receives all
+    /// `plan.chunkCount` chunks' partials in chunk order (BatchNorm groups, which each need their own chunks).
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws
     /// The gradient round: combines Float32 per-chunk partials laid out by `exchange` (summed parts in chunk
     /// order, factor rows gathered), `result.count == exchange.resultWidth`.
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws
@@ -67,6 +70,11 @@ public final class LocalCollective: Collective {
             scale = valuesPerRow[layer]
         }
         round.reduce(partials, plan: plan, chunks: 0..<plan.chunkCount, width: result.count, valuesPerRow: scale, into: result)
+    }
+
+    public func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
+        precondition(partials.count == result.count, "one process holds every chunk")
+        _ = result.update(fromContentsOf: partials)
     }
 
     public func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
