@@ -4,7 +4,8 @@ import SyncBNCore
 /// Fuzz target for the data readers: any bytes given to the IDX, NumPy `.npy` and CIFAR-10 parsers, and to
 /// the split builders behind them, must parse or throw `DataError`, never crash; what parses must be
 /// consistent (shape and element count agree). The same bytes read as text go to the `--augment` and
-/// `--normalize` parsers.
+/// `--normalize` parsers, and to the model-file decoder (which must decode or throw `ModelError`; a decoded
+/// model must build as a network and read back from its own JSON).
 ///
 /// Built with `-sanitize=fuzzer -D FUZZING` (Scripts/fuzz.sh) it is a libFuzzer target; built normally it
 /// replays the files or directories given as arguments (the committed corpus, Fuzz/DataParsers/corpus),
@@ -60,11 +61,40 @@ func checkParsers(_ bytes: [UInt8]) {
             destination.withUnsafeMutableBufferPointer { augmentation.apply(to: s, into: $0, shape: [1, 3, 3], seed: 1, epoch: 2, index: 3) }
         }
     }
+    do {
+        let spec = try ModelSpec.decode(bytes)
+        // Bounded so that a fuzzed model cannot ask for gigabytes: build only small ones.
+        if spec.parameterCount <= 1 << 16, largestActivation(spec) <= 1 << 14 {
+            let network = Network(spec: spec, plan: ChunkPlan(batchSize: 2, chunkSize: 1), optimizer: SGD(learningRate: 0, momentum: 0), seed: 1)
+            if network.store.count > 1 << 20 { _ = network }
+        }
+        if try ModelSpec.decode(Array(spec.encodedModelFile())) != spec { fatalError("model \(spec) does not read back") }
+    } catch is ModelError {} catch { fatalError("the model decoder threw \(type(of: error)), not ModelError: \(error)") }
     expectDataError {
         let normalization = try Normalization(parsing: text, sampleShape: [1, 2, 2])
         var row: [Float] = [0, 1, 2, 3]
         normalization.apply(to: &row, shape: [1, 2, 2])
     }
+}
+
+/// The most values one sample has at any layer's input or output of `spec` (Int.max if a shape cannot be computed).
+func largestActivation(_ spec: ModelSpec) -> Int {
+    var largest = spec.input.count, shape = spec.input
+    func visit(_ layers: [LayerSpec], _ input: TensorShape) -> TensorShape? {
+        var shape = input
+        for layer in layers {
+            if case .residual(let body, let shortcut) = layer {
+                guard visit(body, shape) != nil, visit(shortcut, shape) != nil else { return nil }
+            }
+            guard let next = try? layer.outputShape(for: shape, path: "layer") else { return nil }
+            largest = max(largest, next.count)
+            shape = next
+        }
+        return shape
+    }
+    guard visit(spec.layers, shape) != nil else { return Int.max }
+    shape = spec.outputShape
+    return largest
 }
 
 #if FUZZING

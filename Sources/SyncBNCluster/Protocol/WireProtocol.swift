@@ -11,7 +11,7 @@ import SyncBNCore
 ///     header: magic "SYBN" (4) | version u16 | kind u16 | step u64
 public enum WireProtocol {
     /// Bumped on any change to a message's layout or meaning.
-    public static let version: UInt16 = 2
+    public static let version: UInt16 = 3
     public static let magic: [UInt8] = Array("SYBN".utf8)
     public static let headerSize = 16
     /// The largest message a peer may send (libzmq cuts off a peer that exceeds it): a step's gradient

@@ -255,3 +255,40 @@ extension LayerSpec: Codable {
         }
     }
 }
+
+extension LayerSpec {
+    /// Trainable values of this layer (and the layers inside it), or nil if the count overflows.
+    public var parameterCount: Int? {
+        func product(_ values: Int...) -> Int? {
+            var result = 1
+            for v in values {
+                let (p, overflow) = result.multipliedReportingOverflow(by: v)
+                if overflow { return nil }
+                result = p
+            }
+            return result
+        }
+        func total(_ layers: [LayerSpec]) -> Int? {
+            var sum = 0
+            for layer in layers {
+                guard let count = layer.parameterCount else { return nil }
+                let (s, overflow) = sum.addingReportingOverflow(count)
+                if overflow { return nil }
+                sum = s
+            }
+            return sum
+        }
+        switch self {
+        case .linear(let i, let o, let bias):
+            return product(i, o).flatMap { $0.addingReportingOverflow(bias ? o : 0).overflow ? nil : $0 + (bias ? o : 0) }
+        case .conv2d(let i, let o, let k, _, _, let bias):
+            return product(i, o, k, k).flatMap { $0.addingReportingOverflow(bias ? o : 0).overflow ? nil : $0 + (bias ? o : 0) }
+        case .batchNorm1d(let f, _, _), .batchNorm2d(let f, _, _):
+            return product(2, f)
+        case .residual(let body, let shortcut):
+            return total(body + shortcut)
+        default:
+            return 0
+        }
+    }
+}

@@ -21,12 +21,22 @@ public struct ModelSpec: Equatable, Sendable {
         self.layers = batchNorm == .none ? layers.compactMap { $0.removingBatchNorm() } : layers
         self.batchNorm = batchNorm
         guard !self.layers.isEmpty else { throw ModelError("the model \(name) has no layers") }
+        let count = LayerSpec.residual(body: self.layers, shortcut: []).parameterCount
+        guard let count, count <= Self.maximumParameters else {
+            throw ModelError("the model \(name) has more than \(Self.maximumParameters) parameters (\(count.map(String.init) ?? "the count overflows")): make its layers smaller")
+        }
         let output = try LayerSpec.outputShape(of: self.layers, input: input)
         guard output.dimensions.count == 1, output.count >= 2 else {
             throw ModelError("the model \(name) ends with shape \(output); its last layer must give one logit per class (e.g. Flatten then Linear)")
         }
         if batchNorm != .none && !hasBatchNorm { self.batchNorm = .none }
     }
+
+    /// The most trainable values a model may have (one Float32 buffer each for values, gradients, momentum).
+    public static let maximumParameters = 1 << 30
+
+    /// Trainable values of every layer.
+    public var parameterCount: Int { LayerSpec.residual(body: layers, shortcut: []).parameterCount ?? 0 }
 
     /// Classes: the size of the last layer's output.
     public var classes: Int { outputShape.count }
