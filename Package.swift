@@ -4,7 +4,7 @@
 //   → ZeroMQ (a safe wrapper that knows nothing of training)
 //   → SyncBNCore (tensors, layers, BatchNorm, data, checkpoints; knows nothing of sockets)
 //   → SyncBNCluster (wire protocol, coordinator, worker, the collective BatchNorm calls)
-//   → syncbn (the command-line tool)
+//   → syncbn (the command-line tool), and SyncBN (the library: `import SyncBN`)
 import PackageDescription
 
 let package = Package(
@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "syncbn", targets: ["syncbn"]),
+        .library(name: "SyncBN", targets: ["SyncBN"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -32,6 +33,8 @@ let package = Package(
             "ZeroMQ", "SyncBNCore", "CSystemShims",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Protocol/WireProtocol.md"]),
+        // `import SyncBN`: the library for Swift programs (Examples/LibraryExample).
+        .target(name: "SyncBN", dependencies: ["SyncBNCore", "SyncBNCluster"]),
         .executableTarget(name: "syncbn", dependencies: [
             "SyncBNCluster", "SyncBNCore", "ZeroMQ", "CSystemShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

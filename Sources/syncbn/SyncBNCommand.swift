@@ -14,7 +14,7 @@ struct SyncBNCommand: ParsableCommand {
         For the same settings, all of them save byte-identical models.
         """,
         subcommands: [TrainCommand.self, LaunchCommand.self, CoordinatorCommand.self, WorkerCommand.self,
-                      EvaluateCommand.self, KeygenCommand.self, RoundTripCommand.self, BenchCommand.self])
+                      EvaluateCommand.self, ModelCommand.self, KeygenCommand.self, RoundTripCommand.self, BenchCommand.self])
 }
 
 /// Logs to standard error, one line per event, with the component's name.

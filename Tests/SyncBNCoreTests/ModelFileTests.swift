@@ -266,3 +266,19 @@ final class ModelFileTests: XCTestCase {
         XCTAssertThrowsError(try ModelSpec.preset("bn-cnn", input: TensorShape([784]), classes: 10))
     }
 }
+
+/// Oracle: the presets' code. The model files shipped in Examples/models must decode to exactly the preset
+/// of the same name (for Fashion-MNIST's 1×28×28 samples; resnet20 for CIFAR's 3×32×32), so that a user who
+/// copies one trains what `--model` trains.
+final class ShippedModelFileTests: XCTestCase {
+    func testExampleModelFilesAreThePresets() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Examples/models").standardized
+        let cases: [(String, [Int])] = [("bn-mlp", [1, 28, 28]), ("wide-mlp", [1, 28, 28]), ("bn-cnn", [1, 28, 28]), ("resnet20", [3, 32, 32])]
+        for (name, input) in cases {
+            let file = try ModelSpec.load(modelFile: folder.appendingPathComponent("\(name).json").path)
+            let preset = try XCTUnwrap(try ModelSpec.preset(name, input: TensorShape(input), classes: 10))
+            XCTAssertEqual(file.layers, preset.layers, name)
+            XCTAssertEqual(file.input, preset.input, name)
+        }
+    }
+}

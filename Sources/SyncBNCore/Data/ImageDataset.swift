@@ -57,3 +57,14 @@ public struct ImageDataset: Sendable {
         return ImageDataset(train: train, test: test)
     }
 }
+
+extension ImageDataset {
+    /// A data set from splits already in memory (a program that makes or loads its own data).
+    /// - Throws: `DataError` if the two splits' samples differ in shape.
+    public init(training train: LabeledImages, test: LabeledImages) throws {
+        guard train.sampleShape == test.sampleShape else {
+            throw DataError("the training samples are \(train.sampleShape) but the test samples are \(test.sampleShape): both splits need one shape")
+        }
+        self.init(train: train, test: test)
+    }
+}

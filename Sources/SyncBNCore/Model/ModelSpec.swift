@@ -98,11 +98,13 @@ public struct ModelSpec: Equatable, Sendable {
         return parts.isEmpty ? "the model file" : parts.joined(separator: ".")
     }
 
-    /// The model-file JSON of this architecture (pretty-printed, keys sorted).
+    /// The model-file JSON of this architecture (pretty-printed, keys sorted), without the training's
+    /// BatchNorm mode.
     public func encodedModelFile() -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return (try? encoder.encode(self)) ?? Data()
+        guard let data = try? JSONEncoder().encode(self),
+              var object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return Data() }
+        object["batch_norm"] = nil
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data()
     }
 }
 
