@@ -29,7 +29,7 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Shorter training runs, and no 10M-value all-reduce.")
     var quick = false
 
-    @Option(help: "Comma-separated sections to run: transport, allreduce, training, memory (the all-reduce ratios need transport).")
+    @Option(help: "Comma-separated sections to run: transport, allreduce, training, memory, compute (the all-reduce ratios need transport).")
     var sections = BenchRun.Section.allCases.map(\.rawValue).joined(separator: ",")
 
     // The child helpers: this executable started again by the benchmark.
@@ -145,6 +145,19 @@ struct BenchReport: Codable {
         var peakRSSMiB: Double
     }
 
+    /// One process, one thread, in this process: a step of the model and its matrix products' share.
+    struct Compute: Codable {
+        var model: String
+        var batchSize: Int
+        var steps: Int
+        var medianStepMs: Double
+        var medianGemmMs: Double
+        var gemmShare: Double
+        /// A reference measured elsewhere (PyTorch CPU, one thread, same net and batch), not in this run.
+        var referenceMs: Double?
+        var referenceName: String?
+    }
+
     struct Memory: Codable {
         var model = "bn-mlp"
         var shortSteps: Int
@@ -163,6 +176,7 @@ struct BenchReport: Codable {
     var raw = Raw()
     var allReduce: [AllReduce] = []
     var training: [Training] = []
+    var compute: [Compute] = []
     var memory: Memory?
     /// The benchmark's own peak RSS when it started the training runs: no child's peak can read lower.
     var spawnFloorMiB: Double = 0
@@ -174,12 +188,17 @@ struct BenchReport: Codable {
 struct BenchRun {
     let repeats: Int
     let quick: Bool
-    enum Section: String, CaseIterable { case transport, allreduce, training, memory }
+    enum Section: String, CaseIterable { case transport, allreduce, training, memory, compute }
     let sections: Set<Section>
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("syncbn-bench-\(getpid())").path
 
-    /// Rounds per step of bn-mlp and wide-mlp with --bn sync: 3 BatchNorm forward, 3 backward, 1 gradient round.
-    static let roundsPerStep = 7
+    /// All-reduce rounds of one step of the preset `model` with --bn sync (no metrics round): its BatchNorm
+    /// layers' forward and backward rounds and the gradient round.
+    static func roundsPerStep(_ model: String) -> Int? {
+        guard let spec = try? ModelSpec.preset(model, input: TensorShape([1, 28, 28]), classes: 10) else { return nil }
+        return Network(spec: spec, plan: ChunkPlan(batchSize: 2, chunkSize: 1), optimizer: SGD(learningRate: 0, momentum: 0), seed: 0)
+            .rounds(computeMetrics: false).count
+    }
 
     mutating func run() -> BenchReport {
         let start = benchNow()
@@ -207,9 +226,10 @@ struct BenchRun {
         let models: [(name: String, arguments: [String], batch: Int, steps: Int, timeout: Double)] = [
             ("bn-mlp", ["--model", "bn-mlp"], 60, quick ? 500 : 2000, 600),
             ("wide-mlp", ["--model", "wide-mlp", "--batch-size", "512"], 512, quick ? 10 : 30, 900),
+            ("bn-cnn", ["--model", "bn-cnn"], 60, quick ? 30 : 100, 900),
         ]
         for model in models where sections.contains(.training) {
-            for workers in [nil, 1, 2, 4] as [Int?] {
+            for workers in (model.name == "bn-cnn" ? [nil, 2] : [nil, 1, 2, 4]) as [Int?] {
                 let command = workers.map { "launch --workers \($0)" } ?? "train"
                 attempt("\(model.name), \(command), \(model.steps) steps × \(repeats)") {
                     var runs: [BenchTraining.Run] = []
@@ -226,9 +246,22 @@ struct BenchRun {
                         medianStepMs: step, medianComputeMs: compute, medianWaitingMs: waiting,
                         peakRSSMiB: Double(runs.map(\.maxRSSKiB).max() ?? 0) / 1024)
                     row.medianWaitingCPUMicroseconds = waitingCPU
-                    if workers != nil { row.rounds = Self.roundsPerStep }
+                    if workers != nil { row.rounds = Self.roundsPerStep(model.name) }
                     report.training.append(row)
                 }
+            }
+        }
+
+        // 5. One process's step and its matrix products, in this process.
+        for (model, reference) in [("bn-mlp", 0.87), ("bn-cnn", 43.0)] where sections.contains(.compute) {
+            let steps = model == "bn-cnn" ? (quick ? 20 : 60) : (quick ? 300 : 1000)
+            attempt("\(model), one process, one thread, \(steps) steps × \(repeats)") {
+                var profiles: [BenchCompute.Profile] = []
+                for _ in 0..<repeats { profiles.append(try BenchCompute.profile(model: model, batchSize: 60, chunkSize: 15, steps: steps)) }
+                let step = benchMedian(profiles.map(\.medianStepMs))!, gemm = benchMedian(profiles.map(\.medianGemmMs))!
+                report.compute.append(.init(model: model, batchSize: 60, steps: steps, medianStepMs: step, medianGemmMs: gemm,
+                                            gemmShare: step > 0 ? gemm / step : 0, referenceMs: reference,
+                                            referenceName: "PyTorch 2.15 CPU, one thread (measured on an AVX-512 machine of this kind, not in this run)"))
             }
         }
 
@@ -402,7 +435,8 @@ extension BenchReport {
         }
 
         lines.append("")
-        lines.append("3. Training step times (--no-shuffle; target = compute + 1.2 × \(BenchRun.roundsPerStep) rounds × raw ipc RTT, the transport launch uses)")
+        lines.append("3. Training step times (--no-shuffle; target = compute + 1.2 × rounds × raw ipc RTT, the transport launch uses;")
+        lines.append("   rounds per step: bn-mlp, wide-mlp \(BenchRun.roundsPerStep("bn-mlp") ?? 0), bn-cnn \(BenchRun.roundsPerStep("bn-cnn") ?? 0))")
         lines.append("   " + pad("model, batch, steps", 26) + pad("command", 18) + lpad("step", 11) + lpad("compute", 11)
                      + lpad("waiting", 11) + lpad("wait CPU", 10) + lpad("target", 11) + lpad("ratio", 8) + lpad("peak RSS", 11))
         for row in training {
@@ -418,6 +452,18 @@ extension BenchReport {
         lines.append("   (compute, waiting, wait CPU (CPU time burnt per step while waiting): median over workers of each worker's median;")
         lines.append("    peak RSS: wait4 ru_maxrss, max over repeats;")
         lines.append("    for launch, the largest of coordinator and workers; no reading can be below this process's own peak at spawn, \(String(format: "%.1f", spawnFloorMiB)) MiB)")
+
+        lines.append("")
+        lines.append("5. One process, one thread, batch 60 in chunks of 15, in this process (sgemm: OpenBLAS's matrix products)")
+        lines.append("   " + pad("model", 10) + lpad("step", 11) + lpad("sgemm", 11) + lpad("share", 8) + lpad("reference", 12) + lpad("ratio", 8))
+        for row in compute {
+            lines.append("   " + pad(row.model, 10) + lpad(String(format: "%.3f ms", row.medianStepMs), 11)
+                         + lpad(String(format: "%.3f ms", row.medianGemmMs), 11) + lpad(String(format: "%.0f%%", row.gemmShare * 100), 8)
+                         + lpad(row.referenceMs.map { String(format: "%.2f ms", $0) } ?? "", 12)
+                         + lpad(row.referenceMs.map { String(format: "%.2fx", $0 / row.medianStepMs) } ?? "", 8))
+        }
+        lines.append("   (reference: PyTorch 2.15 CPU, one thread, the same net and batch, quoted from an AVX-512 machine of this kind,")
+        lines.append("    not measured in this run; ratio = reference / step, above 1 is faster)")
 
         lines.append("")
         lines.append("4. Memory growth (train bn-mlp, peak RSS)")

@@ -169,6 +169,14 @@ public final class BatchNorm: Layer {
             let statistics = c * features
             for r in rows {
                 let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
+                if s == 1 {  // BatchNorm1d: one value per feature, a plain loop over the features
+                    for f in 0..<features {
+                        let xhat = Float((Double(xr[f]) - mean[statistics + f]) * inverseStd[statistics + f])
+                        nr[f] = xhat
+                        yr[f] = g[f] * xhat + b[f]
+                    }
+                    continue
+                }
                 for f in 0..<features {
                     VectorKernels.normalize(xr + f * s, xhat: nr + f * s, y: yr + f * s, count: s,
                                             mean: mean[statistics + f], inverseStd: inverseStd[statistics + f], gamma: g[f], beta: b[f])
@@ -245,6 +253,13 @@ public final class BatchNorm: Layer {
             for f in 0..<features { sumDy[f] = 0; sumDyXhat[f] = 0 }
             for r in rows {
                 let g = dy.row(r), xhat = normalized.row(r)
+                if s == 1 {
+                    for f in 0..<features {
+                        sumDy[f] += Double(g[f])
+                        sumDyXhat[f] += Double(g[f]) * Double(xhat[f])
+                    }
+                    continue
+                }
                 for f in 0..<features {
                     let (dySum, dyXhatSum) = VectorKernels.sumAndDot(g + f * s, xhat + f * s, count: s)
                     sumDy[f] += dySum
@@ -297,6 +312,10 @@ public final class BatchNorm: Layer {
             let o = c * features
             for r in rows {
                 let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
+                if s == 1 {
+                    for f in 0..<features { dx[f] = scale[o + f] * (gr[f] - meanDy[o + f] - xhat[f] * meanDyXhat[o + f]) }
+                    continue
+                }
                 for f in 0..<features {
                     VectorKernels.batchNormInputGradient(gr + f * s, xhat: xhat + f * s, dx: dx + f * s, count: s,
                                                          scale: scale[o + f], meanDy: meanDy[o + f], meanDyXhat: meanDyXhat[o + f])

@@ -71,13 +71,21 @@ public enum OrderedReduction {
         let rowWidth = features * spatial
         for r in rows {
             let row = x + r * rowWidth
-            for f in 0..<features { mean[f] += VectorKernels.sum(row + f * spatial, count: spatial) }
+            if spatial == 1 {
+                for f in 0..<features { mean[f] += Double(row[f]) }
+            } else {
+                for f in 0..<features { mean[f] += VectorKernels.sum(row + f * spatial, count: spatial) }
+            }
         }
         let n = Double(rows.count * spatial)
         for f in 0..<features { mean[f] /= n }
         for r in rows {
             let row = x + r * rowWidth
-            for f in 0..<features { m2[f] += VectorKernels.squaredDeviations(row + f * spatial, count: spatial, mean: mean[f]) }
+            if spatial == 1 {
+                for f in 0..<features { let d = Double(row[f]) - mean[f]; m2[f] += d * d }
+            } else {
+                for f in 0..<features { m2[f] += VectorKernels.squaredDeviations(row + f * spatial, count: spatial, mean: mean[f]) }
+            }
         }
     }
 }

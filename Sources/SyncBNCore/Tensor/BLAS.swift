@@ -14,6 +14,11 @@ public enum BLAS {
         return String(cString: name).trimmingCharacters(in: .whitespaces)
     }
 
+    /// While true, `gemm` adds the time of every sgemm call to `measuredNanoseconds` (a benchmark's profile of
+    /// a step's matrix products; one thread only).
+    nonisolated(unsafe) public static var measuring = false
+    nonisolated(unsafe) public static var measuredNanoseconds: UInt64 = 0
+
     /// C ← α·op(A)·op(B) + β·C, with op(A) m×k, op(B) k×n and C m×n, all row-major.
     @inline(__always)
     public static func gemm(
@@ -27,9 +32,11 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
+        let start = measuring ? DispatchTime.now().uptimeNanoseconds : 0
         cblas_sgemm(CblasRowMajor,
                     transposeA ? CblasTrans : CblasNoTrans,
                     transposeB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        if measuring { measuredNanoseconds += DispatchTime.now().uptimeNanoseconds - start }
     }
 }
