@@ -159,6 +159,32 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
     // MARK: Helpers
 
     /// Exit status ≠ 0 (not a crash) and exactly one error line, which contains every one of `words`.
+    // MARK: Model files
+
+    func testModelFilesThatDoNotFitAreRefusedBeforeTrainingNamingLayerAndShapes() throws {
+        // The tiny IDX data set of the conv tests (12×12 images), so that nothing waits on Fashion-MNIST.
+        let data = ConvDeterminismTests.dataSet
+        let directory = try makeTemporaryDirectory("models")
+        func refused(_ layers: String, _ words: [String], namesFile: Bool = true, line: UInt = #line) throws {
+            let path = directory.appendingPathComponent("m\(line).json").path
+            FileManager.default.createFile(atPath: path, contents: Data("{\"input\": [1, 12, 12], \"layers\": [\(layers)]}".utf8))
+            let out = directory.appendingPathComponent("out\(line)")
+            let result = try run(["train", "--data", data, "--model-file", path, "--steps", "1", "--out", out.path], seconds: 60)
+            assertRefused(result, mentioning: (namesFile ? [path] : []) + words, line: line)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out.appendingPathComponent("model.safetensors").path), "a refused run saved a model", line: line)
+        }
+        let conv = #"{"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1}"#
+        try refused(#"{"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3}, {"type": "Flatten"}, {"type": "Linear", "in_features": 400, "out_features": 10}"#,
+                    ["layer 0 (Conv2d)", "in_channels is 3", "[1, 12, 12]"])
+        try refused(conv + #", {"type": "Flatten"}, {"type": "Linear", "in_features": 500, "out_features": 10}"#,
+                    ["layer 2 (Linear)", "in_features is 500", "[576]"])
+        try refused(conv + #", {"type": "MaxPool2d", "kernel_size": 13}, {"type": "Flatten"}, {"type": "Linear", "in_features": 4, "out_features": 10}"#,
+                    ["layer 1 (MaxPool2d)", "kernel_size 13", "[4, 12, 12]"])
+        try refused(conv + #", {"type": "Linear", "in_features": 576, "out_features": 10}"#, ["layer 1 (Linear)", "Flatten"])
+        try refused(conv + #", {"type": "Conv3d"}"#, ["layers.1", "unknown layer type"])
+        try refused(#"{"type": "Flatten"}, {"type": "Linear", "in_features": 144, "out_features": 3}"#, ["training sample 3 has label 3", "3 classes"], namesFile: false)
+    }
+
     func assertRefused(_ result: CompletedRun, mentioning words: [String], file: StaticString = #filePath, line: UInt = #line) {
         guard case .exited(let status) = result.termination, status != 0 else {
             XCTFail("expected a non-zero exit status, got \(result.termination)\n\(result.transcript)", file: file, line: line)
