@@ -41,11 +41,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // libFuzzer's glue, shared by the fuzz targets (built with -D FUZZING by Scripts/fuzz.sh).
+        .target(name: "FuzzDriver", path: "Fuzz/Driver"),
         // The wire decoder's fuzz target (Scripts/fuzz.sh); built normally, it replays the corpus.
-        .executableTarget(name: "syncbn-fuzz-wire", dependencies: ["SyncBNCluster"], path: "Fuzz/WireDecoder",
+        .executableTarget(name: "syncbn-fuzz-wire", dependencies: ["SyncBNCluster", "FuzzDriver"], path: "Fuzz/WireDecoder",
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         // The data readers' fuzz target (Scripts/fuzz.sh); built normally, it replays its corpus.
-        .executableTarget(name: "syncbn-fuzz-data", dependencies: ["SyncBNCore"], path: "Fuzz/DataParsers",
+        .executableTarget(name: "syncbn-fuzz-data", dependencies: ["SyncBNCore", "FuzzDriver"], path: "Fuzz/DataParsers",
                           exclude: ["corpus"], swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),

@@ -98,27 +98,11 @@ func largestActivation(_ spec: ModelSpec) -> Int {
 }
 
 #if FUZZING
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-    checkParsers(size == 0 ? [] : Array(UnsafeBufferPointer(start: data!, count: size)))
-    return 0
-}
-
-/// libFuzzer's entry point when the program has its own `main` (SwiftPM gives every executable one).
-@_silgen_name("LLVMFuzzerRunDriver")
-func runFuzzerDriver(
-    _ argc: UnsafeMutablePointer<Int32>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
-) -> Int32
+import FuzzDriver
 
 @main
 struct Fuzz {
-    static func main() {
-        var argc = CommandLine.argc
-        var argv = CommandLine.unsafeArgv
-        exit(runFuzzerDriver(&argc, &argv, fuzzOne))
-    }
+    static func main() { runFuzzer(checkParsers) }
 }
 #else
 /// Small valid and nearly valid files of every format, the fuzzer's starting points.

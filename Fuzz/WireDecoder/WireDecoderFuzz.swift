@@ -30,27 +30,11 @@ func checkDecoder(_ bytes: [UInt8]) {
 }
 
 #if FUZZING
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-    checkDecoder(size == 0 ? [] : Array(UnsafeBufferPointer(start: data!, count: size)))
-    return 0
-}
-
-/// libFuzzer's entry point when the program has its own `main` (SwiftPM gives every executable one).
-@_silgen_name("LLVMFuzzerRunDriver")
-func runFuzzerDriver(
-    _ argc: UnsafeMutablePointer<Int32>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
-) -> Int32
+import FuzzDriver
 
 @main
 struct Fuzz {
-    static func main() {
-        var argc = CommandLine.argc
-        var argv = CommandLine.unsafeArgv
-        exit(runFuzzerDriver(&argc, &argv, fuzzOne))
-    }
+    static func main() { runFuzzer(checkDecoder) }
 }
 #else
 /// One message of every kind, the fuzzer's starting points.

@@ -127,23 +127,12 @@ final class ConvNetworkTests: XCTestCase {
 
     private let steps = 3
 
-    private struct State: Equatable {
-        var values: [UInt32], velocity: [UInt32], runningMeans: [[UInt32]], runningVariances: [[UInt32]], tracked: [Int64]
-        init(_ network: Network) {
-            let store = network.store
-            values = bits(Array(UnsafeBufferPointer(start: store.values, count: store.count)))
-            velocity = bits(Array(UnsafeBufferPointer(start: store.velocity, count: store.count)))
-            runningMeans = network.norms.map { bits($0.runningMean) }
-            runningVariances = network.norms.map { bits($0.runningVariance) }
-            tracked = network.norms.map(\.batchesTracked)
-        }
-    }
 
     private func makeNetwork(_ mode: BatchNormMode) throws -> Network {
         Network(spec: try spec(mode), plan: plan, optimizer: SGD(learningRate: 0.1, momentum: 0.9), seed: 3)
     }
 
-    private func trainAlone(_ mode: BatchNormMode) throws -> (State, [UInt64]) {
+    private func trainAlone(_ mode: BatchNormMode) throws -> (ReplicaState, [UInt64]) {
         let network = try makeNetwork(mode)
         let collective = LocalCollective(plan: plan, valuesPerRow: network.momentScales)
         var losses: [UInt64] = []
@@ -152,10 +141,10 @@ final class ConvNetworkTests: XCTestCase {
             let metrics = try network.trainStep(slice: .whole(plan), collective: collective, computeMetrics: true, step: step)
             losses.append(try XCTUnwrap(metrics).loss.bitPattern)
         }
-        return (State(network), losses)
+        return (ReplicaState(network), losses)
     }
 
-    private func trainTogether(_ mode: BatchNormMode, workers: Int) throws -> [(State, [UInt64])] {
+    private func trainTogether(_ mode: BatchNormMode, workers: Int) throws -> [(ReplicaState, [UInt64])] {
         let hub = InProcessHub(plan: plan, workers: workers)
         let networks = try (0..<workers).map { _ in try makeNetwork(mode) }
         let results = LossTable(workers: workers)
@@ -173,13 +162,13 @@ final class ConvNetworkTests: XCTestCase {
         XCTAssertTrue(finished, "replicas deadlocked: \(hub.problems)")
         XCTAssertEqual(hub.problems, [])
         XCTAssertEqual(hub.log, Array((0..<steps).map { _ in networks[0].rounds(computeMetrics: true) }.joined()))
-        return networks.enumerated().map { (State($0.element), results.losses[$0.offset]) }
+        return networks.enumerated().map { (ReplicaState($0.element), results.losses[$0.offset]) }
     }
 
     func testSyncTrainingGivesTheSameBitsForOneToFourWorkers() throws {
         let (alone, losses) = try trainAlone(.sync)
-        XCTAssertNotEqual(alone.values, State(try makeNetwork(.sync)).values, "the parameters moved")
-        XCTAssertNotEqual(alone.runningMeans, State(try makeNetwork(.sync)).runningMeans, "the running statistics moved")
+        XCTAssertNotEqual(alone.values, ReplicaState(try makeNetwork(.sync)).values, "the parameters moved")
+        XCTAssertNotEqual(alone.runningMeans, ReplicaState(try makeNetwork(.sync)).runningMeans, "the running statistics moved")
         XCTAssertEqual(alone.tracked, [3, 3])
         for workers in 1...4 {
             for (rank, (state, rankLosses)) in try trainTogether(.sync, workers: workers).enumerated() {

@@ -70,20 +70,9 @@ final class DeterminismTests: XCTestCase {
         for (r, global) in rows.enumerated() { network.labels[r] = labels[global] }
     }
 
-    private struct State: Equatable {
-        var values: [UInt32], velocity: [UInt32], runningMeans: [[UInt32]], runningVariances: [[UInt32]], tracked: [Int64]
-        init(_ network: Network) {
-            let store = network.store
-            values = bits(Array(UnsafeBufferPointer(start: store.values, count: store.count)))
-            velocity = bits(Array(UnsafeBufferPointer(start: store.velocity, count: store.count)))
-            runningMeans = network.norms.map { bits($0.runningMean) }
-            runningVariances = network.norms.map { bits($0.runningVariance) }
-            tracked = network.norms.map(\.batchesTracked)
-        }
-    }
 
     /// Trains one process on the whole batch; returns its state and the per-step losses.
-    private func trainAlone(_ mode: BatchNormMode, _ plan: ChunkPlan) throws -> (State, [UInt64]) {
+    private func trainAlone(_ mode: BatchNormMode, _ plan: ChunkPlan) throws -> (ReplicaState, [UInt64]) {
         let network = makeNetwork(mode, plan)
         var losses: [UInt64] = []
         for step in 0..<steps {
@@ -91,11 +80,11 @@ final class DeterminismTests: XCTestCase {
             let metrics = try network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan, valuesPerRow: flatScales), computeMetrics: true)
             losses.append(try XCTUnwrap(metrics).loss.bitPattern)
         }
-        return (State(network), losses)
+        return (ReplicaState(network), losses)
     }
 
     /// Trains `workers` replicas on threads, each on its ranks' chunks; returns each replica's state and losses.
-    private func trainTogether(_ mode: BatchNormMode, _ plan: ChunkPlan, workers: Int) throws -> [(State, [UInt64])] {
+    private func trainTogether(_ mode: BatchNormMode, _ plan: ChunkPlan, workers: Int) throws -> [(ReplicaState, [UInt64])] {
         let hub = InProcessHub(plan: plan, workers: workers)
         let networks = (0..<workers).map { _ in makeNetwork(mode, plan) }
         let results = LossTable(workers: workers)
@@ -114,7 +103,7 @@ final class DeterminismTests: XCTestCase {
         }
         XCTAssertEqual(hub.problems, [])
         XCTAssertEqual(hub.log, Array((0..<steps).map { _ in networks[0].rounds(computeMetrics: true) }.joined()))
-        return networks.enumerated().map { (State($0.element), results.losses[$0.offset]) }
+        return networks.enumerated().map { (ReplicaState($0.element), results.losses[$0.offset]) }
     }
 
     func testSyncTrainingGivesTheSameBitsForOneToFiveWorkers() throws {
@@ -137,7 +126,7 @@ final class DeterminismTests: XCTestCase {
                 }
             }
             // And the parameters did move, so the comparison was not of two untouched initializations.
-            XCTAssertNotEqual(alone.values, State(makeNetwork(mode, plan)).values)
+            XCTAssertNotEqual(alone.values, ReplicaState(makeNetwork(mode, plan)).values)
         }
     }
 
@@ -189,7 +178,7 @@ final class DeterminismTests: XCTestCase {
                     let gradients = try XCTUnwrap(recorder.floats.first)
                     gradients.1.withUnsafeBufferPointer { coordinator.apply(gradients: $0) }
                     coordinator.finishStep()
-                    XCTAssertTrue(State(coordinator) == State(worker), "\(mode), chunk size \(plan.chunkSize), step \(step)")
+                    XCTAssertTrue(ReplicaState(coordinator) == ReplicaState(worker), "\(mode), chunk size \(plan.chunkSize), step \(step)")
                     XCTAssertEqual(applied, metrics)
                 }
             }

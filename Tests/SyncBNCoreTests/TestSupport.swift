@@ -69,3 +69,16 @@ func withDoubles(_ count: Int, _ body: (UnsafeMutableBufferPointer<Double>) thro
 /// `LocalCollective`'s values per row for networks whose BatchNorm layers are all BatchNorm1d (one value per
 /// row and feature).
 let flatScales = Array(repeating: 1, count: 64)
+
+/// Everything a replica's training changes, as bit patterns: parameters, momentum and BatchNorm buffers.
+struct ReplicaState: Equatable {
+    var values: [UInt32], velocity: [UInt32], runningMeans: [[UInt32]], runningVariances: [[UInt32]], tracked: [Int64]
+    init(_ network: Network) {
+        let store = network.store
+        values = bits(Array(UnsafeBufferPointer(start: store.values, count: store.count)))
+        velocity = bits(Array(UnsafeBufferPointer(start: store.velocity, count: store.count)))
+        runningMeans = network.norms.map { bits($0.runningMean) }
+        runningVariances = network.norms.map { bits($0.runningVariance) }
+        tracked = network.norms.map(\.batchesTracked)
+    }
+}
