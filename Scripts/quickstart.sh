@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 Scripts/install-deps.sh
 swift build -c release --product syncbn
-.build/release/syncbn launch --workers 4 --epochs 1 --out runs/quickstart "$@"
+.build/release/syncbn launch --workers 4 --model bn-cnn --epochs 1 --out runs/quickstart "$@"
 .build/release/syncbn evaluate --model runs/quickstart/model.safetensors
