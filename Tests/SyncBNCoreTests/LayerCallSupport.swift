@@ -86,3 +86,10 @@ extension ModelSpec {
     var hiddenSizes: [Int] { Array(widths.dropFirst().dropLast()) }
     var activation: LayerSpec { layers.first { if case .linear = $0 { return false }; return !$0.isBatchNorm } ?? .sigmoid }
 }
+
+extension GradientExchange {
+    /// An MLP's exchange: `linears` in order, the first one's input the network's input batch.
+    init(linears: [Linear], extraSumRanges: [Range<Int>], plan: ChunkPlan) {
+        self.init(factorCandidates: linears.enumerated().map { ($0.element, $0.offset == 0) }, sumRanges: extraSumRanges, plan: plan)
+    }
+}

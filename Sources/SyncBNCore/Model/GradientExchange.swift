@@ -81,11 +81,6 @@ public struct GradientExchange: Sendable {
         chunkCount = plan.chunkCount
     }
 
-    /// An MLP's exchange: `linears` in order, the first one's input the network's input batch.
-    init(linears: [Linear], extraSumRanges: [Range<Int>], plan: ChunkPlan) {
-        self.init(factorCandidates: linears.enumerated().map { ($0.element, $0.offset == 0) }, sumRanges: extraSumRanges, plan: plan)
-    }
-
     /// Combines every chunk's partial (`partials.count == chunkCount × chunkWidth`, chunk-major): sums the
     /// summed part over chunks by `TreeReduction`'s fixed tree, and concatenates the factor rows in chunk order.
     public func reduce(_ partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>) {
