@@ -20,6 +20,12 @@ struct RoundTripCommand: ParsableCommand {
     @Option(help: .hidden)
     var echo: String?
 
+    func validate() throws {
+        guard ["tcp", "ipc"].contains(transport) else { throw ValidationError("--transport \(transport) is not one of tcp, ipc") }
+        guard (1...10_000_000).contains(count) else { throw ValidationError("--count must be from 1 to 10,000,000 round trips") }
+        guard (1...(64 << 20)).contains(size) else { throw ValidationError("--size must be from 1 byte to 64 MiB") }
+    }
+
     func run() throws {
         let context = try Context()
         if let echo {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SyncBNCluster
 import SyncBNCore
 
 @main
@@ -13,6 +14,7 @@ struct SyncBNCommand: ParsableCommand {
         processes on this machine; `coordinator` and `worker` start the parts by hand or from scripts.
         For the same settings, all of them save byte-identical models.
         """,
+        version: "syncbn \(SyncBNRelease.version) (wire protocol \(WireProtocol.version))",
         subcommands: [TrainCommand.self, LaunchCommand.self, CoordinatorCommand.self, WorkerCommand.self,
                       EvaluateCommand.self, ModelCommand.self, KeygenCommand.self, RoundTripCommand.self, BenchCommand.self])
 }

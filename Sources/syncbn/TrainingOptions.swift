@@ -47,13 +47,13 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Passes over the training set (default 1 when --steps is not given).")
     var epochs: Double?
 
-    @Option(help: "Learning rate.")
+    @Option(parsing: .unconditional, help: "Learning rate.")
     var lr: Float = 0.1
 
     @Option(help: "Learning-rate schedule over the run: constant, linear (to 0) or cosine (to 0).")
     var lrSchedule: LearningRateSchedule = .linear
 
-    @Option(help: "SGD momentum (torch.optim.SGD's form: v ← μv + g; p ← p − lr·v).")
+    @Option(parsing: .unconditional, help: "SGD momentum (torch.optim.SGD's form: v ← μv + g; p ← p − lr·v).")
     var momentum: Float = 0.9
 
     @Option(help: "Seed of the initial weights and of the data order.")
@@ -79,7 +79,7 @@ struct TrainingOptions: ParsableArguments {
 
     func validate() throws {
         guard ModelSpec.presetNames.contains(model) else { throw ValidationError("unknown --model \(model): choose one of \(ModelSpec.presetNames.joined(separator: ", ")), or give --model-file FILE") }
-        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
+        guard batchSize >= 1, batchSize <= Self.maximumBatchSize else { throw ValidationError("--batch-size must be from 1 to \(Self.maximumBatchSize)") }
         guard bn == .none || batchSize >= 2 else { throw ValidationError("--batch-size must be at least 2 with BatchNorm: the variance of one sample is undefined (or use --bn none)") }
         guard chunkSize >= 1 else { throw ValidationError("--chunk-size must be at least 1") }
         if let bnGroupSize {
@@ -88,8 +88,8 @@ struct TrainingOptions: ParsableArguments {
                 throw ValidationError("--bn-group-size \(bnGroupSize) must be a multiple of --chunk-size \(chunkSize) that divides --batch-size \(batchSize)")
             }
         }
-        if let steps { guard steps >= 1 else { throw ValidationError("--steps must be at least 1") } }
-        if let epochs { guard epochs > 0, epochs.isFinite else { throw ValidationError("--epochs must be a positive number") } }
+        if let steps { guard steps >= 1, steps <= Self.maximumSteps else { throw ValidationError("--steps must be from 1 to \(Self.maximumSteps)") } }
+        if let epochs { guard epochs > 0, epochs <= Self.maximumEpochs else { throw ValidationError("--epochs must be a positive number up to \(Int(Self.maximumEpochs))") } }
         guard lr.isFinite, lr > 0 else { throw ValidationError("--lr must be a positive number") }
         guard momentum.isFinite, momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1)") }
         guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1") }
@@ -99,6 +99,11 @@ struct TrainingOptions: ParsableArguments {
             throw ValidationError("--out \(out) is a file: give a directory for model.safetensors and metrics.jsonl")
         }
     }
+
+    /// Limits that keep every size computed from the flags far from overflow and from absurd allocations.
+    static let maximumSteps = 1_000_000_000
+    static let maximumEpochs = 1_000_000.0
+    static let maximumBatchSize = 1 << 20
 
     /// Loads the data and turns the options into a job's settings.
     func resolve() throws -> (TrainingConfig, ImageDataset) {
@@ -112,6 +117,9 @@ struct TrainingOptions: ParsableArguments {
         let spec = try resolveModel(for: dataset)
         let stepsPerEpoch = dataset.train.count / batchSize
         let totalSteps = steps ?? max(1, Int((Double(stepsPerEpoch) * (epochs ?? 1)).rounded()))
+        guard totalSteps <= Self.maximumSteps else {
+            throw ValidationError("--epochs \(epochs ?? 1) is \(totalSteps) steps of \(batchSize) samples; at most \(Self.maximumSteps) steps")
+        }
         var config = TrainingConfig(
             model: spec, plan: ChunkPlan(batchSize: batchSize, chunkSize: chunkSize),
             optimizer: SGD(learningRate: lr, momentum: momentum), seed: seed, steps: totalSteps,

@@ -126,14 +126,29 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         XCTAssertTrue(result.stderr.contains("--gradient-exchange peers") && result.stderr.contains("keys"), result.transcript)
     }
 
+    func testVersionNamesTheReleaseAndTheWireProtocol() throws {
+        let result = try runSuccessfully(["--version"])
+        XCTAssertTrue(result.stdout.hasPrefix("syncbn ") && result.stdout.contains("wire protocol 3"), result.transcript)
+    }
+
     func testInvalidFlagsAreRefusedWithAnExplanation() throws {
         let out = try makeTemporaryDirectory("flags").path
         let cases: [(arguments: [String], message: String)] = [
-            (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+            (["train", "--batch-size", "0"], "--batch-size must be from 1 to"),
+            (["train", "--batch-size", "99999999999"], "--batch-size must be from 1 to"),
             (["train", "--batch-size", "1"], "variance of one sample"),
             (["train", "--chunk-size", "0"], "--chunk-size must be at least 1"),
-            (["train", "--steps", "0"], "--steps must be at least 1"),
+            (["train", "--steps", "0"], "--steps must be from 1 to"),
+            (["train", "--steps", "99999999999999"], "--steps must be from 1 to 1000000000"),
+            (["train", "--epochs", "1e300"], "--epochs must be a positive number up to"),
+            (["train", "--epochs", "999999", "--batch-size", "2", "--chunk-size", "2"], "steps of 2 samples; at most 1000000000 steps"),
             (["train", "--lr", "0"], "--lr must be a positive number"),
+            (["train", "--lr", "-1"], "--lr must be a positive number"),
+            (["train", "--momentum", "-0.5"], "--momentum must be in [0, 1)"),
+            (["train", "--bn-group-size", "7"], "--bn-group-size 7 must be a multiple of --chunk-size 15"),
+            (["train", "--bn", "local", "--bn-group-size", "15"], "use it with --bn sync"),
+            (["bench-roundtrip", "--count", "0"], "--count must be from 1"),
+            (["bench-roundtrip", "--transport", "udp"], "--transport udp is not one of tcp, ipc"),
             (["train", "--momentum", "1"], "--momentum must be in [0, 1)"),
             (["train", "--model", "resnet"], "unknown --model resnet"),
             (["train", "--bn", "sometimes"], "sometimes"),
@@ -145,7 +160,8 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
             (["worker", "--connect", "tcp://127.0.0.1:9", "--connect-timeout", "0"], "timeouts must be positive"),
         ]
         for (arguments, message) in cases {
-            let result = try run(arguments + (arguments.first == "worker" ? [] : ["--out", out]), seconds: 30)
+            let takesOut = !["worker", "bench-roundtrip"].contains(arguments.first!)
+            let result = try run(arguments + (takesOut ? ["--out", out] : []), seconds: 30)
             guard case .exited(let status) = result.termination else {
                 XCTFail("`syncbn \(arguments.joined(separator: " "))` crashed: \(result.termination)\n\(result.transcript)")
                 continue

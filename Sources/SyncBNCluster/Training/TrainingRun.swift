@@ -61,7 +61,7 @@ public final class TrainingRun {
                              computeMetrics: evaluates(step) || (step + 1) % config.logEvery == 0)
         }
         var stepSeconds: [Double] = []
-        stepSeconds.reserveCapacity(config.steps)
+        stepSeconds.reserveCapacity(min(config.steps, 1 << 16))
         var lastTest = StepMetrics(loss: .nan, accuracy: .nan)
         let started = Date()
         for step in startStep..<max(startStep, config.steps) {
