@@ -50,6 +50,13 @@ func checkParsers(_ bytes: [UInt8]) {
             fatalError("CIFAR-10 file of \(file.count) records with \(file.pixels.count) pixels")
         }
     }
+    // Safetensors (models, checkpoints, --init): decode or CheckpointError; a decoded tensor's bytes fit its shape.
+    do {
+        _ = try Safetensors.metadata(bytes, source: "fuzz.safetensors")
+        for (name, tensor) in try Safetensors.decode(bytes, source: "fuzz.safetensors") {
+            if tensor.shape.contains(where: { $0 < 0 }) { fatalError("tensor \(name) decoded with shape \(tensor.shape)") }
+        }
+    } catch is CheckpointError {} catch { fatalError("the safetensors decoder threw \(type(of: error)), not CheckpointError: \(error)") }
     let text = String(decoding: bytes, as: UTF8.self)
     expectDataError {
         let augmentation = try Augmentation(parsing: text)

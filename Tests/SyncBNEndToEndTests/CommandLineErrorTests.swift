@@ -175,6 +175,20 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
     // MARK: Helpers
 
     /// Exit status ≠ 0 (not a crash) and exactly one error line, which contains every one of `words`.
+    func testSafetensorsWithAnOverflowingShapeAreRefusedInInitAndEvaluate() throws {
+        // A header whose shape's element count overflows Int ([2^62, 4]); written by hand.
+        let header = #"{"0.weight":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}}"#
+        var bytes = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { Array($0) }
+        bytes += Array(header.utf8)
+        let path = try makeTemporaryDirectory("overflow").appendingPathComponent("bad.safetensors").path
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        let data = ConvDeterminismTests.dataSet
+        assertRefused(try run(["train", "--data", data, "--init", path, "--steps", "1", "--out", try makeTemporaryDirectory("o").path], seconds: 60),
+                      mentioning: [path, "shape [4611686018427387904, 4] of 0.weight"])
+        // evaluate reads the architecture first: this file has none, which it says without touching the tensors.
+        assertRefused(try run(["evaluate", "--model", path, "--data", data], seconds: 60), mentioning: [path, "no syncbn.model metadata"])
+    }
+
     // MARK: Model files
 
     func testModelFilesThatDoNotFitAreRefusedBeforeTrainingNamingLayerAndShapes() throws {

@@ -107,7 +107,14 @@ public enum Safetensors {
             else { throw fail("the entry for \(name) lacks dtype, shape or data_offsets") }
             guard let dtype = DType(rawValue: dtypeName) else { throw fail("\(name) has dtype \(dtypeName); only F32 and I64 are supported") }
             let (start, end) = (offsets[0], offsets[1])
-            guard start >= 0, start <= end, end <= data.count, end - start == shape.reduce(1, *) * dtype.size else {
+            var byteCount: Int? = dtype.size
+            for dimension in shape {
+                guard dimension >= 0, let count = byteCount else { byteCount = nil; break }
+                let (product, overflow) = count.multipliedReportingOverflow(by: dimension)
+                byteCount = overflow ? nil : product
+            }
+            guard let byteCount else { throw fail("the shape \(shape) of \(name) has a negative dimension or more elements than any file can hold") }
+            guard start >= 0, start <= end, end <= data.count, end - start == byteCount else {
                 throw fail("the byte range of \(name) does not match its shape \(shape)")
             }
             tensors[name] = Tensor(dtype: dtype, shape: shape, bytes: Array(data[(data.startIndex + start)..<(data.startIndex + end)]))
