@@ -101,9 +101,9 @@ struct TrainingOptions: ParsableArguments {
     }
 
     /// Limits that keep every size computed from the flags far from overflow and from absurd allocations.
-    static let maximumSteps = 1_000_000_000
+    static let maximumSteps = TrainingConfig.maximumSteps
     static let maximumEpochs = 1_000_000.0
-    static let maximumBatchSize = 1 << 20
+    static let maximumBatchSize = TrainingConfig.maximumBatchSize
 
     /// Loads the data and turns the options into a job's settings.
     func resolve() throws -> (TrainingConfig, ImageDataset) {
@@ -126,6 +126,7 @@ struct TrainingOptions: ParsableArguments {
             shuffle: !noShuffle, logEvery: logEvery, evaluateEvery: evalEvery ?? stepsPerEpoch, schedule: lrSchedule)
         config.inputPipeline = pipeline
         config.batchNormGroupSize = bnGroupSize.flatMap { $0 < batchSize ? $0 : nil }
+        try config.check()
         return (config, dataset)
     }
 

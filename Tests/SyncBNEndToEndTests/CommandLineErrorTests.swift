@@ -189,6 +189,26 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         assertRefused(try run(["evaluate", "--model", path, "--data", data], seconds: 60), mentioning: [path, "no syncbn.model metadata"])
     }
 
+    func testACheckpointWithEditedSettingsIsRefusedOnResume() throws {
+        let data = ConvDeterminismTests.dataSet
+        let flags = ["--data", data, "--model", "bn-cnn", "--batch-size", "8", "--chunk-size", "2", "--steps", "6", "--checkpoint-every", "2"]
+        let out = try makeTemporaryDirectory("edited")
+        try runSuccessfully(["launch", "--workers", "1"] + flags + ["--out", out.path])
+        let path = out.appendingPathComponent("checkpoint.safetensors")
+        var file = try SafetensorsFile(Data(contentsOf: path))
+        let config = try XCTUnwrap(file.metadata["syncbn.config"])
+        for (key, value) in [("logEvery", "0"), ("batchSize", "99999999999")] {
+            var settings = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(config.utf8)) as? [String: Any])
+            if key == "logEvery" { settings[key] = Int(value) } else {
+                var plan = try XCTUnwrap(settings["plan"] as? [String: Any]); plan[key] = Int(value); settings["plan"] = plan
+            }
+            file.metadata["syncbn.config"] = String(decoding: try JSONSerialization.data(withJSONObject: settings), as: UTF8.self)
+            try file.encoded().write(to: path)
+            let result = try run(["coordinator", "--workers", "1", "--resume", out.path] + flags, seconds: 60)
+            assertRefused(result, mentioning: [path.path, "edited or damaged"])
+        }
+    }
+
     // MARK: Model files
 
     func testModelFilesThatDoNotFitAreRefusedBeforeTrainingNamingLayerAndShapes() throws {
@@ -239,6 +259,7 @@ struct SafetensorsFile {
     struct FormatError: Error, CustomStringConvertible { let description: String }
 
     var tensors: [String: Tensor] = [:]
+    var metadata: [String: String] = [:]
     /// Tensor names in file order (the order `encoded()` writes them back in).
     var order: [String] = []
 
@@ -250,6 +271,7 @@ struct SafetensorsFile {
         guard let header = try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as? [String: Any] else {
             throw FormatError(description: "header is not a JSON object")
         }
+        metadata = header["__metadata__"] as? [String: String] ?? [:]
         let base = 8 + headerLength
         var entries: [(name: String, start: Int, tensor: Tensor)] = []
         for (name, value) in header where name != "__metadata__" {
@@ -279,7 +301,10 @@ struct SafetensorsFile {
             offset += tensor.bytes.count
             body += tensor.bytes
         }
-        header += "\"__metadata__\":{\"format\":\"pt\"}}"
+        var fields = metadata
+        fields["format"] = "pt"
+        let metadataJSON = String(decoding: try! JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]), as: UTF8.self)
+        header += "\"__metadata__\":\(metadataJSON)}"
         var out = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { [UInt8]($0) }
         out += Array(header.utf8)
         out += body

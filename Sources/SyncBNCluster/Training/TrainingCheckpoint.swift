@@ -42,6 +42,12 @@ public struct TrainingCheckpoint {
               let config = try? JSONDecoder().decode(TrainingConfig.self, from: Data(configText.utf8)) else {
             throw CheckpointError("\(path) is not a SyncBN training checkpoint (its metadata lacks the step and settings)")
         }
+        do {
+            try config.check()
+        } catch let error as TrainingError {
+            throw CheckpointError("\(path): \(error.description): it was edited or damaged; start a new run")
+        }
+        guard nextStep <= config.steps else { throw CheckpointError("\(path) continues at step \(nextStep + 1) of a run of \(config.steps) steps: it was edited or damaged") }
         return TrainingCheckpoint(config: config, nextStep: nextStep, state: try Safetensors.decode(bytes, source: path))
     }
 }

@@ -35,6 +35,28 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         self.evaluateEvery = evaluateEvery
     }
 
+    /// The largest global batch and the most steps a job may have: far from any overflow of the sizes
+    /// computed from them, and beyond any run this machine could do.
+    public static let maximumBatchSize = 1 << 20
+    public static let maximumSteps = 1_000_000_000
+
+    /// Checks settings that did not come from the command line's own checks — a checkpoint's, or the ones a
+    /// coordinator sent — before anything is sized from them.
+    /// - Throws: `TrainingError` naming the first setting out of range.
+    public func check() throws {
+        func fail(_ what: String) -> TrainingError { TrainingError("the settings have \(what)") }
+        guard plan.batchSize <= Self.maximumBatchSize else { throw fail("a batch of \(plan.batchSize) samples (at most \(Self.maximumBatchSize))") }
+        guard (1...Self.maximumSteps).contains(steps) else { throw fail("\(steps) steps (1 to \(Self.maximumSteps))") }
+        guard logEvery >= 1, evaluateEvery >= 1 else { throw fail("logEvery \(logEvery) and evaluateEvery \(evaluateEvery) (each at least 1)") }
+        guard optimizer.learningRate.isFinite, optimizer.learningRate > 0 else { throw fail("learning rate \(optimizer.learningRate) (a positive number)") }
+        guard optimizer.momentum.isFinite, optimizer.momentum >= 0, optimizer.momentum < 1 else { throw fail("momentum \(optimizer.momentum) (in [0, 1))") }
+        if let size = batchNormGroupSize {
+            guard size >= 1, size % plan.chunkSize == 0, plan.batchSize % size == 0 else {
+                throw fail("BatchNorm groups of \(size) (a multiple of the chunk size \(plan.chunkSize) that divides the batch \(plan.batchSize))")
+            }
+        }
+    }
+
     /// The learning rate of step `step` (0-based): the same on the coordinator and every worker.
     public func learningRate(atStep step: Int) -> Float {
         schedule.rate(base: optimizer.learningRate, step: step, of: steps)

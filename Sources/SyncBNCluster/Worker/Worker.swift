@@ -188,6 +188,7 @@ public final class Worker {
         let config: TrainingConfig
         do {
             config = try JSONDecoder().decode(TrainingConfig.self, from: Data(configJSON))
+            try config.check()
         } catch {
             throw ClusterError("the coordinator's settings cannot be read (\(error)): run the same syncbn release everywhere")
         }
