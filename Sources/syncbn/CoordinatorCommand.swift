@@ -80,6 +80,7 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
         config = checkpoint!.config
     }
     let out = options.outputDirectory(or: resume ?? "runs/latest")
+    try OutputDirectory.prepare(out)
     let coordinator = try Coordinator(config: config, data: dataset.train, bind: bind, workerCount: workers,
                                       minWorkers: min(cluster.minWorkers, workers), timeouts: cluster.timeouts,
                                       nonFinitePolicy: cluster.onNonfinite, gradientExchange: cluster.gradientExchange, security: security,

@@ -189,6 +189,17 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         assertRefused(try run(["evaluate", "--model", path, "--data", data], seconds: 60), mentioning: [path, "no syncbn.model metadata"])
     }
 
+    func testAnOutputDirectoryUnderAFileIsRefusedBeforeTraining() throws {
+        let file = try makeTemporaryDirectory("under").appendingPathComponent("a-file")
+        FileManager.default.createFile(atPath: file.path, contents: Data("x".utf8))
+        for command in [["train"], ["launch", "--workers", "2"]] {
+            let result = try run(command + ["--data", ConvDeterminismTests.dataSet, "--model", "bn-cnn", "--steps", "2",
+                                            "--batch-size", "8", "--chunk-size", "2", "--out", file.path + "/run"], seconds: 60)
+            assertRefused(result, mentioning: ["--out \(file.path)/run", "\(file.path) is a file"])
+            XCTAssertFalse(result.stderr.contains("step 1/"), "\(command[0]) trained before finding --out unusable\n\(result.transcript)")
+        }
+    }
+
     func testACheckpointWithEditedSettingsIsRefusedOnResume() throws {
         let data = ConvDeterminismTests.dataSet
         let flags = ["--data", data, "--model", "bn-cnn", "--batch-size", "8", "--chunk-size", "2", "--steps", "6", "--checkpoint-every", "2"]

@@ -39,10 +39,13 @@ public final class TrainingRun {
         let order = BatchOrder(sampleCount: dataset.train.count, batchSize: config.plan.batchSize, shuffle: config.shuffle, seed: config.seed)
         var metricsFile: FileHandle?
         if let outputDirectory {
-            try FileManager.default.createDirectory(atPath: outputDirectory, withIntermediateDirectories: true)
+            try OutputDirectory.prepare(outputDirectory)
             let path = (outputDirectory as NSString).appendingPathComponent("metrics.jsonl")
-            _ = FileManager.default.createFile(atPath: path, contents: Self.linesBefore(startStep, ofMetricsAt: path))
-            metricsFile = FileHandle(forWritingAtPath: path)
+            guard FileManager.default.createFile(atPath: path, contents: Self.linesBefore(startStep, ofMetricsAt: path)),
+                  let file = FileHandle(forWritingAtPath: path) else {
+                throw TrainingError("cannot write \(path): give an --out directory you can write")
+            }
+            metricsFile = file
             metricsFile?.seekToEndOfFile()
         }
         defer { try? metricsFile?.close() }
