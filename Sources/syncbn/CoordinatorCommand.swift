@@ -44,7 +44,7 @@ struct CoordinatorCommand: ParsableCommand {
         BLAS.useSingleThread()
         let interrupted = InterruptFlag()
         handleSignals { signal in
-            if interrupted.set() { logger.warning("signal \(signal): stopping; the step under way is saved to be redone on --resume") }
+            if interrupted.set() { logger.warning("signal \(signal): stopping; once training has started, a checkpoint is saved to be continued with --resume") }
         }
         do {
             try reportingErrors(logger) {

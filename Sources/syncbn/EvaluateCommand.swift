@@ -28,6 +28,9 @@ struct EvaluateCommand: ParsableCommand {
             try spec.check(against: dataset, source: data)
             let network = Network(spec: spec, plan: ChunkPlan(batchSize: 1, chunkSize: 1), optimizer: SGD(learningRate: 0, momentum: 0), seed: 0)
             try network.loadModel(from: model)
+            if let name = network.firstNonFiniteTensor() {
+                throw CheckpointError("\(model): tensor \(name) holds NaN or infinity, so the model's outputs are meaningless: it diverged in training; retrain with a lower --lr")
+            }
             let normalization = try Network.normalization(ofCheckpoint: model)
             try normalization?.check(sampleShape: dataset.test.sampleShape)
             let result = network.evaluate(dataset.test, normalization: normalization)

@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import SyncBNCluster
 
@@ -12,6 +13,13 @@ struct KeygenCommand: ParsableCommand {
 
     @Option(help: "Path and name of the key pair, without extension.")
     var out: String
+
+    func validate() throws {
+        let name = (out as NSString).lastPathComponent
+        guard !out.isEmpty, !out.hasSuffix("/"), !name.isEmpty, name != ".", name != ".." else {
+            throw ValidationError("--out \"\(out)\" names no file: give a path and name such as keys/worker1 (writes keys/worker1.key and keys/worker1.pub)")
+        }
+    }
 
     func run() throws {
         let logger = makeLogger("syncbn.keygen")

@@ -148,6 +148,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
             (["train", "--bn-group-size", "7"], "--bn-group-size 7 must be a multiple of --chunk-size 15"),
             (["train", "--bn", "local", "--bn-group-size", "15"], "use it with --bn sync"),
             (["bench-roundtrip", "--count", "0"], "--count must be from 1"),
+            (["keygen", "--out", ""], "names no file"),
             (["bench-roundtrip", "--transport", "udp"], "--transport udp is not one of tcp, ipc"),
             (["train", "--momentum", "1"], "--momentum must be in [0, 1)"),
             (["train", "--model", "resnet"], "unknown --model resnet"),
@@ -160,7 +161,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
             (["worker", "--connect", "tcp://127.0.0.1:9", "--connect-timeout", "0"], "timeouts must be positive"),
         ]
         for (arguments, message) in cases {
-            let takesOut = !["worker", "bench-roundtrip"].contains(arguments.first!)
+            let takesOut = !["worker", "bench-roundtrip", "keygen"].contains(arguments.first!)
             let result = try run(arguments + (takesOut ? ["--out", out] : []), seconds: 30)
             guard case .exited(let status) = result.termination else {
                 XCTFail("`syncbn \(arguments.joined(separator: " "))` crashed: \(result.termination)\n\(result.transcript)")
@@ -187,6 +188,20 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
                       mentioning: [path, "shape [4611686018427387904, 4] of 0.weight"])
         // evaluate reads the architecture first: this file has none, which it says without touching the tensors.
         assertRefused(try run(["evaluate", "--model", path, "--data", data], seconds: 60), mentioning: [path, "no syncbn.model metadata"])
+    }
+
+    func testEvaluateRefusesAModelWithNaNWeightsNamingTheTensor() throws {
+        let data = ConvDeterminismTests.dataSet
+        let out = try makeTemporaryDirectory("nan")
+        try runSuccessfully(["train", "--data", data, "--model", "bn-cnn", "--steps", "2", "--batch-size", "8", "--chunk-size", "2", "--out", out.path])
+        let path = out.appendingPathComponent("model.safetensors")
+        XCTAssertTrue(try runSuccessfully(["evaluate", "--model", path.path, "--data", data, "--json"]).stdout.contains("accuracy"))
+        var file = try SafetensorsFile(Data(contentsOf: path))
+        var weight = try XCTUnwrap(file.tensors["4.weight"])
+        withUnsafeBytes(of: Float.nan.bitPattern.littleEndian) { weight.bytes.replaceSubrange(40..<44, with: $0) }
+        file.tensors["4.weight"] = weight
+        try file.encoded().write(to: path)
+        assertRefused(try run(["evaluate", "--model", path.path, "--data", data], seconds: 60), mentioning: ["tensor 4.weight holds NaN"])
     }
 
     func testAnOutputDirectoryUnderAFileIsRefusedBeforeTraining() throws {

@@ -79,6 +79,11 @@ extension Network {
         velocity.floats.withUnsafeBufferPointer { store.velocity.update(from: $0.baseAddress!, count: store.count) }
     }
 
+    /// The name of the first tensor of the state_dict holding NaN or infinity, if any (a model that diverged).
+    public func firstNonFiniteTensor() -> String? {
+        stateDict().first { entry in entry.tensor.dtype == .float32 && !entry.tensor.floats.allSatisfy(\.isFinite) }?.name
+    }
+
     /// The metadata key of the input normalization a model was trained with ("MEAN,…,STD,…", as --normalize).
     public static let normalizationMetadataKey = "syncbn.normalize"
 
