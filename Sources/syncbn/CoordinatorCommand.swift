@@ -80,7 +80,7 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
         config = checkpoint!.config
     }
     let out = options.outputDirectory(or: resume ?? "runs/latest")
-    try OutputDirectory.prepare(out)
+    let output = try OutputDirectory(out)
     let coordinator = try Coordinator(config: config, data: dataset.train, bind: bind, workerCount: workers,
                                       minWorkers: min(cluster.minWorkers, workers), timeouts: cluster.timeouts,
                                       nonFinitePolicy: cluster.onNonfinite, gradientExchange: cluster.gradientExchange, security: security,
@@ -100,7 +100,7 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
         logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples (\(config.plan.chunkCount) chunks) on \(workers) worker(s)")
         training = true
         let summary = try TrainingRun(config: config, dataset: dataset, runner: coordinator, outputDirectory: out, logger: logger,
-                                      startStep: coordinator.nextStep, checkpointEvery: cluster.checkpointEvery).run()
+                                      startStep: coordinator.nextStep, checkpointEvery: cluster.checkpointEvery, lockedOutput: output).run()
         coordinator.finish()
         logger.info("\(summary.report())")
     } catch {

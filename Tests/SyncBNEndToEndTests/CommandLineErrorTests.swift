@@ -204,6 +204,22 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         assertRefused(try run(["evaluate", "--model", path.path, "--data", data], seconds: 60), mentioning: ["tensor 4.weight holds NaN"])
     }
 
+    func testASecondRunIntoTheSameOutputDirectoryIsRefusedNamingTheFirst() throws {
+        let out = try makeTemporaryDirectory("shared")
+        let flags = ["--data", ConvDeterminismTests.dataSet, "--model", "bn-cnn", "--batch-size", "8", "--chunk-size", "2", "--out", out.path]
+        let first = try start(["train", "--steps", "100000", "--log-every", "1"] + flags)
+        // The first run holds the directory once it writes metrics.
+        let metrics = out.appendingPathComponent("metrics.jsonl").path
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: metrics) && Date() < deadline { usleep(5_000) }  // a file another process writes, under a deadline
+        XCTAssertTrue(FileManager.default.fileExists(atPath: metrics), first.transcript)
+        for command in [["train", "--steps", "2"], ["launch", "--workers", "1", "--steps", "2"]] {
+            assertRefused(try run(command + flags, seconds: 60), mentioning: ["in use by syncbn process \(first.pid)"])
+        }
+        first.killAndReap()
+        try runSuccessfully(["train", "--steps", "2"] + flags)  // a dead holder's lock is gone with it
+    }
+
     func testAnOutputDirectoryUnderAFileIsRefusedBeforeTraining() throws {
         let file = try makeTemporaryDirectory("under").appendingPathComponent("a-file")
         FileManager.default.createFile(atPath: file.path, contents: Data("x".utf8))

@@ -22,9 +22,12 @@ public final class TrainingRun {
     let startStep: Int
     /// A checkpoint is written to the output directory every this many steps (0: never).
     let checkpointEvery: Int
+    /// The locked output directory: given by a command that locked it earlier, or locked at the start of `run`.
+    var lockedOutput: OutputDirectory?
 
     public init(config: TrainingConfig, dataset: ImageDataset, runner: StepRunner, outputDirectory: String?, logger: Logger,
-                startStep: Int = 0, checkpointEvery: Int = 0) {
+                startStep: Int = 0, checkpointEvery: Int = 0, lockedOutput: OutputDirectory? = nil) {
+        self.lockedOutput = lockedOutput
         self.config = config
         self.dataset = dataset
         self.runner = runner
@@ -39,7 +42,7 @@ public final class TrainingRun {
         let order = BatchOrder(sampleCount: dataset.train.count, batchSize: config.plan.batchSize, shuffle: config.shuffle, seed: config.seed)
         var metricsFile: FileHandle?
         if let outputDirectory {
-            try OutputDirectory.prepare(outputDirectory)
+            if lockedOutput?.path != outputDirectory { lockedOutput = try OutputDirectory(outputDirectory) }
             let path = (outputDirectory as NSString).appendingPathComponent("metrics.jsonl")
             guard FileManager.default.createFile(atPath: path, contents: Self.linesBefore(startStep, ofMetricsAt: path)),
                   let file = FileHandle(forWritingAtPath: path) else {
