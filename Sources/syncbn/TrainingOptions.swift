@@ -28,6 +28,9 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "A model file (JSON mirroring torch.nn, see Examples/models) instead of --model.")
     var modelFile: String?
 
+    @Option(help: "Classes of a preset's last layer: a number, or auto (the data's largest label + 1). A label at or above it is an error. A model file sets its own.")
+    var classes = "10"
+
     @Option(help: "BatchNorm: sync (global batch statistics), local (each worker's slice), none (no BN layers).")
     var bn: BatchNormMode = .sync
 
@@ -78,6 +81,9 @@ struct TrainingOptions: ParsableArguments {
     var evalEvery: Int?
 
     func validate() throws {
+        guard classes == "auto" || Int(classes).map({ (2...65_536).contains($0) }) == true else {
+            throw ValidationError("--classes \(classes) is neither auto nor a number from 2 to 65536")
+        }
         guard ModelSpec.presetNames.contains(model) else { throw ValidationError("unknown --model \(model): choose one of \(ModelSpec.presetNames.joined(separator: ", ")), or give --model-file FILE") }
         guard batchSize >= 1, batchSize <= Self.maximumBatchSize else { throw ValidationError("--batch-size must be from 1 to \(Self.maximumBatchSize)") }
         guard bn == .none || batchSize >= 2 else { throw ValidationError("--batch-size must be at least 2 with BatchNorm: the variance of one sample is undefined (or use --bn none)") }
@@ -138,8 +144,8 @@ struct TrainingOptions: ParsableArguments {
         if let modelFile {
             spec = try ModelSpec.load(modelFile: modelFile, batchNorm: bn)
         } else {
-            let classes = Int(max(dataset.train.labels.max() ?? 0, dataset.test.labels.max() ?? 0)) + 1
-            spec = try ModelSpec.preset(model, input: sampleShape, classes: max(10, classes), batchNorm: bn)!
+            let count = classes == "auto" ? max(2, Int(max(dataset.train.labels.max() ?? 0, dataset.test.labels.max() ?? 0)) + 1) : Int(classes)!
+            spec = try ModelSpec.preset(model, input: sampleShape, classes: count, batchNorm: bn)!
         }
         try spec.check(against: dataset, source: data)
         return spec

@@ -149,6 +149,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
             (["train", "--bn", "local", "--bn-group-size", "15"], "use it with --bn sync"),
             (["bench-roundtrip", "--count", "0"], "--count must be from 1"),
             (["keygen", "--out", ""], "names no file"),
+            (["train", "--classes", "1"], "--classes 1 is neither auto nor a number from 2 to 65536"),
             (["bench-roundtrip", "--transport", "udp"], "--transport udp is not one of tcp, ipc"),
             (["train", "--momentum", "1"], "--momentum must be in [0, 1)"),
             (["train", "--model", "resnet"], "unknown --model resnet"),
@@ -218,6 +219,26 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         }
         first.killAndReap()
         try runSuccessfully(["train", "--steps", "2"] + flags)  // a dead holder's lock is gone with it
+    }
+
+    func testALabelOutsideThePresetsClassesIsAnErrorUnlessClassesAreTakenFromTheData() throws {
+        // The small conv data set with training sample 5's label set to 200.
+        let directory = try makeTemporaryDirectory("labels")
+        for name in ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-labels-idx1-ubyte"] {
+            try FileManager.default.copyItem(atPath: (ConvDeterminismTests.dataSet as NSString).appendingPathComponent(name),
+                                             toPath: directory.appendingPathComponent(name).path)
+        }
+        let labels = directory.appendingPathComponent("train-labels-idx1-ubyte")
+        var bytes = [UInt8](try Data(contentsOf: labels))
+        bytes[8 + 5] = 200  // after the 4-byte magic and one 4-byte dimension
+        try Data(bytes).write(to: labels)
+        let flags = ["--data", directory.path, "--model", "bn-cnn", "--steps", "2", "--batch-size", "8", "--chunk-size", "2"]
+        assertRefused(try run(["train"] + flags + ["--out", try makeTemporaryDirectory("l1").path], seconds: 60),
+                      mentioning: [directory.path, "training sample 5 has label 200", "10 classes"])
+        let out = try makeTemporaryDirectory("l2")
+        try runSuccessfully(["train"] + flags + ["--classes", "auto", "--out", out.path])
+        let model = try SafetensorsFile(Data(contentsOf: out.appendingPathComponent("model.safetensors")))
+        XCTAssertEqual(model.tensors["12.weight"]?.shape, [201, 128], "--classes auto should size the classifier from the labels")
     }
 
     func testAnOutputDirectoryUnderAFileIsRefusedBeforeTraining() throws {
