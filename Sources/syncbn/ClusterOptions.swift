@@ -4,6 +4,19 @@ import SyncBNCluster
 extension NonFinitePolicy: ExpressibleByArgument {}
 extension GradientExchangeMode: ExpressibleByArgument {}
 
+/// Checkpoints of a run and continuing one, shared by `train`, `coordinator` and `launch`.
+struct CheckpointOptions: ParsableArguments {
+    @Option(help: "Write a checkpoint to --out every N steps (0: only when interrupted or stopped).")
+    var checkpointEvery = 500
+
+    @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
+    var resume: String?
+
+    func validate() throws {
+        guard checkpointEvery >= 0 else { throw ValidationError("--checkpoint-every must be 0 or more") }
+    }
+}
+
 /// How a coordinator copes with failures, shared by `coordinator` and `launch`.
 struct ClusterOptions: ParsableArguments {
     @Option(help: "Below this many live workers, pause and wait for workers to join.")
@@ -18,8 +31,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "Seconds without heartbeat answers after which a worker is declared dead.")
     var heartbeatTimeout: Double = 2
 
-    @Option(help: "Write a checkpoint to --out every N steps (0: only when interrupted or stopped).")
-    var checkpointEvery = 500
+    @OptionGroup var checkpoints: CheckpointOptions
+    var checkpointEvery: Int { checkpoints.checkpointEvery }
+    var resume: String? { checkpoints.resume }
 
     @Option(help: "On NaN or infinity in a worker's partials: abort (save a checkpoint and stop) or skip the step.")
     var onNonfinite: NonFinitePolicy = .abort
@@ -27,13 +41,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "How gradients travel: star (through the coordinator) or peers (reduce-scatter + all-gather among the workers, whose coordinator traffic does not grow with the worker count; not with keys).")
     var gradientExchange: GradientExchangeMode = .star
 
-    @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
-    var resume: String?
-
     func validate() throws {
         guard minWorkers >= 1 else { throw ValidationError("--min-workers must be at least 1") }
         guard joinTimeout > 0, roundTimeout > 0, heartbeatTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
-        guard checkpointEvery >= 0 else { throw ValidationError("--checkpoint-every must be 0 or more") }
     }
 
     var timeouts: ClusterTimeouts {

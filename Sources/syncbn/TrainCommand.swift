@@ -1,25 +1,72 @@
 import ArgumentParser
+import Foundation
+import Logging
 import SyncBNCluster
 import SyncBNCore
 
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train in one process: the reference every distributed run must match bit for bit.")
+        abstract: "Train in one process: the reference every distributed run must match bit for bit.",
+        discussion: """
+        On SIGINT or SIGTERM the run stops at the next step boundary, saves a checkpoint and prints the command
+        that continues it (`syncbn train --resume DIR`), bit for bit; it exits with status 75.
+        """)
 
     @OptionGroup var options: TrainingOptions
+    @OptionGroup var checkpoints: CheckpointOptions
 
     func run() throws {
         let logger = makeLogger("syncbn.train")
         BLAS.useSingleThread()
-        try reportingErrors(logger) {
-            let (config, dataset) = try options.resolve()
-            let network = config.makeNetwork()
-            try options.loadInitialModel(into: network)
-            let runner = LocalStepRunner(network: network, data: dataset.train, config: config)
-            logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process")
-            let summary = try TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: options.outputDirectory(), logger: logger).run()
-            logger.info("\(summary.report())")
+        let interrupted = InterruptFlag()
+        handleSignals { signal in
+            if interrupted.set() { logger.warning("signal \(signal): stopping after the step under way") }
         }
+        do {
+            try reportingErrors(logger) { try train(logger: logger, interrupted: interrupted) }
+        } catch where interrupted.isSet {
+            throw ExitCode(CoordinatorCommand.interruptedExitCode)
+        }
+    }
+
+    private func train(logger: Logger, interrupted: InterruptFlag) throws {
+        var (config, dataset) = try options.resolve()
+        var checkpoint: TrainingCheckpoint?
+        if let resume = checkpoints.resume {
+            checkpoint = try TrainingCheckpoint.load(directory: resume)
+            config = checkpoint!.config
+            try config.model.check(against: dataset, source: options.data)
+        }
+        let out = options.outputDirectory(or: checkpoints.resume ?? "runs/latest")
+        let output = try OutputDirectory(out)
+        let network = config.makeNetwork()
+        if let checkpoint {
+            try network.loadTrainingState(checkpoint.state, source: TrainingCheckpoint.path(in: checkpoints.resume!))
+            logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(TrainingCheckpoint.path(in: checkpoints.resume!))")
+        } else {
+            try options.loadInitialModel(into: network)
+        }
+        let runner = LocalStepRunner(network: network, data: dataset.train, config: config)
+        logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process")
+        let run = TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: out, logger: logger,
+                              startStep: checkpoint?.nextStep ?? 0, checkpointEvery: checkpoints.checkpointEvery, lockedOutput: output)
+        run.shouldStop = { interrupted.isSet }
+        do {
+            let summary = try run.run()
+            logger.info("\(summary.report())")
+        } catch let stop as TrainingInterrupted {
+            let path = try TrainingCheckpoint.save(network, config: config, nextStep: stop.nextStep, directory: out)
+            throw TrainingError("interrupted before step \(stop.nextStep + 1) of \(config.steps); checkpoint saved to \(path); continue with: \(resumeCommand(out))")
+        }
+    }
+
+    /// The command that continues a run checkpointed in `directory`: the data flags again (they are not part
+    /// of the checkpoint), everything else comes from it.
+    private func resumeCommand(_ directory: String) -> String {
+        var words = ["syncbn", "train", "--resume", directory]
+        if options.data != ImageDataset.defaultDirectory { words += ["--data", options.data] }
+        if let format = options.dataFormat { words += ["--data-format", format.rawValue] }
+        return words.map { $0.contains(" ") ? "'\($0)'" : $0 }.joined(separator: " ")
     }
 }

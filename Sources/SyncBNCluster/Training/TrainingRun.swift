@@ -22,6 +22,8 @@ public final class TrainingRun {
     let startStep: Int
     /// A checkpoint is written to the output directory every this many steps (0: never).
     let checkpointEvery: Int
+    /// Asked before every step: true stops the run with `TrainingInterrupted` (a signal, say).
+    public var shouldStop: () -> Bool = { false }
     /// The locked output directory: given by a command that locked it earlier, or locked at the start of `run`.
     var lockedOutput: OutputDirectory?
 
@@ -71,6 +73,7 @@ public final class TrainingRun {
         var lastTest = StepMetrics(loss: .nan, accuracy: .nan)
         let started = Date()
         for step in startStep..<max(startStep, config.steps) {
+            if shouldStop() { throw TrainingInterrupted(nextStep: step) }
             let isLast = step == config.steps - 1
             let evaluate = evaluates(step)
 
@@ -132,6 +135,11 @@ public final class TrainingRun {
 }
 
 func format(_ x: Double) -> String { String(format: "%.4f", x) }
+
+/// A run stopped at a step boundary on request; `nextStep` is the first step not run.
+public struct TrainingInterrupted: Error {
+    public let nextStep: Int
+}
 
 public struct TrainingError: Error, CustomStringConvertible {
     public let description: String

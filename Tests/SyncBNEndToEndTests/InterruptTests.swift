@@ -1,0 +1,40 @@
+// Oracle: `syncbn train` without interruption. A run stopped with SIGINT at a random step must exit with
+// status 75, leave a checkpoint and print the command that continues it; that command must finish with the
+// same model bytes and the same metrics log as the uninterrupted run.
+
+import Foundation
+import XCTest
+
+final class InterruptTests: SyncBNProcessTestCase {
+    func testInterruptedTrainResumesToTheSameBytes() throws {
+        let flags = ["--data", ConvDeterminismTests.dataSet, "--model", "bn-cnn", "--steps", "300", "--batch-size", "8",
+                     "--chunk-size", "2", "--log-every", "10"]
+        let expected = try reference(flags)
+        for attempt in 0..<3 {
+            let out = try makeTemporaryDirectory("interrupted\(attempt)")
+            let run = try start(["train"] + flags + ["--out", out.path])
+            // A random moment: after 1 to 20 logged steps (10 to 200 of 300).
+            let lines = Int.random(in: 1...20)
+            let metrics = out.appendingPathComponent("metrics.jsonl").path
+            let deadline = Date().addingTimeInterval(60)
+            while ((try? String(contentsOfFile: metrics, encoding: .utf8))?.split(separator: "\n").count ?? 0) < lines && Date() < deadline {
+                usleep(2_000)  // a file the other process writes, under a deadline
+            }
+            run.signal(SIGINT)
+            let result = try finish(run, seconds: 60)
+            guard case .exited(75) = result.termination else {
+                XCTFail("an interrupted train should exit with status 75\n\(result.transcript)")
+                continue
+            }
+            let command = try XCTUnwrap(result.stderr.components(separatedBy: "continue with: ").dropFirst().first?
+                .components(separatedBy: "\n").first, result.transcript)
+            XCTAssertTrue(command.hasPrefix("syncbn train --resume \(out.path) --data "), command)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: out.appendingPathComponent("checkpoint.safetensors").path), result.transcript)
+            let arguments = Array(command.split(separator: " ").dropFirst().map(String.init))
+            try runSuccessfully(arguments)
+            XCTAssertEqual(try model(in: out), expected.model, "the resumed run (interrupted after \(lines * 10) steps) saved a different model")
+            XCTAssertEqual(try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8), expected.metrics,
+                           "the resumed run logged different metrics")
+        }
+    }
+}
