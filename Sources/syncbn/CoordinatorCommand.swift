@@ -62,16 +62,18 @@ struct CoordinatorCommand: ParsableCommand {
     private func train(logger: Logger, interrupted: InterruptFlag) throws {
         let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
         try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
-                           allowInsecure: insecure, logger: logger, interrupted: { interrupted.isSet })
+                           allowInsecure: insecure, logger: logger, interrupted: { interrupted.isSet },
+                           resumeCommand: { ["syncbn", "coordinator", "--bind", bind, "--workers", "\(workers)", "--resume", $0] + options.dataArguments })
     }
 }
 
 /// Binds, admits the workers, trains, and tells the workers to stop (or why the job failed). Once training
-/// has started, a failure or an interruption saves a checkpoint first. `prepare` sees the coordinator once it
-/// is bound, before any worker joins (`launch` starts its workers there).
+/// has started, a failure or an interruption saves a checkpoint first and the error names it with the
+/// command that continues the run (`resumeCommand(directory)`, as words). `prepare` sees the coordinator once
+/// it is bound, before any worker joins (`launch` starts its workers there).
 func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluster: ClusterOptions,
                     security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger, interrupted: @escaping () -> Bool,
-                    prepare: (Coordinator) throws -> Void = { _ in }) throws {
+                    resumeCommand: (String) -> [String], prepare: (Coordinator) throws -> Void = { _ in }) throws {
     let resume = cluster.resume
     var (config, dataset) = try options.resolve()
     var checkpoint: TrainingCheckpoint?
@@ -99,15 +101,17 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
         try coordinator.admitWorkers()
         logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples (\(config.plan.chunkCount) chunks) on \(workers) worker(s)")
         training = true
-        let summary = try TrainingRun(config: config, dataset: dataset, runner: coordinator, outputDirectory: out, logger: logger,
-                                      startStep: coordinator.nextStep, checkpointEvery: cluster.checkpointEvery, lockedOutput: output).run()
+        let run = TrainingRun(config: config, dataset: dataset, runner: coordinator, outputDirectory: out, logger: logger,
+                              startStep: coordinator.nextStep, checkpointEvery: cluster.checkpointEvery, lockedOutput: output)
+        run.shouldStop = interrupted
+        let summary = try run.run()
         coordinator.finish()
         logger.info("\(summary.report())")
     } catch {
-        var reason = "\(error)"
+        var reason = error is TrainingInterrupted ? "interrupted" : "\(error)"
         if training {
             let path = try TrainingCheckpoint.save(coordinator.network, config: config, nextStep: coordinator.nextStep, directory: out)
-            reason += "; checkpoint of step \(coordinator.nextStep) saved to \(path): continue with --resume \(out)"
+            reason += " before step \(coordinator.nextStep + 1) of \(config.steps); checkpoint saved to \(path); continue with: \(shellWords(resumeCommand(out)))"
         }
         // Interrupted: leave the workers waiting to rejoin a resumed coordinator.
         coordinator.finish(failure: reason, releaseWorkers: !interrupted())

@@ -26,6 +26,9 @@ struct LaunchCommand: ParsableCommand {
         }
     }
 
+    /// How long after Ctrl-C the coordinator may take to reach a step boundary and save its checkpoint.
+    static let interruptGraceSeconds = 30.0
+
     /// The coordinator's socket when no --bind is given: a Unix socket of this process.
     static var defaultSocketPath: String { "/tmp/syncbn-launch-\(getpid()).sock" }
 
@@ -35,23 +38,36 @@ struct LaunchCommand: ParsableCommand {
         let children = ChildProcesses()
         let executable = Bundle.main.executablePath ?? CommandLine.arguments[0]
 
-        // Ctrl-C or SIGTERM: mark the run interrupted (so that the workers' deaths that follow are not
-        // reported as failures), stop every child by its id, then exit 130.
+        // Ctrl-C or SIGTERM: mark the run interrupted; the coordinator stops at the next step boundary (or
+        // round), saves a checkpoint and says how to continue, then the workers are stopped by their ids and
+        // launch exits 75. Should the coordinator not get there within `interruptGraceSeconds` (a second
+        // signal, or a wedged run), the workers are stopped and launch exits 130 at once.
         let bind = self.bind ?? "ipc://\(Self.defaultSocketPath)"
         defer { if self.bind == nil { unlink(Self.defaultSocketPath) } }
         let interrupted = InterruptFlag()
-        handleSignals { _ in
-            guard interrupted.set() else { return }
-            logger.warning("interrupted: stopping the workers")
+        let forceStop: @Sendable () -> Void = {
             children.signalAll(SIGTERM)
             children.stopAll(graceSeconds: 2)
             if self.bind == nil { unlink(Self.defaultSocketPath) }
             _exit(130)  // not exit(): no atexit handlers or destructors racing the other threads
         }
+        handleSignals { _ in
+            guard interrupted.set() else {
+                logger.warning("interrupted again: stopping the workers without a checkpoint")
+                forceStop()
+                return
+            }
+            logger.warning("interrupted: saving a checkpoint at the next step boundary, then stopping the workers")
+            DispatchQueue.global().asyncAfter(deadline: .now() + Self.interruptGraceSeconds) {
+                logger.error("no checkpoint within \(Int(Self.interruptGraceSeconds)) s of the interrupt: stopping the workers")
+                forceStop()
+            }
+        }
 
         do {
             try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, logger: logger,
-                               interrupted: { interrupted.isSet }) { coordinator in
+                               interrupted: { interrupted.isSet },
+                               resumeCommand: { ["syncbn", "launch", "--workers", "\(workers)", "--resume", $0] + options.dataArguments }) { coordinator in
                 for index in 0..<workers {
                     try children.start(executable: executable,
                                        arguments: ["worker", "--connect", coordinator.endpoint, "--exit-with-parent",
@@ -61,13 +77,10 @@ struct LaunchCommand: ParsableCommand {
                 logger.info("started \(workers) worker process(es): pids \(children.processIdentifiers.map(String.init).joined(separator: " "))")
             }
         } catch {
-            if interrupted.isSet {
-                // The signal handler is stopping the children and exits with 130.
-                while true { pause() }
-            }
+            children.signalAll(SIGTERM)
             children.stopAll(graceSeconds: 2)
             logger.error("\(error)")
-            throw ExitCode.failure
+            throw interrupted.isSet ? ExitCode(CoordinatorCommand.interruptedExitCode) : ExitCode.failure
         }
         children.stopAll(graceSeconds: 10)
     }

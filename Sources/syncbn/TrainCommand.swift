@@ -21,7 +21,7 @@ struct TrainCommand: ParsableCommand {
         BLAS.useSingleThread()
         let interrupted = InterruptFlag()
         handleSignals { signal in
-            if interrupted.set() { logger.warning("signal \(signal): stopping after the step under way") }
+            if interrupted.set() { logger.warning("signal \(signal): stopping after the step under way, with a checkpoint") }
         }
         do {
             try reportingErrors(logger) { try train(logger: logger, interrupted: interrupted) }
@@ -57,16 +57,14 @@ struct TrainCommand: ParsableCommand {
             logger.info("\(summary.report())")
         } catch let stop as TrainingInterrupted {
             let path = try TrainingCheckpoint.save(network, config: config, nextStep: stop.nextStep, directory: out)
-            throw TrainingError("interrupted before step \(stop.nextStep + 1) of \(config.steps); checkpoint saved to \(path); continue with: \(resumeCommand(out))")
+            throw TrainingError("interrupted before step \(stop.nextStep + 1) of \(config.steps); checkpoint saved to \(path); continue with: \(shellWords(["syncbn", "train", "--resume", out] + options.dataArguments))")
         }
     }
+}
 
-    /// The command that continues a run checkpointed in `directory`: the data flags again (they are not part
-    /// of the checkpoint), everything else comes from it.
-    private func resumeCommand(_ directory: String) -> String {
-        var words = ["syncbn", "train", "--resume", directory]
-        if options.data != ImageDataset.defaultDirectory { words += ["--data", options.data] }
-        if let format = options.dataFormat { words += ["--data-format", format.rawValue] }
-        return words.map { $0.contains(" ") ? "'\($0)'" : $0 }.joined(separator: " ")
-    }
+/// Words as a command line a shell reads back into the same words.
+func shellWords(_ words: [String]) -> String {
+    words.map { word in
+        word.allSatisfy({ $0.isLetter || $0.isNumber || "-_./:=,@+".contains($0) }) && !word.isEmpty ? word : "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }.joined(separator: " ")
 }

@@ -71,6 +71,14 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Write model.safetensors, metrics.jsonl and checkpoints to this directory (default runs/latest; with --resume, that directory).")
     var out: String?
 
+    /// The flags that say where the data is: a resumed run needs them again (they are not in the checkpoint).
+    var dataArguments: [String] {
+        var words: [String] = []
+        if data != ImageDataset.defaultDirectory { words += ["--data", data] }
+        if let dataFormat { words += ["--data-format", dataFormat.rawValue] }
+        return words
+    }
+
     /// Where results go: `--out`, or `fallback`.
     func outputDirectory(or fallback: String = "runs/latest") -> String { out ?? fallback }
 

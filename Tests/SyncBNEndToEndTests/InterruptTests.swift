@@ -1,4 +1,4 @@
-// Oracle: `syncbn train` without interruption. A run stopped with SIGINT at a random step must exit with
+// Oracle: `syncbn train` without interruption. A `train` or `launch` stopped with SIGINT at a random step must exit with
 // status 75, leave a checkpoint and print the command that continues it; that command must finish with the
 // same model bytes and the same metrics log as the uninterrupted run.
 
@@ -6,13 +6,24 @@ import Foundation
 import XCTest
 
 final class InterruptTests: SyncBNProcessTestCase {
+    private let flags = ["--data", ConvDeterminismTests.dataSet, "--model", "bn-cnn", "--steps", "300", "--batch-size", "8",
+                         "--chunk-size", "2", "--log-every", "10"]
+
     func testInterruptedTrainResumesToTheSameBytes() throws {
-        let flags = ["--data", ConvDeterminismTests.dataSet, "--model", "bn-cnn", "--steps", "300", "--batch-size", "8",
-                     "--chunk-size", "2", "--log-every", "10"]
+        try checkInterrupts(of: ["train"], resuming: "syncbn train --resume")
+    }
+
+    func testInterruptedLaunchSavesACheckpointAndResumesToTheSameBytes() throws {
+        try checkInterrupts(of: ["launch", "--workers", "2"], resuming: "syncbn launch --workers 2 --resume")
+    }
+
+    /// Interrupts `command` twice at random steps, resumes each time with the printed command, and compares
+    /// with `train`'s uninterrupted run.
+    private func checkInterrupts(of command: [String], resuming prefix: String) throws {
         let expected = try reference(flags)
-        for attempt in 0..<3 {
+        for attempt in 0..<2 {
             let out = try makeTemporaryDirectory("interrupted\(attempt)")
-            let run = try start(["train"] + flags + ["--out", out.path])
+            let run = try start(command + flags + ["--out", out.path])
             // A random moment: after 1 to 20 logged steps (10 to 200 of 300).
             let lines = Int.random(in: 1...20)
             let metrics = out.appendingPathComponent("metrics.jsonl").path
@@ -23,14 +34,14 @@ final class InterruptTests: SyncBNProcessTestCase {
             run.signal(SIGINT)
             let result = try finish(run, seconds: 60)
             guard case .exited(75) = result.termination else {
-                XCTFail("an interrupted train should exit with status 75\n\(result.transcript)")
+                XCTFail("an interrupted \(command[0]) should exit with status 75\n\(result.transcript)")
                 continue
             }
-            let command = try XCTUnwrap(result.stderr.components(separatedBy: "continue with: ").dropFirst().first?
+            let resume = try XCTUnwrap(result.stderr.components(separatedBy: "continue with: ").dropFirst().first?
                 .components(separatedBy: "\n").first, result.transcript)
-            XCTAssertTrue(command.hasPrefix("syncbn train --resume \(out.path) --data "), command)
+            XCTAssertTrue(resume.hasPrefix("\(prefix) \(out.path) --data "), resume)
             XCTAssertTrue(FileManager.default.fileExists(atPath: out.appendingPathComponent("checkpoint.safetensors").path), result.transcript)
-            let arguments = Array(command.split(separator: " ").dropFirst().map(String.init))
+            let arguments = Array(resume.split(separator: " ").dropFirst().map(String.init))
             try runSuccessfully(arguments)
             XCTAssertEqual(try model(in: out), expected.model, "the resumed run (interrupted after \(lines * 10) steps) saved a different model")
             XCTAssertEqual(try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8), expected.metrics,
