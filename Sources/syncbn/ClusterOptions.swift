@@ -9,7 +9,7 @@ struct CheckpointOptions: ParsableArguments {
     @Option(help: "Write a checkpoint to --out every N steps (0: only when interrupted or stopped).")
     var checkpointEvery = 500
 
-    @Option(help: "Continue the run whose checkpoint is in this directory (its settings win over the training options).")
+    @Option(help: "Continue the run whose checkpoint is in this directory, with its settings; --steps or --epochs extend it, --log-every and --eval-every apply, other training flags must match.")
     var resume: String?
 
     func validate() throws {

@@ -79,7 +79,7 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
     var checkpoint: TrainingCheckpoint?
     if let resume {
         checkpoint = try TrainingCheckpoint.load(directory: resume)
-        config = checkpoint!.config
+        config = try options.settings(resuming: checkpoint!, dataset: dataset)
     }
     let out = options.outputDirectory(or: resume ?? "runs/latest")
     let output = try OutputDirectory(out)

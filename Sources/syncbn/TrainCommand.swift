@@ -35,8 +35,7 @@ struct TrainCommand: ParsableCommand {
         var checkpoint: TrainingCheckpoint?
         if let resume = checkpoints.resume {
             checkpoint = try TrainingCheckpoint.load(directory: resume)
-            config = checkpoint!.config
-            try config.model.check(against: dataset, source: options.data)
+            config = try options.settings(resuming: checkpoint!, dataset: dataset)
         }
         let out = options.outputDirectory(or: checkpoints.resume ?? "runs/latest")
         let output = try OutputDirectory(out)

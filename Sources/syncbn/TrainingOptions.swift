@@ -21,28 +21,33 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Deterministic augmentation of training samples: crop4 (pad 4, random crop), flip (horizontal), or crop4,flip.")
     var augment: String?
 
-    @Option(help: ArgumentHelp("Built-in network: \(ModelSpec.presetNames.joined(separator: ", ")).",
+    @Option(name: .customLong("model"), help: ArgumentHelp("Built-in network: \(ModelSpec.presetNames.joined(separator: ", ")) (default bn-mlp).",
                                discussion: ModelSpec.presetSummaries.joined(separator: "\n")))
-    var model = "bn-mlp"
+    var modelOption: String?
+    var model: String { modelOption ?? "bn-mlp" }
 
     @Option(help: "A model file (JSON mirroring torch.nn, see Examples/models) instead of --model.")
     var modelFile: String?
 
-    @Option(help: "Classes of a preset's last layer: a number, or auto (the data's largest label + 1). A label at or above it is an error. A model file sets its own.")
-    var classes = "10"
+    @Option(name: .customLong("classes"), help: "Classes of a preset's last layer: a number, or auto (the data's largest label + 1); default 10. A label at or above it is an error. A model file sets its own.")
+    var classesOption: String?
+    var classes: String { classesOption ?? "10" }
 
-    @Option(help: "BatchNorm: sync (global batch statistics), local (each worker's slice), none (no BN layers).")
-    var bn: BatchNormMode = .sync
+    @Option(name: .customLong("bn"), help: "BatchNorm: sync (global batch statistics; the default), local (each worker's slice), none (no BN layers).")
+    var bnOption: BatchNormMode?
+    var bn: BatchNormMode { bnOption ?? .sync }
 
     @Option(help: ArgumentHelp("BatchNorm statistics over consecutive groups of G samples of the global batch (default: the whole batch).",
                                discussion: "A multiple of --chunk-size that divides --batch-size. G equal to each worker's slice reproduces per-device BN deterministically; values in between are sync groups and ghost BN."))
     var bnGroupSize: Int?
 
-    @Option(help: "Global mini-batch size, split across workers.")
-    var batchSize = 60
+    @Option(name: .customLong("batch-size"), help: "Global mini-batch size, split across workers (default 60).")
+    var batchSizeOption: Int?
+    var batchSize: Int { batchSizeOption ?? 60 }
 
-    @Option(help: "Samples per micro-chunk, the unit of deterministic reduction; independent of the worker count.")
-    var chunkSize = 15
+    @Option(name: .customLong("chunk-size"), help: "Samples per micro-chunk, the unit of deterministic reduction; independent of the worker count (default 15).")
+    var chunkSizeOption: Int?
+    var chunkSize: Int { chunkSizeOption ?? 15 }
 
     @Option(help: "Training steps (global batches). Overrides --epochs.")
     var steps: Int?
@@ -50,17 +55,21 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Passes over the training set (default 1 when --steps is not given).")
     var epochs: Double?
 
-    @Option(parsing: .unconditional, help: "Learning rate.")
-    var lr: Float = 0.1
+    @Option(name: .customLong("lr"), parsing: .unconditional, help: "Learning rate (default 0.1).")
+    var lrOption: Float?
+    var lr: Float { lrOption ?? 0.1 }
 
-    @Option(help: "Learning-rate schedule over the run: constant, linear (to 0) or cosine (to 0).")
-    var lrSchedule: LearningRateSchedule = .linear
+    @Option(name: .customLong("lr-schedule"), help: "Learning-rate schedule over the run: constant, linear (to 0; the default) or cosine (to 0).")
+    var lrScheduleOption: LearningRateSchedule?
+    var lrSchedule: LearningRateSchedule { lrScheduleOption ?? .linear }
 
-    @Option(parsing: .unconditional, help: "SGD momentum (torch.optim.SGD's form: v ← μv + g; p ← p − lr·v).")
-    var momentum: Float = 0.9
+    @Option(name: .customLong("momentum"), parsing: .unconditional, help: "SGD momentum (torch.optim.SGD's form: v ← μv + g; p ← p − lr·v; default 0.9).")
+    var momentumOption: Float?
+    var momentum: Float { momentumOption ?? 0.9 }
 
-    @Option(help: "Seed of the initial weights and of the data order.")
-    var seed: UInt64 = 1
+    @Option(name: .customLong("seed"), help: "Seed of the initial weights and of the data order (default 1).")
+    var seedOption: UInt64?
+    var seed: UInt64 { seedOption ?? 1 }
 
     @Flag(help: "Use training samples in file order: step k uses samples [kB, (k+1)B).")
     var noShuffle = false
@@ -82,8 +91,9 @@ struct TrainingOptions: ParsableArguments {
     /// Where results go: `--out`, or `fallback`.
     func outputDirectory(or fallback: String = "runs/latest") -> String { out ?? fallback }
 
-    @Option(help: "Compute and log the training loss every N steps.")
-    var logEvery = 50
+    @Option(name: .customLong("log-every"), help: "Compute and log the training loss every N steps (default 50).")
+    var logEveryOption: Int?
+    var logEvery: Int { logEveryOption ?? 50 }
 
     @Option(help: "Evaluate on the test set every N steps (default: once per epoch, and at the end).")
     var evalEvery: Int?
@@ -157,6 +167,49 @@ struct TrainingOptions: ParsableArguments {
         }
         try spec.check(against: dataset, source: data)
         return spec
+    }
+
+    /// The settings of a run continued from `checkpoint`: its own, with what the command line can change
+    /// applied — more (or fewer, but not fewer than done) steps through --steps or --epochs, --log-every and
+    /// --eval-every. A flag that would change anything else is refused, naming both values: the resumed run
+    /// would otherwise silently ignore it.
+    func settings(resuming checkpoint: TrainingCheckpoint, dataset: ImageDataset) throws -> TrainingConfig {
+        var config = checkpoint.config
+        guard `init` == nil else { throw ValidationError("--init and --resume do not go together: a resumed run continues from its checkpoint") }
+        func refuse(_ flag: String, _ given: String, _ kept: String) throws {
+            guard given != kept else { return }
+            throw ValidationError("\(flag) \(given) differs from the checkpoint's \(kept): a resumed run keeps its settings (only --steps, --epochs, --log-every and --eval-every change); drop \(flag), or start a new run")
+        }
+        if let modelOption { try refuse("--model", modelOption, config.model.name) }
+        if let modelFile { try refuse("--model-file", modelFile, config.model.name) }
+        if let bnOption { try refuse("--bn", bnOption.rawValue, config.model.batchNorm.rawValue) }
+        if let batchSizeOption { try refuse("--batch-size", "\(batchSizeOption)", "\(config.plan.batchSize)") }
+        if let chunkSizeOption { try refuse("--chunk-size", "\(chunkSizeOption)", "\(config.plan.chunkSize)") }
+        if let lrOption { try refuse("--lr", "\(lrOption)", "\(config.optimizer.learningRate)") }
+        if let momentumOption { try refuse("--momentum", "\(momentumOption)", "\(config.optimizer.momentum)") }
+        if let lrScheduleOption { try refuse("--lr-schedule", lrScheduleOption.rawValue, config.schedule.rawValue) }
+        if let seedOption { try refuse("--seed", "\(seedOption)", "\(config.seed)") }
+        if noShuffle { try refuse("--no-shuffle", "given", config.shuffle ? "shuffled order" : "given") }
+        if let bnGroupSize { try refuse("--bn-group-size", "\(bnGroupSize)", "\(config.batchNormGroupSize ?? config.plan.batchSize)") }
+        if let normalize, try Normalization(parsing: normalize) != config.pipeline.normalization {
+            try refuse("--normalize", normalize, config.pipeline.normalization?.description ?? "none")
+        }
+        if let augment, try InputPipeline(augmentation: Augmentation(parsing: augment)).augmentation != config.pipeline.augmentation {
+            try refuse("--augment", augment, config.pipeline.augmentation?.description ?? "none")
+        }
+        if steps != nil || epochs != nil {
+            let stepsPerEpoch = max(1, dataset.train.count / config.plan.batchSize)
+            let total = steps ?? max(1, Int((Double(stepsPerEpoch) * (epochs ?? 1)).rounded()))
+            guard total > checkpoint.nextStep, total <= Self.maximumSteps else {
+                throw ValidationError("the checkpoint has done \(checkpoint.nextStep) steps: --steps/--epochs must ask for more (from \(checkpoint.nextStep + 1) to \(Self.maximumSteps) steps in all)")
+            }
+            config.steps = total
+        }
+        if let logEveryOption { config.logEvery = logEveryOption }
+        if let evalEvery { config.evaluateEvery = evalEvery }
+        try config.model.check(against: dataset, source: data)
+        try config.check()
+        return config
     }
 
     /// Replaces the network's random weights with `--init`'s, if given.

@@ -298,17 +298,6 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         try refused(#"{"type": "Flatten"}, {"type": "Linear", "in_features": 144, "out_features": 3}"#, ["training sample 3 has label 3", "3 classes"], namesFile: false)
     }
 
-    func assertRefused(_ result: CompletedRun, mentioning words: [String], file: StaticString = #filePath, line: UInt = #line) {
-        guard case .exited(let status) = result.termination, status != 0 else {
-            XCTFail("expected a non-zero exit status, got \(result.termination)\n\(result.transcript)", file: file, line: line)
-            return
-        }
-        let errors = result.errorLines.filter { !$0.hasPrefix("[worker") }
-        XCTAssertEqual(errors.count, 1, "expected one error line\n\(result.transcript)", file: file, line: line)
-        for word in words {
-            XCTAssertTrue(errors.first?.contains(word) == true, "the error does not mention \"\(word)\"\n\(result.transcript)", file: file, line: line)
-        }
-    }
 }
 
 /// A minimal, independent safetensors reader and writer for building test checkpoints.

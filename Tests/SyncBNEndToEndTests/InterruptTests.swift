@@ -48,4 +48,26 @@ final class InterruptTests: SyncBNProcessTestCase {
                            "the resumed run logged different metrics")
         }
     }
+
+    func testResumeExtendsStepsAndRefusesFlagsItWouldIgnore() throws {
+        let out = try makeTemporaryDirectory("extend")
+        let short = ["--data", ConvDeterminismTests.dataSet, "--model", "bn-cnn", "--batch-size", "8", "--chunk-size", "2", "--log-every", "10"]
+        let first = try start(["train", "--steps", "100000"] + short + ["--out", out.path])
+        let metrics = out.appendingPathComponent("metrics.jsonl").path
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? String(contentsOfFile: metrics, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 2 && Date() < deadline {
+            usleep(2_000)  // a file the other process writes, under a deadline
+        }
+        first.signal(SIGINT)
+        XCTAssertEqual(try finish(first, seconds: 60).termination, .exited(75))
+        for (flags, message) in [(["--lr", "0.05"], "--lr 0.05 differs from the checkpoint's 0.1"),
+                                 (["--batch-size", "4"], "--batch-size 4 differs from the checkpoint's 8"),
+                                 (["--model", "resnet20"], "--model resnet20 differs from the checkpoint's bn-cnn"),
+                                 (["--steps", "3"], "must ask for more")] {
+            assertRefused(try run(["train", "--resume", out.path, "--data", ConvDeterminismTests.dataSet] + flags, seconds: 60), mentioning: [message])
+        }
+        // More steps than the interrupted run had: it is extended, and ends where asked.
+        let resumed = try runSuccessfully(["train", "--resume", out.path, "--data", ConvDeterminismTests.dataSet, "--steps", "250", "--lr", "0.1"])
+        XCTAssertTrue(resumed.stderr.contains("finished 250 steps"), resumed.transcript)
+    }
 }

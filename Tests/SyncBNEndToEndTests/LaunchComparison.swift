@@ -49,3 +49,18 @@ extension SyncBNProcessTestCase {
         return run
     }
 }
+
+extension SyncBNProcessTestCase {
+    /// Asserts that a command was refused: a non-zero exit and one error line that mentions every word.
+    func assertRefused(_ result: CompletedRun, mentioning words: [String], file: StaticString = #filePath, line: UInt = #line) {
+        guard case .exited(let status) = result.termination, status != 0 else {
+            XCTFail("expected a non-zero exit status, got \(result.termination)\n\(result.transcript)", file: file, line: line)
+            return
+        }
+        let errors = result.errorLines.filter { !$0.hasPrefix("[worker") }
+        XCTAssertEqual(errors.count, 1, "expected one error line\n\(result.transcript)", file: file, line: line)
+        for word in words {
+            XCTAssertTrue(errors.first?.contains(word) == true, "the error does not mention \"\(word)\"\n\(result.transcript)", file: file, line: line)
+        }
+    }
+}
