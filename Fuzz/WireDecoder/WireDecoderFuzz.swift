@@ -9,6 +9,15 @@ import SyncBNCluster
 /// The in-place decoder of peer frames must agree with `decode`: the same verdict, the same fields, and the
 /// payload where `decode` found it.
 func checkDecoder(_ bytes: [UInt8]) {
+    // The same bytes as a command-line address: parsed or refused with EndpointError, and what parses prints
+    // back to an address that parses to the same endpoint.
+    let text = String(decoding: bytes, as: UTF8.self)
+    for forBinding in [false, true] {
+        do {
+            let endpoint = try Endpoint(parsing: text, flag: "--bind", forBinding: forBinding)
+            if try Endpoint(parsing: endpoint.description, flag: "--bind", forBinding: forBinding) != endpoint { fatalError("\(endpoint) does not read back") }
+        } catch is EndpointError {} catch { fatalError("the address parser threw \(type(of: error)): \(error)") }
+    }
     let message = try? Message.decode(bytes)
     let inPlace = try? bytes.withUnsafeBytes { try Message.decodePeerFrame($0) }
     let isPeerFrame = message?.kind == .gradientTiles || message?.kind == .gradientShard

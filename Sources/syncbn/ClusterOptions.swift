@@ -4,6 +4,15 @@ import SyncBNCluster
 extension NonFinitePolicy: ExpressibleByArgument {}
 extension GradientExchangeMode: ExpressibleByArgument {}
 
+/// A command-line address checked by `Endpoint`, its error as the command line's own.
+func parseEndpoint(_ text: String, flag: String, forBinding: Bool) throws -> Endpoint {
+    do {
+        return try Endpoint(parsing: text, flag: flag, forBinding: forBinding)
+    } catch let error as EndpointError {
+        throw ValidationError(error.description)
+    }
+}
+
 /// Checkpoints of a run and continuing one, shared by `train`, `coordinator` and `launch`.
 struct CheckpointOptions: ParsableArguments {
     @Option(help: "Write a checkpoint to --out every N steps (0: only when interrupted or stopped).")

@@ -34,6 +34,7 @@ struct CoordinatorCommand: ParsableCommand {
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        _ = try parseEndpoint(bind, flag: "--bind", forBinding: true)
         guard (secretKey == nil) == (authorizedKeys == nil) else {
             throw ValidationError("--secret-key and --authorized-keys go together: give both to require keys, or neither")
         }
@@ -61,6 +62,7 @@ struct CoordinatorCommand: ParsableCommand {
 
     private func train(logger: Logger, interrupted: InterruptFlag) throws {
         let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
+        let bind = try parseEndpoint(self.bind, flag: "--bind", forBinding: true).description
         try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
                            allowInsecure: insecure, logger: logger, interrupted: { interrupted.isSet },
                            resumeCommand: { ["syncbn", "coordinator", "--bind", bind, "--workers", "\(workers)", "--resume", $0] + options.dataArguments })

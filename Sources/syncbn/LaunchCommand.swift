@@ -21,7 +21,7 @@ struct LaunchCommand: ParsableCommand {
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         guard let bind else { return }
-        guard bind.hasPrefix("ipc://") || bind.hasPrefix("tcp://127.") || bind.hasPrefix("tcp://localhost:") else {
+        guard try parseEndpoint(bind, flag: "--bind", forBinding: true).isLocal else {
             throw ValidationError("launch runs everything on this machine: --bind must be a loopback tcp:// or an ipc:// address")
         }
     }
@@ -42,7 +42,7 @@ struct LaunchCommand: ParsableCommand {
         // round), saves a checkpoint and says how to continue, then the workers are stopped by their ids and
         // launch exits 75. Should the coordinator not get there within `interruptGraceSeconds` (a second
         // signal, or a wedged run), the workers are stopped and launch exits 130 at once.
-        let bind = self.bind ?? "ipc://\(Self.defaultSocketPath)"
+        let bind = try self.bind.map { try parseEndpoint($0, flag: "--bind", forBinding: true).description } ?? "ipc://\(Self.defaultSocketPath)"
         defer { if self.bind == nil { unlink(Self.defaultSocketPath) } }
         let interrupted = InterruptFlag()
         let forceStop: @Sendable () -> Void = {

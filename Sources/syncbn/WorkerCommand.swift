@@ -37,6 +37,7 @@ struct WorkerCommand: ParsableCommand {
     var exitWithParent = false
 
     func validate() throws {
+        _ = try parseEndpoint(connect, flag: "--connect", forBinding: false)
         guard connectTimeout > 0, roundTimeout > 0, rejoinTimeout > 0, heartbeatTimeout > 0 else { throw ValidationError("timeouts must be positive numbers of seconds") }
         guard (secretKey == nil) == (serverKey == nil) else {
             throw ValidationError("--secret-key and --server-key go together: give both to use keys, or neither")

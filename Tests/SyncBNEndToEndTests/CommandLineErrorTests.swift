@@ -126,6 +126,15 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         XCTAssertTrue(result.stderr.contains("--gradient-exchange peers") && result.stderr.contains("keys"), result.transcript)
     }
 
+    func testLaunchBindsTcpLocalhost() throws {
+        // libzmq reads a bind address's host as an interface name; localhost is bound as 127.0.0.1.
+        let port = try Self.freeLoopbackPort()
+        let out = try makeTemporaryDirectory("localhost")
+        let result = try runSuccessfully(["launch", "--workers", "1", "--bind", "tcp://localhost:\(port)", "--data", ConvDeterminismTests.dataSet,
+                                          "--model", "bn-cnn", "--steps", "2", "--batch-size", "8", "--chunk-size", "2", "--out", out.path])
+        XCTAssertTrue(result.stderr.contains("tcp://127.0.0.1:\(port)"), result.transcript)
+    }
+
     func testVersionNamesTheReleaseAndTheWireProtocol() throws {
         let result = try runSuccessfully(["--version"])
         XCTAssertTrue(result.stdout.hasPrefix("syncbn ") && result.stdout.contains("wire protocol 3"), result.transcript)
@@ -149,6 +158,9 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
             (["train", "--bn", "local", "--bn-group-size", "15"], "use it with --bn sync"),
             (["bench-roundtrip", "--count", "0"], "--count must be from 1"),
             (["keygen", "--out", ""], "names no file"),
+            (["coordinator", "--workers", "1", "--bind", "tcp://127.0.0.1:99999"], "port 99999 is not a number from 1 to 65535"),
+            (["coordinator", "--workers", "1", "--bind", "garbage"], "--bind garbage: it has no tcp:// or ipc:// scheme"),
+            (["worker", "--connect", "garbage"], "--connect garbage: it has no tcp:// or ipc:// scheme"),
             (["train", "--classes", "1"], "--classes 1 is neither auto nor a number from 2 to 65536"),
             (["bench-roundtrip", "--transport", "udp"], "--transport udp is not one of tcp, ipc"),
             (["train", "--momentum", "1"], "--momentum must be in [0, 1)"),
