@@ -10,6 +10,7 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
     /// A 12×12 one-channel data set: 120 training and 40 test images, written once per test process.
     static let dataSet: String = {
         let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-conv-data-\(getpid())")
+        removeAtExit()
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         for (split, count) in [("train", 120), ("t10k", 40)] {
             var seed: UInt64 = split == "train" ? 11 : 12
@@ -32,6 +33,7 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
     /// A CIFAR-10-format data set (binary batches of 3×32×32 images): 2 × 24 training and 10 test records.
     static let cifarDataSet: String = {
         let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-cifar-data-\(getpid())")
+        removeAtExit()
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var seed: UInt64 = 5
         func next() -> UInt8 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 56) }
@@ -52,6 +54,7 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
     /// A residual net with an identity block and a stride-2 block whose shortcut is a 1×1 convolution + BN.
     static let residualModel: String = {
         let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-residual-\(getpid()).json")
+        removeAtExit()
         let json = """
         {"input": [1, 12, 12], "layers": [
           {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": false},
@@ -167,6 +170,16 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
         }
         return false
     }
+}
+
+/// Removes the data sets and model file this test process wrote (named after its pid) when it exits.
+private func removeAtExit() {
+    enum Once { static let registered: Void = { atexit {
+        for name in ["syncbn-conv-data-\(getpid())", "syncbn-cifar-data-\(getpid())", "syncbn-residual-\(getpid()).json"] {
+            try? FileManager.default.removeItem(atPath: (NSTemporaryDirectory() as NSString).appendingPathComponent(name))
+        }
+    } }() }
+    Once.registered
 }
 
 /// A safetensors file's data section: every tensor's bytes, after the 8-byte length and the JSON header.
