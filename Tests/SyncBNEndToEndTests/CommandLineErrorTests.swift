@@ -126,6 +126,33 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         XCTAssertTrue(result.stderr.contains("--gradient-exchange peers") && result.stderr.contains("keys"), result.transcript)
     }
 
+    func testWorkersWhoseKeysDoNotFitTheCoordinatorAreToldWhyAtOnce() throws {
+        let keys = try makeTemporaryDirectory("keyed")
+        for name in ["coordinator", "worker", "stranger", "other"] {
+            try runSuccessfully(["keygen", "--out", keys.appendingPathComponent(name).path])
+        }
+        let key = { (name: String) in keys.appendingPathComponent(name).path }
+        try FileManager.default.copyItem(atPath: key("worker.pub"), toPath: key("authorized"))
+        let endpoint = "tcp://127.0.0.1:\(try Self.freeLoopbackPort())"
+        let coordinator = try start(["coordinator", "--workers", "1", "--bind", endpoint, "--secret-key", key("coordinator.key"),
+                                     "--authorized-keys", key("authorized"), "--join-timeout", "60", "--data", ConvDeterminismTests.dataSet,
+                                     "--model", "bn-cnn", "--steps", "2", "--batch-size", "8", "--chunk-size", "2",
+                                     "--out", try makeTemporaryDirectory("keyed-out").path])
+        XCTAssertTrue(coordinator.waitForStandardError(containing: "waiting for 1 worker", seconds: 30), coordinator.transcript)
+        let cases: [([String], String)] = [
+            ([], "requires keys (CurveZMQ): give this worker --secret-key and --server-key"),
+            (["--secret-key", key("worker.key"), "--server-key", key("other.pub")], "--server-key is not the coordinator's public key"),
+            (["--secret-key", key("stranger.key"), "--server-key", key("coordinator.pub")], "did not authorize this worker"),
+        ]
+        for (flags, message) in cases {
+            let started = Date()
+            assertRefused(try run(["worker", "--connect", endpoint, "--connect-timeout", "20"] + flags, seconds: 30), mentioning: [endpoint, message])
+            XCTAssertLessThan(Date().timeIntervalSince(started), 10, "the worker should be told at once, not at its connect timeout")
+        }
+        try runSuccessfully(["worker", "--connect", endpoint, "--secret-key", key("worker.key"), "--server-key", key("coordinator.pub")], seconds: 60)
+        XCTAssertTrue(try finish(coordinator, seconds: 60).succeeded)
+    }
+
     func testLaunchBindsTcpLocalhost() throws {
         // libzmq reads a bind address's host as an interface name; localhost is bound as 127.0.0.1.
         let port = try Self.freeLoopbackPort()

@@ -8,6 +8,11 @@ enum Interruption: Error {
     case preempted(Message)
     /// The connection to the coordinator closed: it died, froze or was cut off.
     case coordinatorLost
+    /// The connection closed during its handshake: the two sides do not agree on security (keys on one side
+    /// only, or a server key that is not the coordinator's).
+    case handshakeFailed
+    /// The coordinator's authenticator refused this worker's key.
+    case notAuthorized
     /// The gradients exchanged among the workers hold NaN or infinity. Every replica, the coordinator's too,
     /// holds the same bits and so decides the same: the step is dropped (or the job stopped, by the
     /// coordinator's --on-nonfinite) and the worker waits for what comes next.
@@ -208,8 +213,8 @@ final class CoordinatorConnection {
     }
 
     /// The next message from the coordinator, or nil at the deadline.
-    /// - Throws: `Interruption.coordinatorLost` when the connection closes; `ClusterError` for a refused key;
-    ///   `ProtocolError` for an undecodable message.
+    /// - Throws: `Interruption.coordinatorLost` when the connection closes, `.handshakeFailed` when it closes
+    ///   after a failed handshake, `.notAuthorized` for a refused key; `ProtocolError` for an undecodable message.
     func next(until deadline: Date) throws -> Message? {
         while true {
             let left = deadline.timeIntervalSinceNow
@@ -217,11 +222,11 @@ final class CoordinatorConnection {
             guard let ready = try waitForFirstReadable([socket, monitor.socket], timeoutMilliseconds: Int(left * 1000) + 1) else { continue }
             if ready == 1 {
                 while let event = try monitor.nextEvent() {
-                    if event.kind == SocketMonitor.Event.handshakeFailedAuth {
-                        throw ClusterError("the coordinator did not authorize this worker")
-                    }
+                    if event.kind == SocketMonitor.Event.handshakeFailedAuth { throw Interruption.notAuthorized }
                     if event.isHandshakeFailure { lastHandshakeFailure = event }
-                    if event.kind == SocketMonitor.Event.disconnected { throw Interruption.coordinatorLost }
+                    if event.kind == SocketMonitor.Event.disconnected {
+                        throw lastHandshakeFailure != nil ? Interruption.handshakeFailed : Interruption.coordinatorLost
+                    }
                 }
                 continue
             }

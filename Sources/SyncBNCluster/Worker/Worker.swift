@@ -121,7 +121,7 @@ public final class Worker {
                     }
                     next = try collective.takeDeferred() ?? connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
                 }
-            } catch Interruption.coordinatorLost {
+            } catch Interruption.coordinatorLost, Interruption.handshakeFailed {
                 logger.warning("lost the coordinator at \(endpoint); trying to rejoin for up to \(Int(timeouts.rejoinSeconds)) s")
                 rejoining = true
                 joinDeadline = Date().addingTimeInterval(timeouts.rejoinSeconds)
@@ -174,9 +174,14 @@ public final class Worker {
                 if case .ping = message! { message = nil }
             } catch let error as ProtocolError {
                 throw ClusterError("refused by the coordinator at \(endpoint): \(error)")
-            } catch let error as ClusterError where error.description.hasPrefix("the coordinator did not authorize") {
+            } catch Interruption.notAuthorized {
                 let key = security?.key.publicKey ?? "(none)"
                 throw ClusterError("the coordinator at \(endpoint) did not authorize this worker: add its public key \(key) to the coordinator's --authorized-keys file")
+            } catch Interruption.handshakeFailed {
+                // Retrying cannot help: the two sides disagree on keys.
+                throw ClusterError(security == nil
+                    ? "the coordinator at \(endpoint) requires keys (CurveZMQ): give this worker --secret-key and --server-key (see `syncbn keygen`)"
+                    : "the CurveZMQ handshake with the coordinator at \(endpoint) failed: --server-key is not the coordinator's public key, or the coordinator does not use keys")
             }
         }
         let welcome = message!
