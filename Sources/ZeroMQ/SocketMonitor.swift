@@ -27,6 +27,9 @@ public final class SocketMonitor {
     private let target: Socket
     private var stopped = false
 
+    /// The events of failed handshakes other than a refused key (no keys, another server key, another protocol).
+    public static let handshakeFailureEvents = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+
     /// Starts monitoring `target` for `events` (a mask of `ZMQ_EVENT_*`, all by default).
     public init(_ target: Socket, events: Int32 = ZMQ_EVENT_ALL) throws {
         Self.counter += 1

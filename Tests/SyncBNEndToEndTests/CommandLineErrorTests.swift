@@ -150,7 +150,11 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
             XCTAssertLessThan(Date().timeIntervalSince(started), 10, "the worker should be told at once, not at its connect timeout")
         }
         try runSuccessfully(["worker", "--connect", endpoint, "--secret-key", key("worker.key"), "--server-key", key("coordinator.pub")], seconds: 60)
-        XCTAssertTrue(try finish(coordinator, seconds: 60).succeeded)
+        let log = try finish(coordinator, seconds: 60)
+        XCTAssertTrue(log.succeeded, log.transcript)
+        // The coordinator says once that handshakes failed (no keys, another server key), and names the refused key once.
+        XCTAssertEqual(log.stderr.components(separatedBy: "failed the CurveZMQ handshake").count - 1, 1, log.transcript)
+        XCTAssertEqual(log.stderr.components(separatedBy: "is not in --authorized-keys").count - 1, 1, log.transcript)
     }
 
     func testLaunchBindsTcpLocalhost() throws {

@@ -38,6 +38,10 @@ public final class Coordinator: StepRunner {
     private let socket: Socket
     /// Admits authorized CurveZMQ keys (only with keys).
     private var authenticator: ZAPHandler?
+    /// With keys: reports connections whose CurveZMQ handshake failed (a worker without keys, or with another
+    /// server key), which never reach the authenticator. The first is logged; later ones are counted.
+    private var handshakeMonitor: SocketMonitor?
+    private var failedHandshakes = 0
     private var members: [Peer] = []
     /// Workers that said hello and are welcomed at the next step boundary.
     private var joining: [Peer] = []
@@ -138,7 +142,10 @@ public final class Coordinator: StepRunner {
         try socket.setHighWaterMarks(send: 0, receive: 0)
         try socket.setHeartbeat(intervalMilliseconds: Int32(timeouts.heartbeatIntervalSeconds * 1000),
                                 timeoutMilliseconds: Int32(timeouts.heartbeatTimeoutSeconds * 1000))
-        if let security { try socket.makeCurveServer(secretKey: security.key.secret, domain: "syncbn") }
+        if let security {
+            try socket.makeCurveServer(secretKey: security.key.secret, domain: "syncbn")
+            handshakeMonitor = try SocketMonitor(socket, events: SocketMonitor.handshakeFailureEvents)
+        }
         do {
             try socket.bind(address)
         } catch let error as ZMQError {
@@ -152,6 +159,7 @@ public final class Coordinator: StepRunner {
     }
 
     deinit {
+        handshakeMonitor?.close()
         socket.close()
         authenticator?.stop()
         doublePartials.deallocate()
@@ -592,13 +600,30 @@ public final class Coordinator: StepRunner {
             let left = deadline.timeIntervalSinceNow
             if left <= 0 { return false }
             let wait = min(ClusterTimeouts.pollMilliseconds, Int(left * 1000) + 1)
-            guard try socket.waitReadable(timeoutMilliseconds: wait), let frames = try socket.receive(into: &inbox, dontWait: true) else { continue }
+            if let monitor = handshakeMonitor {
+                guard let ready = try waitForFirstReadable([socket, monitor.socket], timeoutMilliseconds: wait) else { continue }
+                if ready == 1 { noteFailedHandshakes(monitor); continue }
+            } else {
+                guard try socket.waitReadable(timeoutMilliseconds: wait) else { continue }
+            }
+            guard let frames = try socket.receive(into: &inbox, dontWait: true) else { continue }
             if cutOff.contains(inbox[0]) { continue }
             guard frames == 2 else {
                 noteMalformed(inbox[0], "a message of \(frames - 1) frames (SyncBN messages are one frame)")
                 continue
             }
             return true
+        }
+    }
+
+    /// Drains the handshake monitor; logs the first failed handshake of the run.
+    private func noteFailedHandshakes(_ monitor: SocketMonitor) {
+        while let event = try? monitor.nextEvent() {
+            guard event.isHandshakeFailure else { continue }
+            failedHandshakes += 1
+            if failedHandshakes == 1 {
+                logger.warning("a connection failed the CurveZMQ handshake: a worker without keys, or whose --server-key is not this coordinator's public key (further ones are not logged)")
+            }
         }
     }
 
