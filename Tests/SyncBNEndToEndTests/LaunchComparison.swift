@@ -23,7 +23,7 @@ extension SyncBNProcessTestCase {
         // Every worker really took part: each joined with its rank, and the coordinator trained on N.
         XCTAssertTrue(launch.stderr.contains("on \(workers) worker(s)"), "no training line for \(workers) workers\n\(launch.transcript)", file: file, line: line)
         for rank in 0..<workers {
-            XCTAssertTrue(launch.stderr.contains("[worker \(rank)] ") && launch.stderr.contains("joined as worker \(rank) of \(workers)"),
+            XCTAssertTrue(launch.stderr.contains("[process \(rank)] ") && launch.stderr.contains("joined as worker \(rank) of \(workers)"),
                           "worker \(rank) of \(workers) did not report joining\n\(launch.transcript)", file: file, line: line)
             XCTAssertTrue(launch.stderr.contains("training finished; worker \(rank) exits"),
                           "worker \(rank) did not finish cleanly\n\(launch.transcript)", file: file, line: line)
@@ -57,7 +57,7 @@ extension SyncBNProcessTestCase {
             XCTFail("expected a non-zero exit status, got \(result.termination)\n\(result.transcript)", file: file, line: line)
             return
         }
-        let errors = result.errorLines.filter { !$0.hasPrefix("[worker") }
+        let errors = result.errorLines.filter { !$0.hasPrefix("[process") }
         XCTAssertEqual(errors.count, 1, "expected one error line\n\(result.transcript)", file: file, line: line)
         for word in words {
             XCTAssertTrue(errors.first?.contains(word) == true, "the error does not mention \"\(word)\"\n\(result.transcript)", file: file, line: line)

@@ -2,8 +2,9 @@ import Foundation
 import Logging
 
 /// Worker processes started on this machine by `syncbn launch`: their output is relayed line by line with
-/// a `[worker i]` prefix, an unexpected exit of any of them is reported to its `onFailure`, and every one of
-/// them is stopped by process id when the launch ends.
+/// a `[process i]` prefix (not the worker's rank: the coordinator gives ranks in order of arrival, and each
+/// worker's lines say its own), an unexpected exit of any of them is reported to its `onFailure`, and every
+/// one of them is stopped by process id when the launch ends.
 public final class ChildProcesses: @unchecked Sendable {
     private let lock = NSLock()
     private var processes: [Process] = []
@@ -36,7 +37,7 @@ public final class ChildProcesses: @unchecked Sendable {
         } catch {
             throw ClusterError("cannot start \(executable): \(error.localizedDescription)")
         }
-        let relay = Thread { Self.relay(pipe.fileHandleForReading, prefix: "[worker \(index)] ") }
+        let relay = Thread { Self.relay(pipe.fileHandleForReading, prefix: "[process \(index)] ") }
         relay.start()
         lock.withLock {
             processes.append(process)
