@@ -1,5 +1,6 @@
 import Foundation
 import SyncBNCore
+import FuzzDriver
 
 /// Fuzz target for the data readers: any bytes given to the IDX, NumPy `.npy` and CIFAR-10 parsers, and to
 /// the split builders behind them, must parse or throw `DataError`, never crash; what parses must be
@@ -105,7 +106,6 @@ func largestActivation(_ spec: ModelSpec) -> Int {
 }
 
 #if FUZZING
-import FuzzDriver
 
 @main
 struct Fuzz {
@@ -162,22 +162,7 @@ struct ReplayCorpus {
             }
             return
         }
-        var count = 0
-        for argument in CommandLine.arguments.dropFirst() {
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: argument, isDirectory: &isDirectory) else {
-                fputs("no such file or directory: \(argument)\n", stderr)
-                exit(2)
-            }
-            let files = isDirectory.boolValue
-                ? try FileManager.default.contentsOfDirectory(atPath: argument).sorted().map { (argument as NSString).appendingPathComponent($0) }
-                : [argument]
-            for file in files {
-                checkParsers(Array(try Data(contentsOf: URL(fileURLWithPath: file))))
-                count += 1
-            }
-        }
-        print("replayed \(count) inputs through the data parsers")
+        try replayInputs(CommandLine.arguments.dropFirst(), through: checkParsers, what: "the data parsers")
     }
 }
 #endif

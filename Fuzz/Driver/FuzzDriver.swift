@@ -1,5 +1,6 @@
-#if FUZZING
 import Foundation
+
+#if FUZZING
 
 /// libFuzzer's glue, shared by the fuzz targets: each target's `main` calls `runFuzzer` with its check, and
 /// libFuzzer calls `LLVMFuzzerTestOneInput` with every input it tries.
@@ -25,5 +26,27 @@ public func runFuzzer(_ body: @escaping ([UInt8]) -> Void) -> Never {
     var argc = CommandLine.argc
     var argv = CommandLine.unsafeArgv
     exit(runFuzzerDriver(&argc, &argv, fuzzOne))
+}
+#else
+/// Replays the files given as arguments (or every file of the directories given) through `body`, in name
+/// order, and prints how many: what a fuzz target does when built without libFuzzer (the committed corpus).
+/// Exits with status 2 for a missing path.
+public func replayInputs(_ arguments: ArraySlice<String>, through body: ([UInt8]) -> Void, what: String) throws {
+    var count = 0
+    for argument in arguments {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: argument, isDirectory: &isDirectory) else {
+            fputs("no such file or directory: \(argument)\n", stderr)
+            exit(2)
+        }
+        let files = isDirectory.boolValue
+            ? try FileManager.default.contentsOfDirectory(atPath: argument).sorted().map { (argument as NSString).appendingPathComponent($0) }
+            : [argument]
+        for file in files {
+            body(Array(try Data(contentsOf: URL(fileURLWithPath: file))))
+            count += 1
+        }
+    }
+    print("replayed \(count) inputs through \(what)")
 }
 #endif

@@ -1,5 +1,6 @@
 import Foundation
 import SyncBNCluster
+import FuzzDriver
 
 /// Fuzz target for the wire protocol's decoder: any bytes must decode or throw `ProtocolError`, never
 /// crash, and whatever decodes must encode back to the same bytes.
@@ -39,7 +40,6 @@ func checkDecoder(_ bytes: [UInt8]) {
 }
 
 #if FUZZING
-import FuzzDriver
 
 @main
 struct Fuzz {
@@ -78,22 +78,7 @@ struct ReplayCorpus {
             }
             return
         }
-        var count = 0
-        for argument in CommandLine.arguments.dropFirst() {
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: argument, isDirectory: &isDirectory) else {
-                fputs("no such file or directory: \(argument)\n", stderr)
-                exit(2)
-            }
-            let files = isDirectory.boolValue
-                ? try FileManager.default.contentsOfDirectory(atPath: argument).sorted().map { (argument as NSString).appendingPathComponent($0) }
-                : [argument]
-            for file in files {
-                checkDecoder(Array(try Data(contentsOf: URL(fileURLWithPath: file))))
-                count += 1
-            }
-        }
-        print("replayed \(count) inputs through the wire decoder")
+        try replayInputs(CommandLine.arguments.dropFirst(), through: checkDecoder, what: "the wire decoder")
     }
 }
 #endif
