@@ -159,11 +159,6 @@ public final class Network {
         }
     }
 
-    /// Values of a round's result: its width, or every chunk's partials when gathered.
-    public func resultWidth(of round: Round) -> Int {
-        gathers(round) ? plan.chunkCount * width(of: round) : round == .gradients ? exchange.resultWidth : width(of: round)
-    }
-
     /// Width (values per chunk) of a round's partials.
     public func width(of round: Round) -> Int {
         switch round {
