@@ -78,6 +78,13 @@ public final class Socket {
         try setOption(ZMQ_HEARTBEAT_TIMEOUT, timeoutMilliseconds)
         try setOption(ZMQ_HEARTBEAT_TTL, timeoutMilliseconds)
     }
+    /// A lost connection is retried after `milliseconds`, the wait doubling up to `maximumMilliseconds`.
+    public func setReconnectInterval(milliseconds: Int32, maximumMilliseconds: Int32? = nil) throws {
+        try setOption(ZMQ_RECONNECT_IVL, milliseconds)
+        if let maximumMilliseconds { try setOption(ZMQ_RECONNECT_IVL_MAX, maximumMilliseconds) }
+    }
+    /// On close, unsent messages are kept for at most `milliseconds` (-1: until sent, 0: dropped).
+    public func setLinger(milliseconds: Int32) throws { try setOption(ZMQ_LINGER, milliseconds) }
     public func setHighWaterMarks(send: Int32, receive: Int32) throws {
         try setOption(ZMQ_SNDHWM, send)
         try setOption(ZMQ_RCVHWM, receive)

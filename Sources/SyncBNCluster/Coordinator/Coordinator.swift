@@ -576,7 +576,7 @@ public final class Coordinator: StepRunner {
             }
         }
         // Let libzmq flush the goodbyes when the socket closes, for a bounded time.
-        try? socket.setOption(ZMQ_LINGER, Int32(2000))
+        try? socket.setLinger(milliseconds: 2000)
     }
 
     // MARK: Messages
@@ -676,4 +676,3 @@ final class RefusalLog: @unchecked Sendable {
     }
 }
 
-import CZeroMQ

@@ -44,7 +44,7 @@ public final class PeerMesh {
         for (index, endpoint) in endpoints.enumerated() where index != rank && outlets[endpoint] == nil {
             let socket = try Socket(context, .push)
             try socket.setHighWaterMarks(send: 0, receive: 0)
-            try socket.setOption(ZMQ_RECONNECT_IVL, Int32(100))
+            try socket.setReconnectInterval(milliseconds: 100)
             do {
                 try socket.connect(endpoint)
             } catch let error as ZMQError {
@@ -112,4 +112,3 @@ public final class PeerMesh {
     }
 }
 
-import CZeroMQ

@@ -198,8 +198,7 @@ final class CoordinatorConnection {
         try socket.setHighWaterMarks(send: 0, receive: 0)
         try socket.setHeartbeat(intervalMilliseconds: Int32(timeouts.heartbeatIntervalSeconds * 1000),
                                 timeoutMilliseconds: Int32(timeouts.heartbeatTimeoutSeconds * 1000))
-        try socket.setOption(ZMQ_RECONNECT_IVL, Int32(100))
-        try socket.setOption(ZMQ_RECONNECT_IVL_MAX, Int32(2000))
+        try socket.setReconnectInterval(milliseconds: 100, maximumMilliseconds: 2000)
         if let security {
             try socket.makeCurveClient(serverKey: security.serverKey, publicKey: security.key.publicKey, secretKey: security.key.secret)
         }
@@ -237,4 +236,3 @@ final class CoordinatorConnection {
     }
 }
 
-import CZeroMQ
