@@ -2,53 +2,28 @@
 /// each output is the sum of its k×k window divided by k², padding counting as zeros.
 /// Backward: every input position of a window receives dy/k², accumulated where windows overlap.
 public final class AvgPool2d: Layer {
-    public let kernelSize: Int
-    public let stride: Int
-    public let padding: Int
-    public let inputShape: TensorShape
-    public let outputShape: TensorShape
+    let window: PoolingWindow
+    public var kernelSize: Int { window.kernelSize }
+    public var stride: Int { window.stride }
+    public var padding: Int { window.padding }
+    public var inputShape: TensorShape { window.input }
+    public var outputShape: TensorShape { window.output }
     private let output: Matrix
     private let inputGradient: Matrix
 
-    init(kernelSize: Int, stride: Int, padding: Int, shape: TensorShape, output outputShape: TensorShape, capacity: Int) {
-        self.kernelSize = kernelSize
-        self.stride = stride
-        self.padding = padding
-        inputShape = shape
-        self.outputShape = outputShape
-        output = Matrix(capacity: capacity, columns: outputShape.count)
-        inputGradient = Matrix(capacity: capacity, columns: shape.count)
-    }
-
-    /// Calls `body(output index, input index)` for every input position of every output's window, in scan order.
-    @inline(__always)
-    private func forEachWindowPosition(_ body: (Int, Int) -> Void) {
-        let (c, h, w) = (inputShape.channels, inputShape.height, inputShape.width)
-        let (oh, ow) = (outputShape.height, outputShape.width)
-        for ch in 0..<c {
-            for i in 0..<oh {
-                for j in 0..<ow {
-                    let o = (ch * oh + i) * ow + j
-                    for ki in 0..<kernelSize {
-                        let row = i * stride - padding + ki
-                        guard row >= 0 && row < h else { continue }
-                        for kj in 0..<kernelSize {
-                            let col = j * stride - padding + kj
-                            guard col >= 0 && col < w else { continue }
-                            body(o, (ch * h + row) * w + col)
-                        }
-                    }
-                }
-            }
-        }
+    init(window: PoolingWindow, capacity: Int) {
+        self.window = window
+        output = Matrix(capacity: capacity, columns: window.output.count)
+        inputGradient = Matrix(capacity: capacity, columns: window.input.count)
     }
 
     private func pool(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
-        let n = outputShape.count
-        y.update(repeating: 0, count: n)
-        forEachWindowPosition { o, i in y[o] += x[i] }
-        let scale = 1 / Float(kernelSize * kernelSize)
-        for o in 0..<n { y[o] *= scale }
+        let scale = 1 / Float(kernelSize * kernelSize), w = inputShape.width
+        window.forEachOutput { o, rows, columns, plane in
+            var sum: Float = 0
+            for row in rows { for col in columns { sum += x[plane + row * w + col] } }
+            y[o] = sum * scale
+        }
     }
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
@@ -60,10 +35,13 @@ public final class AvgPool2d: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         inputGradient.elements.update(repeating: 0)
-        let scale = 1 / Float(kernelSize * kernelSize)
+        let scale = 1 / Float(kernelSize * kernelSize), w = inputShape.width
         for r in 0..<dy.rows {
             let g = dy.row(r), dx = inputGradient.row(r)
-            forEachWindowPosition { o, i in dx[i] += g[o] * scale }
+            window.forEachOutput { o, rows, columns, plane in
+                let share = g[o] * scale
+                for row in rows { for col in columns { dx[plane + row * w + col] += share } }
+            }
         }
         return inputGradient
     }

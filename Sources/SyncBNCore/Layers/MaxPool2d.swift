@@ -2,26 +2,23 @@
 /// counts as −∞). Backward sends each output's gradient to the position of its maximum — on ties the first in
 /// scan order, as PyTorch does — accumulating where windows overlap.
 public final class MaxPool2d: Layer {
-    public let kernelSize: Int
-    public let stride: Int
-    public let padding: Int
-    public let inputShape: TensorShape
-    public let outputShape: TensorShape
+    let window: PoolingWindow
+    public var kernelSize: Int { window.kernelSize }
+    public var stride: Int { window.stride }
+    public var padding: Int { window.padding }
+    public var inputShape: TensorShape { window.input }
+    public var outputShape: TensorShape { window.output }
     private let output: Matrix
     private let inputGradient: Matrix
     /// Per output value of the last forward slice: the index of its maximum within the input sample.
     private let argmax: UnsafeMutablePointer<Int32>
 
-    init(kernelSize: Int, stride: Int, padding: Int, shape: TensorShape, output outputShape: TensorShape, capacity: Int) {
-        self.kernelSize = kernelSize
-        self.stride = stride
-        self.padding = padding
-        inputShape = shape
-        self.outputShape = outputShape
-        output = Matrix(capacity: capacity, columns: outputShape.count)
-        inputGradient = Matrix(capacity: capacity, columns: shape.count)
-        argmax = .allocate(capacity: max(1, capacity * outputShape.count))
-        argmax.initialize(repeating: 0, count: max(1, capacity * outputShape.count))
+    init(window: PoolingWindow, capacity: Int) {
+        self.window = window
+        output = Matrix(capacity: capacity, columns: window.output.count)
+        inputGradient = Matrix(capacity: capacity, columns: window.input.count)
+        argmax = .allocate(capacity: max(1, capacity * window.output.count))
+        argmax.initialize(repeating: 0, count: max(1, capacity * window.output.count))
     }
 
     deinit { argmax.deallocate() }
@@ -49,23 +46,15 @@ public final class MaxPool2d: Layer {
             }
             return
         }
-        for ch in 0..<c {
-            let plane = ch * h * w
-            for i in 0..<oh {
-                let rows = max(0, i * stride - padding)..<min(h, i * stride - padding + kernelSize)
-                for j in 0..<ow {
-                    let columns = max(0, j * stride - padding)..<min(w, j * stride - padding + kernelSize)
-                    var index = plane + rows.lowerBound * w + columns.lowerBound
-                    var best = x[index]
-                    for row in rows {
-                        let line = plane + row * w
-                        for col in columns where x[line + col] > best { best = x[line + col]; index = line + col }
-                    }
-                    let o = (ch * oh + i) * ow + j
-                    y[o] = best
-                    indices[o] = Int32(index)
-                }
+        window.forEachOutput { o, rows, columns, plane in
+            var index = plane + rows.lowerBound * w + columns.lowerBound
+            var best = x[index]
+            for row in rows {
+                let line = plane + row * w
+                for col in columns where x[line + col] > best { best = x[line + col]; index = line + col }
             }
+            y[o] = best
+            indices[o] = Int32(index)
         }
     }
 

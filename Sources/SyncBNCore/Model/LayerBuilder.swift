@@ -42,9 +42,9 @@ struct LayerBuilder {
         case .tanh: return Activation(.tanh, shape: input, capacity: capacity)
         case .flatten: return Flatten(shape: input)
         case .maxPool2d(let k, let s, let p):
-            return MaxPool2d(kernelSize: k, stride: s, padding: p, shape: input, output: output, capacity: capacity)
+            return MaxPool2d(window: PoolingWindow(kernelSize: k, stride: s, padding: p, input: input, output: output), capacity: capacity)
         case .avgPool2d(let k, let s, let p):
-            return AvgPool2d(kernelSize: k, stride: s, padding: p, shape: input, output: output, capacity: capacity)
+            return AvgPool2d(window: PoolingWindow(kernelSize: k, stride: s, padding: p, input: input, output: output), capacity: capacity)
         case .adaptiveAvgPool2d:
             return AdaptiveAvgPool2d(shape: input, capacity: capacity)
         case .dropout(let p):

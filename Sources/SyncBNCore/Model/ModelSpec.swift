@@ -8,8 +8,10 @@ import Foundation
 /// optional `"name"`. Built-in presets are listed in `presetNames`.
 public struct ModelSpec: Equatable, Sendable {
     public var name: String
-    public var input: TensorShape
-    public var layers: [LayerSpec]
+    public let input: TensorShape
+    public let layers: [LayerSpec]
+    /// The last layer's output: one logit per class (derived from `input` and `layers` once, at init).
+    public let outputShape: TensorShape
     /// How BatchNorm layers normalize across workers; `.none` when the model has none.
     public var batchNorm: BatchNormMode
 
@@ -25,9 +27,9 @@ public struct ModelSpec: Equatable, Sendable {
         guard let count, count <= Self.maximumParameters else {
             throw ModelError("the model \(name) has more than \(Self.maximumParameters) parameters (\(count.map(String.init) ?? "the count overflows")): make its layers smaller")
         }
-        let output = try LayerSpec.outputShape(of: self.layers, input: input)
-        guard output.dimensions.count == 1, output.count >= 2 else {
-            throw ModelError("the model \(name) ends with shape \(output); its last layer must give one logit per class (e.g. Flatten then Linear)")
+        outputShape = try LayerSpec.outputShape(of: self.layers, input: input)
+        guard outputShape.dimensions.count == 1, outputShape.count >= 2 else {
+            throw ModelError("the model \(name) ends with shape \(outputShape); its last layer must give one logit per class (e.g. Flatten then Linear)")
         }
         if batchNorm != .none && !hasBatchNorm { self.batchNorm = .none }
     }
@@ -40,8 +42,6 @@ public struct ModelSpec: Equatable, Sendable {
 
     /// Classes: the size of the last layer's output.
     public var classes: Int { outputShape.count }
-
-    public var outputShape: TensorShape { (try? LayerSpec.outputShape(of: layers, input: input)) ?? input }
 
     public var hasBatchNorm: Bool {
         func any(_ layers: [LayerSpec]) -> Bool {
