@@ -76,15 +76,8 @@ struct CoordinatorCommand: ParsableCommand {
 func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluster: ClusterOptions,
                     security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger, interrupted: @escaping () -> Bool,
                     resumeCommand: (String) -> [String], prepare: (Coordinator) throws -> Void = { _ in }) throws {
-    let resume = cluster.resume
-    var (config, dataset) = try options.resolve()
-    var checkpoint: TrainingCheckpoint?
-    if let resume {
-        checkpoint = try TrainingCheckpoint.load(directory: resume)
-        config = try options.settings(resuming: checkpoint!, dataset: dataset)
-    }
-    let out = options.outputDirectory(or: resume ?? "runs/latest")
-    let output = try OutputDirectory(out)
+    let start = try options.start(resuming: cluster.resume)
+    let (config, dataset, output, out) = (start.config, start.dataset, start.output, start.output.path)
     let coordinator = try Coordinator(config: config, data: dataset.train, bind: bind, workerCount: workers,
                                       minWorkers: min(cluster.minWorkers, workers), timeouts: cluster.timeouts,
                                       nonFinitePolicy: cluster.onNonfinite, gradientExchange: cluster.gradientExchange, security: security,
@@ -93,9 +86,9 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
     if security != nil { logger.info("CurveZMQ on: traffic encrypted, only authorized worker keys admitted") }
     var training = false
     do {
-        if let checkpoint {
-            try coordinator.resume(from: checkpoint.state, nextStep: checkpoint.nextStep, source: TrainingCheckpoint.path(in: resume!))
-            logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(TrainingCheckpoint.path(in: resume!))")
+        if let checkpoint = start.checkpoint, let path = start.checkpointPath {
+            try coordinator.resume(from: checkpoint.state, nextStep: checkpoint.nextStep, source: path)
+            logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(path)")
         } else {
             try options.loadInitialModel(into: coordinator.network)
         }

@@ -31,25 +31,19 @@ struct TrainCommand: ParsableCommand {
     }
 
     private func train(logger: Logger, interrupted: InterruptFlag) throws {
-        var (config, dataset) = try options.resolve()
-        var checkpoint: TrainingCheckpoint?
-        if let resume = checkpoints.resume {
-            checkpoint = try TrainingCheckpoint.load(directory: resume)
-            config = try options.settings(resuming: checkpoint!, dataset: dataset)
-        }
-        let out = options.outputDirectory(or: checkpoints.resume ?? "runs/latest")
-        let output = try OutputDirectory(out)
+        let start = try options.start(resuming: checkpoints.resume)
+        let (config, dataset, output, out) = (start.config, start.dataset, start.output, start.output.path)
         let network = config.makeNetwork()
-        if let checkpoint {
-            try network.loadTrainingState(checkpoint.state, source: TrainingCheckpoint.path(in: checkpoints.resume!))
-            logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(TrainingCheckpoint.path(in: checkpoints.resume!))")
+        if let checkpoint = start.checkpoint, let path = start.checkpointPath {
+            try network.loadTrainingState(checkpoint.state, source: path)
+            logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(path)")
         } else {
             try options.loadInitialModel(into: network)
         }
         let runner = LocalStepRunner(network: network, data: dataset.train, config: config)
         logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process")
         let run = TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: out, logger: logger,
-                              startStep: checkpoint?.nextStep ?? 0, checkpointEvery: checkpoints.checkpointEvery, lockedOutput: output)
+                              startStep: start.checkpoint?.nextStep ?? 0, checkpointEvery: checkpoints.checkpointEvery, lockedOutput: output)
         run.shouldStop = { interrupted.isSet }
         do {
             let summary = try run.run()

@@ -169,6 +169,20 @@ struct TrainingOptions: ParsableArguments {
         return spec
     }
 
+    /// What a run starts from, shared by `train` and the coordinator: the settings and data (a checkpoint's
+    /// settings with `--resume DIR`, see `settings(resuming:dataset:)`), that checkpoint, and the locked
+    /// output directory (`--out`, or DIR, or runs/latest) — all checked before anything is built.
+    func start(resuming resume: String?) throws -> RunStart {
+        var (config, dataset) = try resolve()
+        var checkpoint: TrainingCheckpoint?
+        if let resume {
+            checkpoint = try TrainingCheckpoint.load(directory: resume)
+            config = try settings(resuming: checkpoint!, dataset: dataset)
+        }
+        let output = try OutputDirectory(outputDirectory(or: resume ?? "runs/latest"))
+        return RunStart(config: config, dataset: dataset, checkpoint: checkpoint, checkpointPath: resume.map(TrainingCheckpoint.path(in:)), output: output)
+    }
+
     /// The settings of a run continued from `checkpoint`: its own, with what the command line can change
     /// applied — more (or fewer, but not fewer than done) steps through --steps or --epochs, --log-every and
     /// --eval-every. A flag that would change anything else is refused, naming both values: the resumed run
@@ -216,6 +230,15 @@ struct TrainingOptions: ParsableArguments {
     func loadInitialModel(into network: Network) throws {
         if let path = `init` { try network.loadModel(from: path) }
     }
+}
+
+/// See `TrainingOptions.start(resuming:)`.
+struct RunStart {
+    let config: TrainingConfig
+    let dataset: ImageDataset
+    let checkpoint: TrainingCheckpoint?
+    let checkpointPath: String?
+    let output: OutputDirectory
 }
 
 extension TrainingRun.Summary {
