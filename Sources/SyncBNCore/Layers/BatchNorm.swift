@@ -141,10 +141,14 @@ public final class BatchNorm: Layer {
             let all = UnsafeMutableBufferPointer(rebasing: gathered[0..<(plan.chunkCount * width)])
             try step.collective.allGather(.moments(layer: index), partials: mine, width: width, into: all)
             stageRunningStatistics(gathered: UnsafeBufferPointer(all), plan: plan)
+            var merged: Range<Int>?  // the group whose moments `localReduced` holds: merged once per group
             for c in 0..<chunks.count {
                 let group = Self.group(ofChunk: step.slice.chunks.lowerBound + c, groupChunks: groupChunks, plan: plan)
-                Round.moments(layer: index).reduce(UnsafeBufferPointer(rebasing: all[(group.lowerBound * width)..<(group.upperBound * width)]),
-                                                   plan: plan, chunks: group, width: width, valuesPerRow: spatialSize, into: localReduced)
+                if group != merged {
+                    Round.moments(layer: index).reduce(UnsafeBufferPointer(rebasing: all[(group.lowerBound * width)..<(group.upperBound * width)]),
+                                                       plan: plan, chunks: group, width: width, valuesPerRow: spatialSize, into: localReduced)
+                    merged = group
+                }
                 setStatistics(chunk: c, moments: UnsafeBufferPointer(localReduced), count: plan.rows(ofChunks: group).count * spatialSize)
             }
         } else {
@@ -296,9 +300,13 @@ public final class BatchNorm: Layer {
             if let groupChunks = step.batchNormGroupChunks {
                 let all = UnsafeMutableBufferPointer(rebasing: gathered[0..<(plan.chunkCount * width)])
                 try step.collective.allGather(.sums(layer: index), partials: mine, width: width, into: all)
+                var summed: Range<Int>?  // the group whose sums `localReduced` holds: summed once per group
                 for c in 0..<chunks.count {
                     let group = Self.group(ofChunk: step.slice.chunks.lowerBound + c, groupChunks: groupChunks, plan: plan)
-                    OrderedReduction.sum(UnsafeBufferPointer(rebasing: all[(group.lowerBound * width)..<(group.upperBound * width)]), width: width, into: localReduced)
+                    if group != summed {
+                        OrderedReduction.sum(UnsafeBufferPointer(rebasing: all[(group.lowerBound * width)..<(group.upperBound * width)]), width: width, into: localReduced)
+                        summed = group
+                    }
                     setCoefficients(chunk: c, sums: UnsafeBufferPointer(localReduced), count: plan.rows(ofChunks: group).count * s)
                 }
             } else if !chunks.isEmpty {
