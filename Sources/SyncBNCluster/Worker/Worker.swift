@@ -53,6 +53,7 @@ public final class Worker {
         var rank = 0
         var joinDeadline = Date().addingTimeInterval(timeouts.connectSeconds)
         var rejoining = false
+        var failedHandshakes = 0
         while true {
             let connection = try CoordinatorConnection(context: context, endpoint: endpoint, security: security, timeouts: timeouts)
             defer { connection.close() }
@@ -70,7 +71,18 @@ public final class Worker {
                 welcome = answer
             } catch Interruption.coordinatorLost {
                 continue  // connected, then lost again before the welcome: say hello on a fresh connection
+            } catch Interruption.handshakeFailed {
+                // One failed handshake can be a race (a coordinator going away mid-handshake, during a rejoin);
+                // several in a row mean the two sides disagree on keys, which retrying cannot fix.
+                failedHandshakes += 1
+                if failedHandshakes >= Self.failedHandshakesBeforeGivingUp {
+                    throw ClusterError(security == nil
+                        ? "the coordinator at \(endpoint) requires keys (CurveZMQ): give this worker --secret-key and --server-key (see `syncbn keygen`)"
+                        : "the CurveZMQ handshake with the coordinator at \(endpoint) failed: --server-key is not the coordinator's public key, or the coordinator does not use keys")
+                }
+                continue
             }
+            failedHandshakes = 0
             let (config, network, assignedRank, workerCount) = welcome
             rank = assignedRank
             logger[metadataKey: "rank"] = "\(rank)"
@@ -160,6 +172,9 @@ public final class Worker {
         try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics, step: Int(step))
     }
 
+    /// Failed handshakes in a row (each on a fresh connection) after which a worker stops trying.
+    static let failedHandshakesBeforeGivingUp = 5
+
     /// How long a worker waits for an answer to one hello before it says hello again.
     static let helloRetrySeconds = 3.0
 
@@ -177,11 +192,6 @@ public final class Worker {
             } catch Interruption.notAuthorized {
                 let key = security?.key.publicKey ?? "(none)"
                 throw ClusterError("the coordinator at \(endpoint) did not authorize this worker: add its public key \(key) to the coordinator's --authorized-keys file")
-            } catch Interruption.handshakeFailed {
-                // Retrying cannot help: the two sides disagree on keys.
-                throw ClusterError(security == nil
-                    ? "the coordinator at \(endpoint) requires keys (CurveZMQ): give this worker --secret-key and --server-key (see `syncbn keygen`)"
-                    : "the CurveZMQ handshake with the coordinator at \(endpoint) failed: --server-key is not the coordinator's public key, or the coordinator does not use keys")
             }
         }
         let welcome = message!
