@@ -28,6 +28,8 @@ let package = Package(
         .target(name: "CSystemShims"),
 
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+        // TensorBoard event files (TFRecord + the few protobuf messages needed), no dependencies.
+        .target(name: "TensorBoardEvents"),
         .target(name: "SyncBNCore", dependencies: ["CBLAS", "CZlib"]),
         .target(name: "SyncBNCluster", dependencies: [
             "ZeroMQ", "SyncBNCore", "CSystemShims",
@@ -55,5 +57,6 @@ let package = Package(
         .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),
         .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ"]),
         .testTarget(name: "SyncBNMultiHostTests"),
+        .testTarget(name: "TensorBoardEventsTests", dependencies: ["TensorBoardEvents"]),
     ]
 )
