@@ -30,9 +30,9 @@ let package = Package(
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         // TensorBoard event files (TFRecord + the few protobuf messages needed), no dependencies.
         .target(name: "TensorBoardEvents"),
-        .target(name: "SyncBNCore", dependencies: ["CBLAS", "CZlib"]),
+        .target(name: "SyncBNCore", dependencies: ["CBLAS", "CZlib", "TensorBoardEvents"]),
         .target(name: "SyncBNCluster", dependencies: [
-            "ZeroMQ", "SyncBNCore", "CSystemShims",
+            "ZeroMQ", "SyncBNCore", "CSystemShims", "TensorBoardEvents",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Protocol/WireProtocol.md"]),
         // `import SyncBN`: the library for Swift programs (Examples/LibraryExample).
@@ -53,7 +53,7 @@ let package = Package(
                           exclude: ["corpus"], swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
-        .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore"]),
+        .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore", "TensorBoardEvents"]),
         .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),
         .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ"]),
         .testTarget(name: "SyncBNMultiHostTests"),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: a bounded fuzzing run of the wire decoder and the data and model-file parsers, the
 # library example, then unit tests, protocol tests and
-# multi-process tests (real processes, real sockets on loopback, hosts in network namespaces). Installs the
-# Debian packages it needs first.
+# multi-process tests (real processes, real sockets on loopback, hosts in network namespaces), and TensorBoard
+# reading our event files. Installs the Debian packages it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Scripts/install-deps.sh --tests
@@ -13,3 +13,5 @@ swift build --build-tests
 swift build --package-path Examples/LibraryExample --scratch-path .build-example >/dev/null
 .build-example/debug/LibraryExample
 swift test --skip-build --disable-swift-testing
+# TensorBoard's own reader (in a virtual environment the script makes) reads back short runs' event files.
+Tests/tensorboard/run-checks.sh .build/debug/syncbn

@@ -58,6 +58,7 @@ func seedMessages() -> [Message] {
         .partials(step: 5, round: .gradients, firstChunk: 0, chunkCount: 2, width: 1, element: .float32, payload: ArraySlice([UInt8](repeating: 2, count: 8))),
         .reduced(step: 5, round: .sums(layer: 0), width: 1, element: .float64, payload: ArraySlice([UInt8](repeating: 3, count: 8))),
         .reduced(step: 6, round: .metrics, width: 2, element: .float64, payload: ArraySlice([UInt8](repeating: 4, count: 16))),
+        .partials(step: 6, round: .observations, firstChunk: 0, chunkCount: 1, width: 2, element: .float64, payload: ArraySlice([UInt8](repeating: 7, count: 16))),
         .stop, .failure(reason: "gave up"), .ping,
         .peers(epoch: 1, rank: 1, endpoints: ["tcp://127.0.0.1:4000", "tcp://127.0.0.1:4001"]),
         .gradientTiles(step: 5, epoch: 1, from: 1, shardOffset: 2, shardWidth: 1, tiles: [1..<2, 2..<4],

@@ -4,6 +4,7 @@ import SyncBNCore
 import SyncBNCluster
 
 extension BatchNormMode: ExpressibleByArgument {}
+extension BatchNormBackward: ExpressibleByArgument {}
 extension LearningRateSchedule: ExpressibleByArgument {}
 extension DataFormat: ExpressibleByArgument {}
 
@@ -36,6 +37,10 @@ struct TrainingOptions: ParsableArguments {
     @Option(name: .customLong("bn"), help: "BatchNorm: sync (global batch statistics; the default), local (each worker's slice), none (no BN layers).")
     var bnOption: BatchNormMode?
     var bn: BatchNormMode { bnOption ?? .sync }
+
+    @Option(name: .customLong("bn-backward"), help: ArgumentHelp("BatchNorm's backward pass: full (through the batch mean and variance; the default) or no-stats.",
+                                                              discussion: "no-stats is an ablation: it treats the batch statistics as constants, which the BatchNorm paper (§2) shows makes a bias before BatchNorm grow without bound. Scripts/bn-backward-ablation.sh plots it."))
+    var bnBackwardOption: BatchNormBackward?
 
     @Option(help: ArgumentHelp("BatchNorm statistics over consecutive groups of G samples of the global batch (default: the whole batch).",
                                discussion: "A multiple of --chunk-size that divides --batch-size. G equal to each worker's slice reproduces per-device BN deterministically; values in between are sync groups and ghost BN."))
@@ -158,13 +163,14 @@ struct TrainingOptions: ParsableArguments {
     /// (classes: at least 10, more if the labels need them). Checked against the data before any step.
     func resolveModel(for dataset: ImageDataset) throws -> ModelSpec {
         let sampleShape = try TensorShape(dataset.train.sampleShape)
-        let spec: ModelSpec
+        var spec: ModelSpec
         if let modelFile {
             spec = try ModelSpec.load(modelFile: modelFile, batchNorm: bn)
         } else {
             let count = classes == "auto" ? max(2, Int(max(dataset.train.labels.max() ?? 0, dataset.test.labels.max() ?? 0)) + 1) : Int(classes)!
             spec = try ModelSpec.preset(model, input: sampleShape, classes: count, batchNorm: bn)!
         }
+        spec.batchNormBackward = bnBackwardOption ?? .full
         try spec.check(against: dataset, source: data)
         return spec
     }
@@ -197,6 +203,7 @@ struct TrainingOptions: ParsableArguments {
         if let modelOption { try refuse("--model", modelOption, config.model.name) }
         if let modelFile { try refuse("--model-file", modelFile, config.model.name) }
         if let bnOption { try refuse("--bn", bnOption.rawValue, config.model.batchNorm.rawValue) }
+        if let bnBackwardOption { try refuse("--bn-backward", bnBackwardOption.rawValue, config.model.batchNormBackward.rawValue) }
         if let batchSizeOption { try refuse("--batch-size", "\(batchSizeOption)", "\(config.plan.batchSize)") }
         if let chunkSizeOption { try refuse("--chunk-size", "\(chunkSizeOption)", "\(config.plan.chunkSize)") }
         if let lrOption { try refuse("--lr", "\(lrOption)", "\(config.optimizer.learningRate)") }
@@ -245,7 +252,9 @@ extension TrainingRun.Summary {
     /// The closing lines every training command prints.
     func report() -> String {
         var text = "finished \(steps) steps: test accuracy \(String(format: "%.4f", test.accuracy)), test loss \(String(format: "%.4f", test.loss)), median step \(String(format: "%.3f", medianStepSeconds * 1000)) ms"
-        if let modelPath { text += "; model saved to \(modelPath)" }
+        if let modelPath {
+            text += "; model saved to \(modelPath); curves: tensorboard --logdir \((modelPath as NSString).deletingLastPathComponent)"
+        }
         return text
     }
 }

@@ -115,26 +115,27 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertEqual(WireProtocol.headerSize, 16)
         // hello: description length u16, description, peer endpoint (the rest).
         XCTAssertEqual(Message.hello(peer: "w", peerEndpoint: "e").encoded(),
-                       Array("SYBN".utf8) + [3, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("we".utf8))
-        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [3, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
+                       Array("SYBN".utf8) + [4, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("we".utf8))
+        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [4, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
 
         // partials: round kind u16, layer u16, first chunk u32, chunk count u32, width u32, element u8, 0 u8, 0 u16.
         let partials = Message.partialsHeader(step: 0x0102_0304_0506_0708, round: .sums(layer: 2), firstChunk: 3, chunkCount: 4,
                                               width: 0x0102, element: .float32)
-        XCTAssertEqual(partials, Array("SYBN".utf8) + [3, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
+        XCTAssertEqual(partials, Array("SYBN".utf8) + [4, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
                        + [2, 0, 2, 0] + [3, 0, 0, 0] + [4, 0, 0, 0] + [2, 1, 0, 0] + [1, 0, 0, 0])
-        // reduced: round kind u16, layer u16, width u32, element u8, 0 u8, 0 u16. Round kinds 1–4.
-        for (round, code) in [(Round.moments(layer: 5), [1, 0, 5, 0]), (.sums(layer: 0), [2, 0, 0, 0]), (.gradients, [3, 0, 0, 0]), (.metrics, [4, 0, 0, 0])] as [(Round, [UInt8])] {
+        // reduced: round kind u16, layer u16, width u32, element u8, 0 u8, 0 u16. Round kinds 1–5.
+        for (round, code) in [(Round.moments(layer: 5), [1, 0, 5, 0]), (.sums(layer: 0), [2, 0, 0, 0]), (.gradients, [3, 0, 0, 0]), (.metrics, [4, 0, 0, 0]),
+                              (.observations, [5, 0, 0, 0])] as [(Round, [UInt8])] {
             XCTAssertEqual(Message.reducedHeader(step: 1, round: round, width: 2, element: .float64),
-                           Array("SYBN".utf8) + [3, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
+                           Array("SYBN".utf8) + [4, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
         }
         // welcome: rank u32, worker count u32, config length u32, config, model.
         XCTAssertEqual(Message.welcome(rank: 1, workerCount: 2, config: [9, 9], model: [5]).encoded(),
-                       Array("SYBN".utf8) + [3, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
+                       Array("SYBN".utf8) + [4, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
         // step: first chunk u32, chunk count u32, metrics u8, feature type u8, 0 u16, rows u32, features u32, labels, features.
         let slice = BatchData(rows: 1, featureSize: 2, labels: [6], element: .unsignedByte, features: [10, 20])
         XCTAssertEqual(Message.step(step: 2, firstChunk: 1, chunkCount: 1, computeMetrics: true, batch: slice).encoded(),
-                       Array("SYBN".utf8) + [3, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
+                       Array("SYBN".utf8) + [4, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
                        + [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 6, 10, 20])
     }
 
@@ -233,7 +234,7 @@ final class WireProtocolTests: XCTestCase {
     }
 
     func testAnotherVersionIsAVersionMismatchWhateverFollows() {
-        for version: UInt16 in [0, 1, 2, 4, 99, .max] {  // 2: the previous release
+        for version: UInt16 in [0, 1, 2, 3, 5, 99, .max] {  // 3: the previous release
             for (kind, body) in [(UInt16(1), Array("hello".utf8)), (2, []), (42, [1, 2, 3])] {
                 let frame = Self.frame(version: version, kind: kind, body: body)
                 XCTAssertThrowsError(try Message.decode(frame)) { error in

@@ -44,6 +44,10 @@ final class ImageHubCollective: Collective {
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         try inner.exchangeGradients(partials, exchange: exchange, into: result)
     }
+
+    func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
+        try inner.report(round, partials: partials, width: width)
+    }
 }
 
 final class ConvNetworkTests: XCTestCase {

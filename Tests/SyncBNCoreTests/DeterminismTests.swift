@@ -35,6 +35,10 @@ final class RecordingCollective: Collective {
         floats.append((.gradients, Array(result)))
         order.append(.gradients)
     }
+
+    func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
+        order.append(round)
+    }
 }
 
 final class DeterminismTests: XCTestCase {
@@ -132,17 +136,17 @@ final class DeterminismTests: XCTestCase {
 
     func testRoundsAreListedInTheOrderTheStepCallsThem() throws {
         // Oracle: the documented protocol — moments per BatchNorm layer going up, backward sums going down
-        // (sync only), the gradient round, then metrics if asked.
+        // (sync only), the gradient round, then the observations (the net has activations) and metrics if asked.
         let plan = plans[0]
         let expected: [BatchNormMode: [Round]] = [
-            .sync: [.moments(layer: 0), .moments(layer: 1), .sums(layer: 1), .sums(layer: 0), .gradients, .metrics],
-            .local: [.moments(layer: 0), .moments(layer: 1), .gradients, .metrics],
-            .none: [.gradients, .metrics],
+            .sync: [.moments(layer: 0), .moments(layer: 1), .sums(layer: 1), .sums(layer: 0), .gradients, .observations, .metrics],
+            .local: [.moments(layer: 0), .moments(layer: 1), .gradients, .observations, .metrics],
+            .none: [.gradients, .observations, .metrics],
         ]
         for mode in BatchNormMode.allCases {
             let network = makeNetwork(mode, plan)
             XCTAssertEqual(network.rounds(computeMetrics: true), expected[mode])
-            XCTAssertEqual(network.rounds(computeMetrics: false), Array(expected[mode]!.dropLast()))
+            XCTAssertEqual(network.rounds(computeMetrics: false), Array(expected[mode]!.dropLast(2)))
             for computeMetrics in [true, false] {
                 let recorder = RecordingCollective(plan: plan)
                 load(network, step: 0, rows: 0..<plan.batchSize)

@@ -50,6 +50,13 @@ final class InProcessHub: @unchecked Sendable {
         return result as! [T]
     }
 
+    /// The last gathered partials of each reported round (`HubCollective.report`).
+    private(set) var reported: [Round: [Double]] = [:]
+
+    func keep(_ round: Round, _ values: [Double]) {
+        condition.lock(); reported[round] = values; condition.unlock()
+    }
+
     func note(_ problem: String) {
         condition.lock(); problems.append(problem); condition.unlock()
     }
@@ -88,6 +95,12 @@ final class HubCollective: Collective {
             return out
         }
         for i in 0..<width { result[i] = combined[i] }
+    }
+
+    /// Gathers the partials as the coordinator would and keeps them in `hub.reported` (the last of each round).
+    func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
+        let all = hub.exchange(rank: rank, round: round, partials: Array(partials), width: width) { $0 }
+        if rank == 0 { hub.keep(round, all) }
     }
 }
 

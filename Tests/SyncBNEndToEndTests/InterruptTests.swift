@@ -44,7 +44,7 @@ final class InterruptTests: SyncBNProcessTestCase {
             let arguments = Array(resume.split(separator: " ").dropFirst().map(String.init))
             try runSuccessfully(arguments)
             XCTAssertEqual(try model(in: out), expected.model, "the resumed run (interrupted after \(lines * 10) steps) saved a different model")
-            XCTAssertEqual(try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8), expected.metrics,
+            XCTAssertEqual(try trainingMetrics(in: out), expected.metrics,
                            "the resumed run logged different metrics")
         }
     }

@@ -30,6 +30,9 @@ public final class Coordinator: StepRunner {
     public var abortReason: () -> String? = { nil }
     /// The step being run, or the next one between steps: what a checkpoint taken now continues from.
     public private(set) var nextStep = 0
+    /// Steps run again because a worker was lost during them.
+    public private(set) var redoneSteps = 0
+    public var clusterStatus: ClusterStatus? { ClusterStatus(liveWorkers: members.count, redoneSteps: redoneSteps) }
 
     private let data: LabeledImages
     private let timeouts: ClusterTimeouts
@@ -133,7 +136,7 @@ public final class Coordinator: StepRunner {
             }
         }
         let chunks = config.plan.chunkCount
-        let widestDouble = max(2, network.norms.map { 2 * $0.features }.max() ?? 2)
+        let widestDouble = max(2, network.norms.map { 2 * $0.features }.max() ?? 2, network.width(of: .observations))
         socket = try Socket(context, .router)
         try socket.setRouterMandatory(true)
         // The largest message a worker may send: its partials when it owns every chunk.
@@ -255,6 +258,7 @@ public final class Coordinator: StepRunner {
                 }
                 finishStep(step)
                 if let lostAt {
+                    redoneSteps += 1
                     logger.info("step \(step + 1) redone by \(members.count) worker(s) in \(milliseconds(since: lostAt)) ms after the loss (\(milliseconds(since: stepStarted)) ms in all)")
                 }
                 nextStep = step + 1
@@ -331,6 +335,7 @@ public final class Coordinator: StepRunner {
         if gradientExchange == .peers { try sendPeerTableIfChanged() }
         if sendStep { try sendStepMessages(&message) }
         var metrics: StepMetrics?
+        var observations: [InputObservation] = []
         let rounds = network.rounds(computeMetrics: computeMetrics)
         for (index, round) in rounds.enumerated() {
             let final = index == rounds.count - 1
@@ -345,6 +350,11 @@ public final class Coordinator: StepRunner {
                 continue
             }
             try gather(step: UInt64(step), round: round, width: width, element: element)
+            if round == .observations {
+                // For the logs only: workers do not wait for an answer.
+                observations = network.observations(gathered: UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)]))
+                continue
+            }
             outbox.removeAll(keepingCapacity: true)
             if element == .float32 {
                 let exchange = network.exchange
@@ -370,6 +380,7 @@ public final class Coordinator: StepRunner {
                 try broadcast(final: final)
             }
         }
+        metrics?.observations = observations
         return metrics
     }
 

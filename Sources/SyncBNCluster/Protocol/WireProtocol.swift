@@ -11,7 +11,7 @@ import SyncBNCore
 ///     header: magic "SYBN" (4) | version u16 | kind u16 | step u64
 public enum WireProtocol {
     /// Bumped on any change to a message's layout or meaning.
-    public static let version: UInt16 = 3
+    public static let version: UInt16 = 4
     public static let magic: [UInt8] = Array("SYBN".utf8)
     public static let headerSize = 16
     /// The largest message a peer may send (libzmq cuts off a peer that exceeds it): a step's gradient
@@ -399,13 +399,14 @@ struct ByteWriter {
     mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { buffer += $0 } }
     mutating func bytes<C: Collection>(_ b: C) where C.Element == UInt8 { buffer += b }
 
-    /// A round travels as kind u16 (1 moments, 2 sums, 3 gradients, 4 metrics) and layer u16.
+    /// A round travels as kind u16 (1 moments, 2 sums, 3 gradients, 4 metrics, 5 observations) and layer u16.
     mutating func round(_ round: Round) {
         switch round {
         case .moments(let layer): u16(1); u16(UInt16(layer))
         case .sums(let layer): u16(2); u16(UInt16(layer))
         case .gradients: u16(3); u16(0)
         case .metrics: u16(4); u16(0)
+        case .observations: u16(5); u16(0)
         }
     }
 }
@@ -450,6 +451,7 @@ struct ByteReader {
         case 2: return .sums(layer: layer)
         case 3 where layer == 0: return .gradients
         case 4 where layer == 0: return .metrics
+        case 5 where layer == 0: return .observations
         default: throw ProtocolError.malformed("unknown round \(kind)/\(layer)")
         }
     }

@@ -92,6 +92,19 @@ public protocol StepRunner: AnyObject {
     /// Trains on `input`'s batch. `next` is the step that follows, if any: a coordinator sends it to the
     /// workers as soon as this one's last round is done, before updating its own replica.
     func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics?
+    /// The workers taking part and the steps redone after losing one, so far; nil for a single process.
+    var clusterStatus: ClusterStatus? { get }
+}
+
+extension StepRunner {
+    public var clusterStatus: ClusterStatus? { nil }
+}
+
+/// A coordinator's membership as its logs report it.
+public struct ClusterStatus: Sendable, Equatable {
+    public var liveWorkers: Int
+    /// Steps that had to be run again because a worker was lost during them.
+    public var redoneSteps: Int
 }
 
 /// The reference: one process computes every chunk of every batch, reducing locally.
@@ -117,7 +130,9 @@ public final class LocalStepRunner: StepRunner {
         config.pipeline.copyBatch(data, indices: samples, seed: config.seed, epoch: input.epoch, into: network.batchInput.storage)
         network.input.storage.update(from: network.batchInput.storage, count: samples.count * data.featureSize)
         for (row, index) in samples.enumerated() { network.labels[row] = Int32(data.labels[index]) }
-        return try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics, step: step)
+        var metrics = try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics, step: step)
+        if metrics != nil { metrics?.observations = network.observationsOfWholeBatch() }
+        return metrics
     }
 }
 

@@ -42,18 +42,12 @@ public final class TrainingRun {
 
     public func run() throws -> Summary {
         let order = BatchOrder(sampleCount: dataset.train.count, batchSize: config.plan.batchSize, shuffle: config.shuffle, seed: config.seed)
-        var metricsFile: FileHandle?
+        var log: RunLog?
         if let outputDirectory {
             if lockedOutput?.path != outputDirectory { lockedOutput = try OutputDirectory(outputDirectory) }
-            let path = (outputDirectory as NSString).appendingPathComponent("metrics.jsonl")
-            guard FileManager.default.createFile(atPath: path, contents: Self.linesBefore(startStep, ofMetricsAt: path)),
-                  let file = FileHandle(forWritingAtPath: path) else {
-                throw TrainingError("cannot write \(path): give an --out directory you can write")
-            }
-            metricsFile = file
-            metricsFile?.seekToEndOfFile()
+            log = try RunLog(directory: outputDirectory, startStep: startStep)
         }
-        defer { try? metricsFile?.close() }
+        defer { log?.close() }
 
         var permutations: [Int: [Int]] = [:]  // this epoch's and the next one's
         /// Whether the test set is evaluated after `step`: every evaluateEvery steps and after the last.
@@ -91,14 +85,12 @@ public final class TrainingRun {
             guard metrics.loss.isFinite else {
                 throw TrainingError("the loss became \(metrics.loss) at step \(step + 1): lower --lr or check the data")
             }
-            var record: [String: Any] = ["step": step + 1, "loss": metrics.loss, "train_accuracy": metrics.accuracy, "epoch": Double(step + 1) / Double(order.stepsPerEpoch)]
-            if evaluate {
-                lastTest = runner.network.evaluate(dataset.test, normalization: config.pipeline.normalization)
-                record["test_loss"] = lastTest.loss
-                record["test_accuracy"] = lastTest.accuracy
-            }
-            if let metricsFile, let line = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) {
-                metricsFile.write(line + Data("\n".utf8))
+            if evaluate { lastTest = runner.network.evaluate(dataset.test, normalization: config.pipeline.normalization) }
+            if let log {
+                let logged = LoggedStep(metrics: metrics, test: evaluate ? lastTest : nil, learningRate: Double(config.learningRate(atStep: step)),
+                                        stepSeconds: stepSeconds.last ?? 0, samplesPerSecond: rate(step + 1 - startStep, started),
+                                        cluster: runner.clusterStatus, network: runner.network)
+                try log.write(step: step + 1, epoch: Double(step + 1) / Double(order.stepsPerEpoch), scalars: logged.scalars, histograms: logged.histograms)
             }
             progress.update(step: step + 1, of: config.steps, loss: metrics.loss, samplesPerSecond: rate(step + 1 - startStep, started), elapsed: -started.timeIntervalSinceNow)
             if evaluate {
@@ -116,17 +108,6 @@ public final class TrainingRun {
         if lastTest.loss.isNaN { lastTest = runner.network.evaluate(dataset.test, normalization: config.pipeline.normalization) }
         let median = stepSeconds.isEmpty ? 0 : stepSeconds.sorted()[stepSeconds.count / 2]
         return Summary(steps: config.steps, test: lastTest, medianStepSeconds: median, modelPath: modelPath)
-    }
-
-    /// The lines of an existing metrics file for steps up to `step` (those a resumed run keeps).
-    static func linesBefore(_ step: Int, ofMetricsAt path: String) -> Data? {
-        guard step > 0, let data = FileManager.default.contents(atPath: path) else { return nil }
-        let kept = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { line in
-            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  let lineStep = object["step"] as? Int else { return false }
-            return lineStep <= step
-        }
-        return Data(kept.map { $0 + "\n" }.joined().utf8)
     }
 
     private func rate(_ steps: Int, _ started: Date) -> Double {

@@ -89,6 +89,15 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                       partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
     }
 
+    /// Sends the partials and goes on: the coordinator keeps them for its logs and sends nothing back.
+    func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
+        outbox.removeAll(keepingCapacity: true)
+        Message.partials(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound), chunkCount: UInt32(slice.chunks.count),
+                         width: UInt32(width), element: .float64, payload: []).encode(appendingTo: &outbox)
+        outbox += UnsafeRawBufferPointer(partials)
+        try connection.socket.send(outbox)
+    }
+
     /// Runs `body`, counting its time and this thread's CPU time as waiting.
     private func timed(_ body: () throws -> Void) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds, cpu0 = threadCPUNanoseconds()

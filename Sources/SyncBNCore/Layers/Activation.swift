@@ -21,6 +21,7 @@ public final class Activation: Layer {
     }
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
+        step.observe(self, x)
         output.rows = x.rows
         Self.apply(kind, x.storage, output.storage, count: x.count)
         return output

@@ -11,6 +11,17 @@ public enum BatchNormMode: String, Codable, Sendable, CaseIterable {
     case none
 }
 
+/// What BatchNorm's backward pass differentiates through.
+public enum BatchNormBackward: String, Codable, Sendable, CaseIterable {
+    /// Through the batch mean and variance, as the paper derives (§3): the gradient sees that shifting or
+    /// scaling a feature's input changes its statistics.
+    case full
+    /// An ablation (`--bn-backward no-stats`): μ and σ² are treated as constants, ∂L/∂x = γ/√(σ² + ε)·dy. The
+    /// paper (§2) predicts that a bias feeding BatchNorm then grows without bound while the loss stays flat:
+    /// the update to the bias is cancelled by the normalization it does not see.
+    case noStatistics = "no-stats"
+}
+
 /// Batch Normalization per feature, as `torch.nn.BatchNorm1d` (input [N, F]: statistics per feature over the
 /// N rows) and `torch.nn.BatchNorm2d` (input [N, C, H, W]: statistics per channel over N·H·W values).
 ///
@@ -130,6 +141,7 @@ public final class BatchNorm: Layer {
     /// With BatchNorm groups, every chunk's moments are gathered; each chunk is normalized by its group's
     /// (chunks merged in order, as the coordinator would), and the running statistics by the whole batch's.
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
+        step.observe(self, x)
         let chunks = step.chunks
         let width = 2 * features
         for (c, rows) in chunks.enumerated() {
@@ -244,7 +256,8 @@ public final class BatchNorm: Layer {
 
     // MARK: Backward
 
-    /// ∂L/∂x = γ/√(σ² + ε) · (dy − mean(dy) − x̂·mean(dy·x̂)); ∂γ = Σ dy·x̂ and ∂β = Σ dy.
+    /// ∂L/∂x = γ/√(σ² + ε) · (dy − mean(dy) − x̂·mean(dy·x̂)); ∂γ = Σ dy·x̂ and ∂β = Σ dy. With
+    /// `--bn-backward no-stats` the two means are taken as zero: ∂L/∂x = γ/√(σ² + ε)·dy.
     ///
     /// With `sync`, the sums are global and ∂γ, ∂β go straight to the store's gradients. With `local`,
     /// they are this slice's own, and ∂γ, ∂β are written per chunk to the chunk gradient rows to be
@@ -278,10 +291,11 @@ public final class BatchNorm: Layer {
         /// Local chunk c's coefficients from `sums` over `count` values per feature.
         func setCoefficients(chunk c: Int, sums: UnsafeBufferPointer<Double>, count: Int) {
             let n = Double(count), g = step.store.values + gamma.offset, o = c * features
+            let throughStatistics = step.batchNormBackward == .full
             for f in 0..<features {
                 scale[o + f] = Float(Double(g[f]) * inverseStd[o + f])
-                meanDy[o + f] = Float(sums[f] / n)
-                meanDyXhat[o + f] = Float(sums[features + f] / n)
+                meanDy[o + f] = throughStatistics ? Float(sums[f] / n) : 0
+                meanDyXhat[o + f] = throughStatistics ? Float(sums[features + f] / n) : 0
             }
         }
         if step.batchNorm == .sync && step.batchNormGroupChunks == nil {

@@ -98,6 +98,18 @@ public final class StepContext {
     @inline(__always)
     public func chunkGradient(_ c: Int) -> UnsafeMutablePointer<Float> { chunkGradients + c * gradientWidth }
 
+    /// Set on logged steps: BatchNorm and activation layers hand it their input (`observe`).
+    var observer: StepObserver?
+    /// Whether BatchNorm's backward pass goes through the batch statistics (the default) or treats them as
+    /// constants (`--bn-backward no-stats`, an ablation).
+    public internal(set) var batchNormBackward: BatchNormBackward = .full
+
+    /// Records `x`, the input `layer` was given, if this step is observed (see `ObservationLayout`).
+    @inline(__always)
+    public func observe(_ layer: Layer, _ x: Matrix) {
+        observer?.record(layer, x, chunks: chunks)
+    }
+
     public var plan: ChunkPlan { slice.plan }
     /// The global batch row of this slice's local row 0.
     public var firstGlobalRow: Int { slice.globalRows.lowerBound }

@@ -14,6 +14,8 @@ public struct ModelSpec: Equatable, Sendable {
     public let outputShape: TensorShape
     /// How BatchNorm layers normalize across workers; `.none` when the model has none.
     public var batchNorm: BatchNormMode
+    /// What BatchNorm's backward pass differentiates through (`--bn-backward`; `.full` but for the ablation).
+    public var batchNormBackward: BatchNormBackward = .full
 
     /// - Throws: `ModelError` naming the first layer that does not fit its input, or a model whose output is
     ///   not a flat vector of logits.
@@ -104,12 +106,13 @@ public struct ModelSpec: Equatable, Sendable {
         guard let data = try? JSONEncoder().encode(self),
               var object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return Data() }
         object["batch_norm"] = nil
+        object["batch_norm_backward"] = nil
         return (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data()
     }
 }
 
 extension ModelSpec: Codable {
-    private enum CodingKeys: String, CodingKey { case name, input, layers, batchNorm = "batch_norm" }
+    private enum CodingKeys: String, CodingKey { case name, input, layers, batchNorm = "batch_norm", batchNormBackward = "batch_norm_backward" }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -118,6 +121,7 @@ extension ModelSpec: Codable {
         let layers = try container.decode([LayerSpec].self, forKey: .layers)
         let mode = try container.decodeIfPresent(BatchNormMode.self, forKey: .batchNorm) ?? .sync
         try self.init(name: name, input: input, layers: layers, batchNorm: mode)
+        batchNormBackward = try container.decodeIfPresent(BatchNormBackward.self, forKey: .batchNormBackward) ?? .full
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -126,5 +130,7 @@ extension ModelSpec: Codable {
         try container.encode(input, forKey: .input)
         try container.encode(layers, forKey: .layers)
         try container.encode(batchNorm, forKey: .batchNorm)
+        // Written only for the ablation, so that every other run's metadata stays as it was.
+        if batchNormBackward != .full { try container.encode(batchNormBackward, forKey: .batchNormBackward) }
     }
 }

@@ -2,6 +2,9 @@
 public struct StepMetrics: Equatable, Sendable {
     public var loss: Double
     public var accuracy: Double
+    /// The inputs of BatchNorm and activation layers over the global batch, on a training step whose
+    /// metrics are logged (empty otherwise, and for evaluation).
+    public var observations: [InputObservation] = []
 
     public init(loss: Double, accuracy: Double) {
         self.loss = loss
@@ -56,6 +59,11 @@ public final class Network {
 
     /// Chunks per BatchNorm group, or nil when BatchNorm sees the whole batch (or each slice, `--bn local`).
     public let batchNormGroupChunks: Int?
+    /// Records the inputs of BatchNorm and activation layers on logged steps (the `.observations` round).
+    public let observer: StepObserver
+    /// The biases of Linear and Conv2d layers whose output goes straight into a BatchNorm layer, labelled
+    /// "name.Type" ("0.Linear"): the seed's ablation watches them (`--bn-backward no-stats`).
+    public let biasesFeedingBatchNorm: [(label: String, bias: ParameterTensor)]
 
     /// - Parameter batchNormGroupSize: samples per BatchNorm group (a multiple of the chunk size that divides
     ///   the batch size), or nil (or the batch size) for statistics over the whole global batch.
@@ -105,6 +113,18 @@ public final class Network {
         chunkGradients.initialize(repeating: 0)
         context = StepContext(plan: plan, store: store, batchNorm: spec.batchNorm, seed: seed, chunkGradients: chunkGradients.baseAddress!)
         context.batchNormGroupChunks = batchNormGroupChunks
+        context.batchNormBackward = spec.batchNormBackward
+        let observed = namedLayers.compactMap { name, layer -> (Layer, ObservationLayout.ObservedLayer)? in
+            guard let type = Self.observedType(of: layer) else { return nil }
+            return (layer, .init(name: name, type: type, shape: layer.inputShape))
+        }
+        observer = StepObserver(layout: ObservationLayout(layers: observed.map(\.1), chunkSize: plan.chunkSize),
+                                layers: observed.map(\.0), maxChunks: plan.chunkCount)
+        biasesFeedingBatchNorm = zip(namedLayers, namedLayers.dropFirst()).compactMap { pair, next in
+            guard next.layer is BatchNorm, pair.layer is Linear || pair.layer is Conv2d,
+                  let bias = pair.layer.parameters.first(where: { $0.name == "bias" }) else { return nil }
+            return ("\(pair.name).\(pair.layer is Linear ? "Linear" : "Conv2d")", bias)
+        }
         gradientPartials = .allocate(capacity: max(1, plan.chunkCount * exchange.chunkWidth))
         gradientPartials.initialize(repeating: 0)
         gradientResult = .allocate(capacity: max(1, exchange.resultWidth))
@@ -138,8 +158,22 @@ public final class Network {
         var rounds: [Round] = norms.map { .moments(layer: $0.index) }
         if spec.batchNorm == .sync { rounds += Self.backwardOrder(layers).map { .sums(layer: $0.index) } }
         rounds.append(.gradients)
+        if computeMetrics && !observer.layout.layers.isEmpty { rounds.append(.observations) }
         if computeMetrics { rounds.append(.metrics) }
         return rounds
+    }
+
+    /// The type name of a layer whose input a logged step observes (BatchNorm, activations), or nil.
+    private static func observedType(of layer: Layer) -> String? {
+        if let norm = layer as? BatchNorm { return norm.inputShape.isImage ? "BatchNorm2d" : "BatchNorm1d" }
+        if let activation = layer as? Activation {
+            switch activation.kind {
+            case .relu: return "ReLU"
+            case .sigmoid: return "Sigmoid"
+            case .tanh: return "Tanh"
+            }
+        }
+        return nil
     }
 
     /// BatchNorm layers in the order a backward pass through `layers` calls them.
@@ -156,6 +190,7 @@ public final class Network {
         switch round {
         case .moments, .sums: batchNormGroupChunks != nil
         case .gradients, .metrics: false
+        case .observations: true
         }
     }
 
@@ -165,6 +200,7 @@ public final class Network {
         case .moments(let layer), .sums(let layer): 2 * norms[layer].features
         case .gradients: exchange.chunkWidth
         case .metrics: 2
+        case .observations: observer.layout.width
         }
     }
 
@@ -192,6 +228,7 @@ public final class Network {
         context.chunks = chunks
         context.collective = collective
         context.step = step
+        context.observer = computeMetrics ? observer : nil
 
         // Forward.
         var x = input
@@ -219,6 +256,9 @@ public final class Network {
         apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[0..<exchange.resultWidth]))
         var metrics: StepMetrics?
         if computeMetrics {
+            if !observer.layout.layers.isEmpty {
+                try collective.report(.observations, partials: observer.values(chunkCount: chunks.count), width: observer.layout.width)
+            }
             try collective.allReduce(.metrics, partials: UnsafeBufferPointer(rebasing: chunkMetrics[0..<(2 * chunks.count)]),
                                      into: reducedMetrics)
             metrics = Self.metrics(UnsafeBufferPointer(reducedMetrics), batchSize: plan.batchSize)
@@ -243,6 +283,8 @@ public final class Network {
             norms[layer].setParameterGradients(sums: result, store: store)
         case .metrics:
             return Self.metrics(result, batchSize: plan.batchSize)
+        case .observations:
+            break  // for the logs only: `observations(gathered:)`
         case .gradients:
             preconditionFailure("gradients are Float32: use apply(gradients:)")
         }
@@ -328,6 +370,17 @@ public final class Network {
     public func finishStep() {
         for norm in norms { norm.commitRunningStatistics(batchSize: plan.batchSize) }
         optimizer.step(store)
+    }
+
+    /// The observations of a logged step from every chunk's `.observations` partials, in chunk order.
+    public func observations(gathered: UnsafeBufferPointer<Double>) -> [InputObservation] {
+        observer.layout.summarize(gathered, plan: plan)
+    }
+
+    /// The observations of the last logged step from this replica's own partials, when it holds the whole
+    /// batch (one process: `syncbn train`).
+    public func observationsOfWholeBatch() -> [InputObservation] {
+        observations(gathered: observer.values(chunkCount: plan.chunkCount))
     }
 
     private static func metrics(_ sums: UnsafeBufferPointer<Double>, batchSize: Int) -> StepMetrics {

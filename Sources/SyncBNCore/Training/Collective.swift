@@ -9,6 +9,9 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
     case gradients
     /// Per chunk `[Σ loss, number correct]`, summed; only on steps whose metrics are logged.
     case metrics
+    /// Per chunk, what the step observes of BatchNorm and activation inputs (`ObservationLayout`), gathered
+    /// by the coordinator for its logs; only on logged steps, and answered by nothing (`Collective.report`).
+    case observations
 
     public var description: String {
         switch self {
@@ -16,6 +19,7 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
         case .sums(let layer): "backward sums of BatchNorm \(layer)"
         case .gradients: "parameter gradients"
         case .metrics: "metrics"
+        case .observations: "observations"
         }
     }
 
@@ -29,7 +33,7 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
         case .moments:
             let counts = chunks.map { plan.rows(ofChunk: $0).count * valuesPerRow }
             OrderedReduction.mergeMoments(partials, counts: counts[...], features: width / 2, into: result)
-        case .sums, .metrics, .gradients:
+        case .sums, .metrics, .gradients, .observations:
             OrderedReduction.sum(partials, width: width, into: result)
         }
     }
@@ -49,6 +53,9 @@ public protocol Collective: AnyObject {
     /// The gradient round: combines Float32 per-chunk partials laid out by `exchange` (summed parts in chunk
     /// order, factor rows gathered), `result.count == exchange.resultWidth`.
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws
+    /// Hands Float64 partials of `width` values per chunk to whoever keeps the job's logs, and returns without
+    /// waiting for an answer (the `.observations` of a logged step: only the coordinator needs them).
+    func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws
 }
 
 /// The collective of a single process that holds the whole batch: it reduces locally.
@@ -80,4 +87,7 @@ public final class LocalCollective: Collective {
     public func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         exchange.reduce(partials, into: result)
     }
+
+    /// Nothing to send: the one process already holds every chunk's partials (`Network.observations()`).
+    public func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {}
 }
