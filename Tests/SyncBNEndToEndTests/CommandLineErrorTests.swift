@@ -168,7 +168,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
 
     func testVersionNamesTheReleaseAndTheWireProtocol() throws {
         let result = try runSuccessfully(["--version"])
-        XCTAssertTrue(result.stdout.hasPrefix("syncbn ") && result.stdout.contains("wire protocol 3"), result.transcript)
+        XCTAssertTrue(result.stdout.hasPrefix("syncbn ") && result.stdout.contains("wire protocol \(WireProtocol.version)"), result.transcript)
     }
 
     func testInvalidFlagsAreRefusedWithAnExplanation() throws {

@@ -393,8 +393,13 @@ public final class Coordinator: StepRunner {
     }
 
     /// Collects one round's partials from every member into the chunk-major buffer.
+    /// A worker does not wait for an answer to its observations: its metrics partials of the same step may
+    /// come while the observations of slower workers are still being collected, and are kept for their round.
     private func gather(step: UInt64, round: Round, width: Int, element: WireProtocol.Element) throws {
-        try collect("\(round)", messagesPerWorker: 1) { rank, message in
+        try collect("\(round)", messagesPerWorker: 1, keepForLater: { message in
+            guard round == .observations, case .partials(let s, .metrics, _, _, _, _, _) = message else { return false }
+            return s == step
+        }) { rank, message in
             guard case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let payload) = message else { return false }
             let expected = config.plan.chunks(forRank: rank, of: members.count)
             guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
