@@ -77,6 +77,8 @@ public final class StepContext {
     /// The global step being run and the job's seed.
     public internal(set) var step: Int
     public let seed: UInt64
+    /// The threads that share the step's chunks (`forEachChunk`); one unless the network is given more.
+    public internal(set) var threads = ChunkThreads.single
     /// Per-chunk gradient rows, each `gradientWidth` values (the store's size).
     let chunkGradients: UnsafeMutablePointer<Float>
     let gradientWidth: Int
@@ -97,6 +99,11 @@ public final class StepContext {
     /// Chunk `c`'s (local index) gradient row: a layer writes its parameters' partial gradients at their offsets.
     @inline(__always)
     public func chunkGradient(_ c: Int) -> UnsafeMutablePointer<Float> { chunkGradients + c * gradientWidth }
+
+    /// Calls `body(c, slot)` for every local chunk c, in parallel on `threads` (see `ChunkThreads` for the
+    /// contract: a chunk's results depend on c alone; `slot` picks per-thread scratch).
+    @inline(__always)
+    public func forEachChunk(_ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, body) }
 
     public var plan: ChunkPlan { slice.plan }
     /// The global batch row of this slice's local row 0.
