@@ -39,7 +39,7 @@ struct TrainCommand: ParsableCommand {
         let start = try options.start(resuming: checkpoints.resume)
         let (config, dataset, output, out) = (start.config, start.dataset, start.output, start.output.path)
         let network = config.makeNetwork()
-        network.threadCount = threads ?? ThreadCount.cores
+        network.threads = ChunkThreads(threadCount: threads ?? ThreadCount.cores)
         if let checkpoint = start.checkpoint, let path = start.checkpointPath {
             try network.loadTrainingState(checkpoint.state, source: path)
             logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(path)")
@@ -47,7 +47,7 @@ struct TrainCommand: ParsableCommand {
             try options.loadInitialModel(into: network)
         }
         let runner = LocalStepRunner(network: network, data: dataset.train, config: config)
-        logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process on \(network.threadCount) thread(s)")
+        logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process on \(network.threads.threadCount) thread(s)")
         let run = TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: out, logger: logger,
                               startStep: start.checkpoint?.nextStep ?? 0, checkpointEvery: checkpoints.checkpointEvery, lockedOutput: output)
         run.shouldStop = { interrupted.isSet }

@@ -89,7 +89,7 @@ public final class Worker {
             let (config, network, assignedRank, workerCount) = welcome
             rank = assignedRank
             logger[metadataKey: "rank"] = "\(rank)"
-            logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint)")
+            logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint), computing on \(threads) thread(s)")
             let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
             collective.onPeerDrop = { [logger] reason in
                 peerDrops += 1
@@ -211,7 +211,7 @@ public final class Worker {
             throw ClusterError("the coordinator's settings cannot be read (\(error)): run the same syncbn release everywhere")
         }
         let network = config.makeNetwork()
-        network.threadCount = threads
+        network.threads = ChunkThreads(threadCount: threads)
         let source = "the coordinator's training state"
         try network.loadTrainingState(Safetensors.decode(state, source: source), source: source)
         return (config, network, Int(rank), Int(workerCount))

@@ -23,7 +23,7 @@ public final class Activation: Layer {
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         output.rows = x.rows
         let width = x.columns
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: x.count) { c, _ in
             let rows = step.chunks[c]
             Self.apply(kind, x.row(rows.lowerBound), output.row(rows.lowerBound), count: rows.count * width)
         }
@@ -33,7 +33,7 @@ public final class Activation: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         let width = dy.columns
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: dy.count) { c, _ in
             let rows = step.chunks[c], count = rows.count * width
             let y = output.row(rows.lowerBound), g = dy.row(rows.lowerBound), dx = inputGradient.row(rows.lowerBound)
             switch kind {

@@ -24,7 +24,7 @@ public final class AdaptiveAvgPool2d: Layer {
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         output.rows = x.rows
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: x.count) { c, _ in
             for r in step.chunks[c] { pool(x.row(r), output.row(r)) }
         }
         return output
@@ -33,7 +33,7 @@ public final class AdaptiveAvgPool2d: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         let plane = inputShape.spatialSize, scale = 1 / Float(plane)
-        step.forEachChunk { chunk, _ in
+        step.forEachChunk(work: dy.rows * inputShape.count) { chunk, _ in
             for r in step.chunks[chunk] {
                 let g = dy.row(r), dx = inputGradient.row(r)
                 for c in 0..<inputShape.channels {

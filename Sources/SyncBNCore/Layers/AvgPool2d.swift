@@ -28,7 +28,7 @@ public final class AvgPool2d: Layer {
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         output.rows = x.rows
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: x.count) { c, _ in
             for r in step.chunks[c] { pool(x.row(r), output.row(r)) }
         }
         return output
@@ -37,7 +37,7 @@ public final class AvgPool2d: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         let scale = 1 / Float(kernelSize * kernelSize), w = inputShape.width, width = inputShape.count
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: dy.rows * inputShape.count) { c, _ in
             for r in step.chunks[c] {
                 let g = dy.row(r), dx = inputGradient.row(r)
                 dx.update(repeating: 0, count: width)

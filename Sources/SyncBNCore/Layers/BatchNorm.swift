@@ -132,7 +132,7 @@ public final class BatchNorm: Layer {
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         let chunks = step.chunks
         let width = 2 * features
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: 4 * x.count) { c, _ in
             OrderedReduction.chunkMoments(x.storage, rows: chunks[c], features: features, spatial: spatialSize, into: partials.baseAddress! + c * width)
         }
         let mine = UnsafeBufferPointer(rebasing: partials[0..<(chunks.count * width)])
@@ -169,7 +169,7 @@ public final class BatchNorm: Layer {
         normalized.rows = x.rows
         let g = step.store.values + gamma.offset, b = step.store.values + beta.offset
         let s = spatialSize
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: 4 * x.count) { c, _ in
             let statistics = c * features
             for r in chunks[c] {
                 let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
@@ -252,7 +252,7 @@ public final class BatchNorm: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         let chunks = step.chunks
         let width = 2 * features, s = spatialSize
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: 4 * dy.count) { c, _ in
             let sumDy = partials.baseAddress! + c * width, sumDyXhat = sumDy + features
             for f in 0..<features { sumDy[f] = 0; sumDyXhat[f] = 0 }
             for r in chunks[c] {
@@ -316,7 +316,7 @@ public final class BatchNorm: Layer {
         }
 
         inputGradient.rows = dy.rows
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: 4 * dy.count) { c, _ in
             let o = c * features
             for r in chunks[c] {
                 let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)

@@ -174,7 +174,7 @@ public final class Conv2d: Layer {
         lastInput = x
         output.rows = x.rows
         reserveScratch(slots: step.threads.threadCount)
-        step.forEachChunk { c, slot in
+        step.forEachChunk(work: x.rows * outChannels * patchSize * positions / 32) { c, slot in
             convolve(x, rows: step.chunks[c], into: output, store: step.store, columns: scratch[slot].columns, product: scratch[slot].product)
         }
         return output
@@ -188,7 +188,7 @@ public final class Conv2d: Layer {
         let p = positions
         inputGradient.rows = dy.rows
         reserveScratch(slots: step.threads.threadCount)
-        step.forEachChunk { c, slot in
+        step.forEachChunk(work: dy.rows * outChannels * patchSize * positions / 16) { c, slot in
             let rows = step.chunks[c], (columns, product) = scratch[slot]
             let ld = rows.count * p
             let gradient = step.chunkGradient(c)

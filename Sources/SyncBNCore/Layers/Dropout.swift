@@ -40,7 +40,7 @@ public final class Dropout: Layer {
         output.rows = x.rows
         mask.rows = x.rows
         let width = inputShape.count
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: x.count) { c, _ in
             for r in step.chunks[c] {
                 Self.fillMask(mask.row(r), count: width, p: p, seed: step.seed, step: step.step, globalRow: step.firstGlobalRow + r, ordinal: ordinal)
                 let m = mask.row(r), xs = x.row(r), y = output.row(r)
@@ -53,7 +53,7 @@ public final class Dropout: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         let width = inputShape.count
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: dy.count) { c, _ in
             let rows = step.chunks[c], count = rows.count * width
             let m = mask.row(rows.lowerBound), g = dy.row(rows.lowerBound), dx = inputGradient.row(rows.lowerBound)
             for i in 0..<count { dx[i] = g[i] * m[i] }

@@ -54,7 +54,7 @@ public final class Linear: Layer {
         output.rows = x.rows
         let store = step.store
         let w = store.values + weight.offset
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: x.rows * inputs * outputs / 32) { c, _ in
             let rows = step.chunks[c]
             guard !rows.isEmpty else { return }
             let y = output.row(rows.lowerBound)
@@ -72,7 +72,7 @@ public final class Linear: Layer {
         let x = lastInput!
         inputGradient.rows = dy.rows
         let w = step.store.values + weight.offset
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: dy.rows * inputs * outputs / 16) { c, _ in
             let rows = step.chunks[c]
             if !sendsFactors { chunkGradients(c, rows: rows, dy: dy, x: x, step: step) }
             if computesInputGradient && !rows.isEmpty {

@@ -61,7 +61,7 @@ public final class MaxPool2d: Layer {
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         output.rows = x.rows
         let n = outputShape.count
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: x.count) { c, _ in
             for r in step.chunks[c] { pool(x.row(r), output.row(r), indices: argmax + r * n) }
         }
         return output
@@ -70,7 +70,7 @@ public final class MaxPool2d: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         let n = outputShape.count, width = inputShape.count
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: dy.rows * inputShape.count) { c, _ in
             for r in step.chunks[c] {
                 let g = dy.row(r), dx = inputGradient.row(r), indices = argmax + r * n
                 dx.update(repeating: 0, count: width)

@@ -52,7 +52,7 @@ public final class Residual: Layer {
     /// out = a + b, chunk by chunk on the step's threads.
     private static func add(_ a: Matrix, _ b: Matrix, into out: Matrix, _ step: StepContext) {
         let width = out.columns
-        step.forEachChunk { c, _ in
+        step.forEachChunk(work: out.count) { c, _ in
             let rows = step.chunks[c], count = rows.count * width
             let o = out.row(rows.lowerBound), x = a.row(rows.lowerBound), y = b.row(rows.lowerBound)
             for i in 0..<count { o[i] = x[i] + y[i] }

@@ -15,7 +15,7 @@ public enum SoftmaxCrossEntropy {
         let classes = logits.columns
         gradient.rows = logits.rows
         let inverseBatch = 1 / Float(batchSize)
-        threads.run(chunks.count) { c, _ in
+        threads.run(chunks.count, work: 4 * logits.count) { c, _ in
             var lossSum = 0.0, correct = 0.0
             for r in chunks[c] {
                 let z = logits.row(r), g = gradient.row(r)

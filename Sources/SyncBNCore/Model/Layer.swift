@@ -100,10 +100,11 @@ public final class StepContext {
     @inline(__always)
     public func chunkGradient(_ c: Int) -> UnsafeMutablePointer<Float> { chunkGradients + c * gradientWidth }
 
-    /// Calls `body(c, slot)` for every local chunk c, in parallel on `threads` (see `ChunkThreads` for the
-    /// contract: a chunk's results depend on c alone; `slot` picks per-thread scratch).
+    /// Calls `body(c, slot)` for every local chunk c, in parallel on `threads` when the step's `work` is worth
+    /// it (see `ChunkThreads` for the contract: a chunk's results depend on c alone; `slot` picks per-thread
+    /// scratch; `work` is about the values read and written over all chunks, a multiply-add counting 1/32).
     @inline(__always)
-    public func forEachChunk(_ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, body) }
+    public func forEachChunk(work: Int, _ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, work: work, body) }
 
     public var plan: ChunkPlan { slice.plan }
     /// The global batch row of this slice's local row 0.

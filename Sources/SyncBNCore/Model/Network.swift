@@ -58,17 +58,16 @@ public final class Network {
     /// Chunks per BatchNorm group, or nil when BatchNorm sees the whole batch (or each slice, `--bn local`).
     public let batchNormGroupChunks: Int?
 
-    /// Threads that share each step's chunks (`ChunkThreads`; 1 unless set): the results are the same bits
-    /// for any number.
-    public var threadCount: Int {
-        get { context.threads.threadCount }
+    /// The threads that share each step's chunks (one unless set): the results are the same bits for any
+    /// number. Set it between steps.
+    public var threads: ChunkThreads {
+        get { context.threads }
         set {
-            guard newValue != threadCount else { return }
-            let width = chunkWeightGradient.count / threadCount
+            let width = chunkWeightGradient.count / context.threads.threadCount
             chunkWeightGradient.deallocate()
-            chunkWeightGradient = .allocate(capacity: width * newValue)
+            chunkWeightGradient = .allocate(capacity: width * newValue.threadCount)
             chunkWeightGradient.initialize(repeating: 0)
-            context.threads = ChunkThreads(threadCount: newValue)
+            context.threads = newValue
         }
     }
 
@@ -285,7 +284,7 @@ public final class Network {
             let weightCount = linear.inputs * linear.outputs
             for first in stride(from: 0, to: plan.chunkCount, by: threads.threadCount) {
                 let wave = first..<min(first + threads.threadCount, plan.chunkCount)
-                threads.run(wave.count) { k, _ in
+                threads.run(wave.count, work: wave.count * exchange.chunkSize * weightCount / 32) { k, _ in
                     let c = wave.lowerBound + k, scratch = chunkWeightGradient.baseAddress! + k * slotWidth
                     let rows = plan.rows(ofChunk: c)
                     let block = values + exchange.sumWidth + c * rowsBlock
@@ -307,7 +306,7 @@ public final class Network {
                 }
                 let added = wave.lowerBound == 0 ? 1..<wave.count : 0..<wave.count  // chunk 0 is in ∂W already
                 let part = (weightCount + threads.threadCount - 1) / threads.threadCount
-                threads.run(threads.threadCount) { p, _ in
+                threads.run(threads.threadCount, work: added.count * weightCount) { p, _ in
                     let elements = (p * part)..<min((p + 1) * part, weightCount)
                     for k in added {
                         let scratch = chunkWeightGradient.baseAddress! + k * slotWidth
@@ -326,7 +325,7 @@ public final class Network {
     /// factor block, zero past the chunk's last row.
     private func packFactors(_ factor: GradientExchange.FactorLayer, x: Matrix, dy: Matrix, chunks: [Range<Int>]) {
         let rowWidth = exchange.factorRowWidth, width = exchange.chunkWidth
-        context.threads.run(chunks.count) { c, _ in
+        context.threads.run(chunks.count, work: chunks.count * exchange.chunkSize * rowWidth) { c, _ in
             let rows = chunks[c]
             let block = gradientPartials.baseAddress! + c * width + exchange.sumWidth
             for i in 0..<exchange.chunkSize {
@@ -344,7 +343,7 @@ public final class Network {
 
     /// Packs each chunk's store-shaped partial gradients of the summed ranges in front of its factor block.
     private func packSums(chunkCount: Int) {
-        context.threads.run(chunkCount) { c, _ in
+        context.threads.run(chunkCount, work: chunkCount * exchange.sumWidth) { c, _ in
             let source = chunkGradients.baseAddress! + c * store.count
             var target = gradientPartials.baseAddress! + c * exchange.chunkWidth
             for range in exchange.sumRanges {

@@ -43,7 +43,7 @@ public struct SGD: Codable, Equatable, Sendable {
         let p = store.values, g = store.gradients, v = store.velocity
         let lr = learningRate, mu = momentum
         let part = (store.count + threads.threadCount - 1) / threads.threadCount
-        threads.run(threads.threadCount) { k, _ in
+        threads.run(threads.threadCount, work: store.count) { k, _ in
             for i in (k * part)..<min((k + 1) * part, store.count) {
                 v[i] = mu * v[i] + g[i]
                 p[i] -= lr * v[i]

@@ -11,6 +11,8 @@ import Foundation
 ///   combined afterwards by the caller in a fixed order — so results are the same bits for every thread count.
 /// - `slot` (in `0..<threadCount`) names the thread running the call, the same for one thread throughout:
 ///   no two concurrent calls share a slot, so per-slot scratch buffers need no locking.
+/// - A call whose `work` (about the values it reads and writes; a multiply-add counts 1/32) is below the
+///   team's `inlineWork` runs inline on the caller too: waking a thread would cost more than it saves.
 /// - Not reentrant: a body must not call `run` on the same team.
 /// - Idle threads block on a condition variable: they use no CPU between calls, nor while the caller works
 ///   alone. The threads end when the team is released.
@@ -24,6 +26,17 @@ public final class ChunkThreads: @unchecked Sendable {
     /// The largest team a process may ask for: past the cores it only costs memory and switches.
     public static let maximumThreads = 256
 
+    /// Below this much work, a call runs inline.
+    public let inlineWork: Int
+
+    /// About 0.1 ms of work: waking a thread and waiting for it costs 10–20 µs, and moving a small step's
+    /// data between cores costs more than the thread saves (bn-mlp gains nothing). The environment variable
+    /// `SYNCBN_INLINE_WORK` overrides it (0: every call of several indices is shared; for tests).
+    public static let defaultInlineWork: Int = {
+        guard let text = ProcessInfo.processInfo.environment["SYNCBN_INLINE_WORK"], let value = Int(text), value >= 0 else { return 262_144 }
+        return value
+    }()
+
     /// The team of one: runs everything inline on the caller.
     public static let single = ChunkThreads(threadCount: 1)
 
@@ -31,9 +44,10 @@ public final class ChunkThreads: @unchecked Sendable {
     private var helpers: [pthread_t] = []
 
     /// A team of `threadCount` threads (1...`maximumThreads`): the caller and `threadCount − 1` helpers.
-    public init(threadCount: Int) {
+    public init(threadCount: Int, inlineWork: Int = ChunkThreads.defaultInlineWork) {
         precondition(threadCount >= 1 && threadCount <= Self.maximumThreads, "a team has 1 to \(Self.maximumThreads) threads")
         self.threadCount = threadCount
+        self.inlineWork = inlineWork
         shared = Shared()
         for slot in 1..<threadCount {
             let context = Unmanaged.passRetained(HelperContext(shared: shared, slot: slot)).toOpaque()
@@ -53,9 +67,10 @@ public final class ChunkThreads: @unchecked Sendable {
         for thread in helpers { pthread_join(thread, nil) }
     }
 
-    /// Calls `body(index, slot)` once for every index in `0..<count`, in parallel; returns when all have returned.
-    public func run(_ count: Int, _ body: (_ index: Int, _ slot: Int) -> Void) {
-        guard count > 1 && threadCount > 1 else {
+    /// Calls `body(index, slot)` once for every index in `0..<count`, in parallel unless `work` is below
+    /// `inlineWork`; returns when all have returned.
+    public func run(_ count: Int, work: Int = .max, _ body: (_ index: Int, _ slot: Int) -> Void) {
+        guard count > 1 && threadCount > 1 && work >= inlineWork else {
             for index in 0..<max(0, count) { body(index, 0) }
             return
         }
