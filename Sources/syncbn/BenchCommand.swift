@@ -15,8 +15,8 @@ struct BenchCommand: ParsableCommand {
         processes, over tcp loopback and ipc; (2) one all-reduce round of 2, 4 and 8 worker processes, through a star \
         for BatchNorm-sized (200 Float64), gradient-sized (100,000 Float32) and 10M-Float32 payloads, and among the \
         workers (reduce-scatter + all-gather, `--gradient-exchange peers`) for the Float32 ones; (3) `train` and \
-        `launch` step times for bn-mlp and wide-mlp, with the target compute + 1.2 × rounds × raw ipc round trip; \
-        (4) peak memory and its growth over a long run. Every number is a median over --repeats. Sections 3 and 4 \
+        `launch` step times for bn-mlp, wide-mlp and bn-cnn (`train` on one thread and on every core), with the \
+        target compute + 1.2 × rounds × raw ipc round trip; (4) peak memory and its growth over a long run. Every number is a median over --repeats. Sections 3 and 4 \
         run first, while this process is small: Linux starts a child's peak RSS from its parent's.
         """)
 
@@ -231,14 +231,19 @@ struct BenchRun {
             ("wide-mlp", ["--model", "wide-mlp", "--batch-size", "512"], 512, quick ? 10 : 30, 900),
             ("bn-cnn", ["--model", "bn-cnn"], 60, quick ? 30 : 100, 900),
         ]
+        // `train` on one thread and on every core (`--threads`); `launch` gives each worker its share of the cores.
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let trainThreads = cores > 1 ? [1, cores] : [1]
         for model in models where sections.contains(.training) {
-            for workers in (model.name == "bn-cnn" ? [nil, 2] : [nil, 1, 2, 4]) as [Int?] {
-                let command = workers.map { "launch --workers \($0)" } ?? "train"
+            let commands: [(workers: Int?, threads: Int?)] = trainThreads.map { (nil, $0) }
+                + (model.name == "bn-cnn" ? [2] : [1, 2, 4]).map { ($0, nil) }
+            for (workers, threads) in commands {
+                let command = workers.map { "launch --workers \($0)" } ?? "train --threads \(threads!)"
                 attempt("\(model.name), \(command), \(model.steps) steps × \(repeats)") {
                     var runs: [BenchTraining.Run] = []
                     for _ in 0..<repeats {
-                        runs.append(try BenchTraining.run(workers: workers, model: model.arguments, steps: model.steps,
-                                                          scratch: scratch, timeoutSeconds: model.timeout))
+                        runs.append(try BenchTraining.run(workers: workers, model: model.arguments + (threads.map { ["--threads", "\($0)"] } ?? []),
+                                                          steps: model.steps, scratch: scratch, timeoutSeconds: model.timeout))
                     }
                     let compute = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerComputeMs) })
                     let waiting = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerWaitingMs) })

@@ -15,11 +15,15 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Address the coordinator binds (loopback or ipc only; default: an ipc socket in /tmp, cheaper per message than tcp loopback).")
     var bind: String?
 
+    @Option(help: "Threads of each worker (default: the cores ÷ --workers, at least 1); the model's bytes do not depend on it.")
+    var threads: Int?
+
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        try ThreadCount.check(threads)
         guard let bind else { return }
         guard try parseEndpoint(bind, flag: "--bind", forBinding: true).isLocal else {
             throw ValidationError("launch runs everything on this machine: --bind must be a loopback tcp:// or an ipc:// address")
@@ -71,7 +75,8 @@ struct LaunchCommand: ParsableCommand {
                 for index in 0..<workers {
                     try children.start(executable: executable,
                                        arguments: ["worker", "--connect", coordinator.endpoint, "--exit-with-parent",
-                                                   "--heartbeat-timeout", "\(cluster.heartbeatTimeout)"],
+                                                   "--heartbeat-timeout", "\(cluster.heartbeatTimeout)",
+                                                   "--threads", "\(threads ?? ThreadCount.share(workers: workers))"],
                                        index: index) { failure in logger.warning("\(failure); the others carry on") }
                 }
                 logger.info("started \(workers) worker process(es): pids \(children.processIdentifiers.map(String.init).joined(separator: " "))")

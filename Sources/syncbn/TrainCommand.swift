@@ -16,6 +16,11 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var options: TrainingOptions
     @OptionGroup var checkpoints: CheckpointOptions
 
+    @Option(help: "Threads that compute the batch's chunks (default: every core); the model's bytes do not depend on it.")
+    var threads: Int?
+
+    func validate() throws { try ThreadCount.check(threads) }
+
     func run() throws {
         let logger = makeLogger("syncbn.train")
         BLAS.useSingleThread()
@@ -34,6 +39,7 @@ struct TrainCommand: ParsableCommand {
         let start = try options.start(resuming: checkpoints.resume)
         let (config, dataset, output, out) = (start.config, start.dataset, start.output, start.output.path)
         let network = config.makeNetwork()
+        network.threads = ChunkThreads(threadCount: threads ?? ThreadCount.cores)
         if let checkpoint = start.checkpoint, let path = start.checkpointPath {
             try network.loadTrainingState(checkpoint.state, source: path)
             logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(path)")
@@ -41,7 +47,7 @@ struct TrainCommand: ParsableCommand {
             try options.loadInitialModel(into: network)
         }
         let runner = LocalStepRunner(network: network, data: dataset.train, config: config)
-        logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process")
+        logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples in one process on \(network.threads.threadCount) thread(s)")
         let run = TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: out, logger: logger,
                               startStep: start.checkpoint?.nextStep ?? 0, checkpointEvery: checkpoints.checkpointEvery, lockedOutput: output)
         run.shouldStop = { interrupted.isSet }

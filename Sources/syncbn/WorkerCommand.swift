@@ -33,6 +33,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Listen for other workers at this address (or `auto`: this host's address on its route to the coordinator), for a coordinator with --gradient-exchange peers. Not with keys; unauthenticated, so off by default unless the coordinator is on this machine.")
     var peerAddress: String?
 
+    @Option(help: "Threads that compute this worker's chunks (default: every core of this host); the model's bytes do not depend on it.")
+    var threads: Int?
+
     @Flag(help: .hidden)
     var exitWithParent = false
 
@@ -42,6 +45,7 @@ struct WorkerCommand: ParsableCommand {
         guard (secretKey == nil) == (serverKey == nil) else {
             throw ValidationError("--secret-key and --server-key go together: give both to use keys, or neither")
         }
+        try ThreadCount.check(threads)
     }
 
     func run() throws {
@@ -58,7 +62,8 @@ struct WorkerCommand: ParsableCommand {
         timeouts.setHeartbeatTimeout(heartbeatTimeout)
         try reportingErrors(logger) {
             let security = try secretKey.map { try WorkerSecurity(secretKeyFile: $0, serverKeyFile: serverKey!) }
-            let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, peerAddress: peerAddress, logger: logger).run()
+            let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, peerAddress: peerAddress,
+                                     threads: threads ?? ThreadCount.cores, logger: logger).run()
             logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step, CPU while waiting \(String(format: "%.1f", summary.medianWaitingCPUSeconds * 1e6)) us")
         }
     }

@@ -8,6 +8,7 @@
 // - Missing data and invalid flags exit non-zero, without a crash, with a message that says what to do.
 
 import Foundation
+import SyncBNCluster
 import XCTest
 
 final class CommandLineErrorTests: SyncBNProcessTestCase {

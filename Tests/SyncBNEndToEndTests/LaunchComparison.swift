@@ -7,10 +7,11 @@ let referenceCache = ReferenceCache()
 /// The determinism oracle shared by the multi-process tests: `syncbn train` (one process) is the reference,
 /// and `syncbn launch --workers N` with the same flags must save the same bytes and log the same metrics.
 extension SyncBNProcessTestCase {
-    /// Runs `train flags` (cached) and `launch --workers N flags`, and asserts the two models are the same bytes.
-    /// Returns the model.
+    /// Runs `train flags` (cached) and `launch --workers N flags`, and asserts the two models are the same bytes
+    /// (and, given `workerThreads`, that every worker computed on that many threads). Returns the model.
     @discardableResult
-    func assertLaunchMatchesTrain(workers: Int, flags: [String], launchFlags: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> Data {
+    func assertLaunchMatchesTrain(workers: Int, flags: [String], launchFlags: [String] = [], workerThreads: Int? = nil,
+                                  file: StaticString = #filePath, line: UInt = #line) throws -> Data {
         if !flags.contains("--data") { try requireDataSet() }
         let expected = try reference(flags, file: file, line: line)
         let out = try makeTemporaryDirectory("launch\(workers)")
@@ -27,6 +28,11 @@ extension SyncBNProcessTestCase {
                           "worker \(rank) of \(workers) did not report joining\n\(launch.transcript)", file: file, line: line)
             XCTAssertTrue(launch.stderr.contains("training finished; worker \(rank) exits"),
                           "worker \(rank) did not finish cleanly\n\(launch.transcript)", file: file, line: line)
+        }
+        if let workerThreads {
+            let lines = launch.stderr.split(separator: "\n").filter { $0.contains("joined as worker") }
+            XCTAssertEqual(lines.filter { $0.contains("computing on \(workerThreads) thread(s)") }.count, workers,
+                           "not every worker computed on \(workerThreads) thread(s)\n\(launch.transcript)", file: file, line: line)
         }
 
         let reference = expected.model

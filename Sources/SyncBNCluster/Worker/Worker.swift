@@ -26,15 +26,18 @@ public final class Worker {
     fileprivate let security: WorkerSecurity?
     /// Where this worker listens for other workers (`--peer-address`: an address, `auto`, or nil).
     fileprivate let peerAddress: String?
+    /// Threads that compute this worker's chunks (`Network.threadCount`).
+    fileprivate let threads: Int
     private var logger: Logger
 
     /// With `security`, the connection is encrypted with CurveZMQ and authenticates this worker's key.
     /// Without `security`, the worker also listens for other workers, for a coordinator that exchanges
     /// gradients among workers: on loopback for a local coordinator; for a remote one only on `peerAddress`
-    /// (`auto`: the local address of its route to the coordinator).
+    /// (`auto`: the local address of its route to the coordinator). `threads` compute its chunks.
     public init(endpoint: String, timeouts: ClusterTimeouts = ClusterTimeouts(), security: WorkerSecurity? = nil,
-                peerAddress: String? = nil, logger: Logger) {
+                peerAddress: String? = nil, threads: Int = 1, logger: Logger) {
         self.endpoint = endpoint
+        self.threads = threads
         self.peerAddress = peerAddress
         self.timeouts = timeouts
         self.security = security
@@ -86,7 +89,7 @@ public final class Worker {
             let (config, network, assignedRank, workerCount) = welcome
             rank = assignedRank
             logger[metadataKey: "rank"] = "\(rank)"
-            logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint)")
+            logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint), computing on \(threads) thread(s)")
             let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
             collective.onPeerDrop = { [logger] reason in
                 peerDrops += 1
@@ -208,6 +211,7 @@ public final class Worker {
             throw ClusterError("the coordinator's settings cannot be read (\(error)): run the same syncbn release everywhere")
         }
         let network = config.makeNetwork()
+        network.threads = ChunkThreads(threadCount: threads)
         let source = "the coordinator's training state"
         try network.loadTrainingState(Safetensors.decode(state, source: source), source: source)
         return (config, network, Int(rank), Int(workerCount))

@@ -23,20 +23,28 @@ public final class Activation: Layer {
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         step.observe(self, x)
         output.rows = x.rows
-        Self.apply(kind, x.storage, output.storage, count: x.count)
+        let width = x.columns
+        step.forEachChunk(work: x.count) { c, _ in
+            let rows = step.chunks[c]
+            Self.apply(kind, x.row(rows.lowerBound), output.row(rows.lowerBound), count: rows.count * width)
+        }
         return output
     }
 
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
-        let y = output.storage, g = dy.storage, dx = inputGradient.storage
-        switch kind {
-        case .sigmoid:
-            for i in 0..<dy.count { dx[i] = g[i] * (y[i] * (1 - y[i])) }
-        case .relu:
-            Self.reluBackward(y, g, dx, count: dy.count)
-        case .tanh:
-            for i in 0..<dy.count { dx[i] = g[i] * (1 - y[i] * y[i]) }
+        let width = dy.columns
+        step.forEachChunk(work: dy.count) { c, _ in
+            let rows = step.chunks[c], count = rows.count * width
+            let y = output.row(rows.lowerBound), g = dy.row(rows.lowerBound), dx = inputGradient.row(rows.lowerBound)
+            switch kind {
+            case .sigmoid:
+                for i in 0..<count { dx[i] = g[i] * (y[i] * (1 - y[i])) }
+            case .relu:
+                Self.reluBackward(y, g, dx, count: count)
+            case .tanh:
+                for i in 0..<count { dx[i] = g[i] * (1 - y[i] * y[i]) }
+            }
         }
         return inputGradient
     }

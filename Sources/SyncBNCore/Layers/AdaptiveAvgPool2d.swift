@@ -24,18 +24,22 @@ public final class AdaptiveAvgPool2d: Layer {
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         output.rows = x.rows
-        for r in 0..<x.rows { pool(x.row(r), output.row(r)) }
+        step.forEachChunk(work: x.count) { c, _ in
+            for r in step.chunks[c] { pool(x.row(r), output.row(r)) }
+        }
         return output
     }
 
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         let plane = inputShape.spatialSize, scale = 1 / Float(plane)
-        for r in 0..<dy.rows {
-            let g = dy.row(r), dx = inputGradient.row(r)
-            for c in 0..<inputShape.channels {
-                let value = g[c] * scale
-                (dx + c * plane).update(repeating: value, count: plane)
+        step.forEachChunk(work: dy.rows * inputShape.count) { chunk, _ in
+            for r in step.chunks[chunk] {
+                let g = dy.row(r), dx = inputGradient.row(r)
+                for c in 0..<inputShape.channels {
+                    let value = g[c] * scale
+                    (dx + c * plane).update(repeating: value, count: plane)
+                }
             }
         }
         return inputGradient

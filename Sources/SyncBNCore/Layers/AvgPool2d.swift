@@ -28,19 +28,23 @@ public final class AvgPool2d: Layer {
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         output.rows = x.rows
-        for r in 0..<x.rows { pool(x.row(r), output.row(r)) }
+        step.forEachChunk(work: x.count) { c, _ in
+            for r in step.chunks[c] { pool(x.row(r), output.row(r)) }
+        }
         return output
     }
 
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
-        inputGradient.elements.update(repeating: 0)
-        let scale = 1 / Float(kernelSize * kernelSize), w = inputShape.width
-        for r in 0..<dy.rows {
-            let g = dy.row(r), dx = inputGradient.row(r)
-            window.forEachOutput { o, rows, columns, plane in
-                let share = g[o] * scale
-                for row in rows { for col in columns { dx[plane + row * w + col] += share } }
+        let scale = 1 / Float(kernelSize * kernelSize), w = inputShape.width, width = inputShape.count
+        step.forEachChunk(work: dy.rows * inputShape.count) { c, _ in
+            for r in step.chunks[c] {
+                let g = dy.row(r), dx = inputGradient.row(r)
+                dx.update(repeating: 0, count: width)
+                window.forEachOutput { o, rows, columns, plane in
+                    let share = g[o] * scale
+                    for row in rows { for col in columns { dx[plane + row * w + col] += share } }
+                }
             }
         }
         return inputGradient

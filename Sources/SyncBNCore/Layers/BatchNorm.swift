@@ -144,8 +144,8 @@ public final class BatchNorm: Layer {
         step.observe(self, x)
         let chunks = step.chunks
         let width = 2 * features
-        for (c, rows) in chunks.enumerated() {
-            OrderedReduction.chunkMoments(x.storage, rows: rows, features: features, spatial: spatialSize, into: partials.baseAddress! + c * width)
+        step.forEachChunk(work: 4 * x.count) { c, _ in
+            OrderedReduction.chunkMoments(x.storage, rows: chunks[c], features: features, spatial: spatialSize, into: partials.baseAddress! + c * width)
         }
         let mine = UnsafeBufferPointer(rebasing: partials[0..<(chunks.count * width)])
         let plan = step.plan
@@ -181,9 +181,9 @@ public final class BatchNorm: Layer {
         normalized.rows = x.rows
         let g = step.store.values + gamma.offset, b = step.store.values + beta.offset
         let s = spatialSize
-        for (c, rows) in chunks.enumerated() {
+        step.forEachChunk(work: 4 * x.count) { c, _ in
             let statistics = c * features
-            for r in rows {
+            for r in chunks[c] {
                 let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
                 if s == 1 {  // BatchNorm1d: one value per feature, a plain loop over the features
                     for f in 0..<features {
@@ -265,10 +265,10 @@ public final class BatchNorm: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         let chunks = step.chunks
         let width = 2 * features, s = spatialSize
-        for (c, rows) in chunks.enumerated() {
+        step.forEachChunk(work: 4 * dy.count) { c, _ in
             let sumDy = partials.baseAddress! + c * width, sumDyXhat = sumDy + features
             for f in 0..<features { sumDy[f] = 0; sumDyXhat[f] = 0 }
-            for r in rows {
+            for r in chunks[c] {
                 let g = dy.row(r), xhat = normalized.row(r)
                 if s == 1 {
                     for f in 0..<features {
@@ -330,9 +330,9 @@ public final class BatchNorm: Layer {
         }
 
         inputGradient.rows = dy.rows
-        for (c, rows) in chunks.enumerated() {
+        step.forEachChunk(work: 4 * dy.count) { c, _ in
             let o = c * features
-            for r in rows {
+            for r in chunks[c] {
                 let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
                 if s == 1 {
                     for f in 0..<features { dx[f] = scale[o + f] * (gr[f] - meanDy[o + f] - xhat[f] * meanDyXhat[o + f]) }

@@ -25,10 +25,9 @@ public final class Conv2d: Layer {
     private let inputGradient: Matrix
     /// Rows of one chunk (the most the scratch buffers hold at once).
     private let blockRows: Int
-    /// K × (blockRows·P): im2col of a chunk, or ∂X in backward.
-    private let columns: UnsafeMutablePointer<Float>
-    /// Cout × (blockRows·P): a chunk's output, or its dy, channel-major.
-    private let product: UnsafeMutablePointer<Float>
+    /// Per thread slot (`ChunkThreads`): `columns`, K × (blockRows·P), im2col of a chunk or ∂X in backward;
+    /// `product`, Cout × (blockRows·P), a chunk's output or its dy, channel-major.
+    private var scratch: [(columns: UnsafeMutablePointer<Float>, product: UnsafeMutablePointer<Float>)] = []
     private var lastInput: Matrix?
 
     /// K = Cin·k·k, the rows of im2col.
@@ -49,14 +48,21 @@ public final class Conv2d: Layer {
         output = Matrix(capacity: capacity, columns: outputShape.count)
         inputGradient = Matrix(capacity: capacity, columns: shape.count)
         blockRows = max(1, min(chunkSize, max(1, capacity)))
-        let p = outputShape.height * outputShape.width
-        columns = .allocate(capacity: inChannels * kernelSize * kernelSize * blockRows * p)
-        product = .allocate(capacity: outChannels * blockRows * p)
+        reserveScratch(slots: 1)
     }
 
     deinit {
-        columns.deallocate()
-        product.deallocate()
+        for buffers in scratch {
+            buffers.columns.deallocate()
+            buffers.product.deallocate()
+        }
+    }
+
+    /// Scratch buffers for `slots` threads.
+    private func reserveScratch(slots: Int) {
+        while scratch.count < slots {
+            scratch.append((.allocate(capacity: patchSize * blockRows * positions), .allocate(capacity: outChannels * blockRows * positions)))
+        }
     }
 
     public var parameters: [ParameterTensor] { [weight] + (bias.map { [$0] } ?? []) }
@@ -167,7 +173,10 @@ public final class Conv2d: Layer {
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         lastInput = x
         output.rows = x.rows
-        for rows in step.chunks { convolve(x, rows: rows, into: output, store: step.store, columns: columns, product: product) }
+        reserveScratch(slots: step.threads.threadCount)
+        step.forEachChunk(work: x.rows * outChannels * patchSize * positions / 32) { c, slot in
+            convolve(x, rows: step.chunks[c], into: output, store: step.store, columns: scratch[slot].columns, product: scratch[slot].product)
+        }
         return output
     }
 
@@ -178,10 +187,12 @@ public final class Conv2d: Layer {
         let x = lastInput!
         let p = positions
         inputGradient.rows = dy.rows
-        for (c, rows) in step.chunks.enumerated() {
+        reserveScratch(slots: step.threads.threadCount)
+        step.forEachChunk(work: dy.rows * outChannels * patchSize * positions / 16) { c, slot in
+            let rows = step.chunks[c], (columns, product) = scratch[slot]
             let ld = rows.count * p
             let gradient = step.chunkGradient(c)
-            guard !rows.isEmpty else { continue }
+            guard !rows.isEmpty else { return }
             // dy of the chunk, channel-major: product[o, n·P + i] = dy[row n][o, i].
             for (n, r) in rows.enumerated() {
                 let g = dy.row(r)

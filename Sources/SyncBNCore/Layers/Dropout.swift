@@ -40,18 +40,24 @@ public final class Dropout: Layer {
         output.rows = x.rows
         mask.rows = x.rows
         let width = inputShape.count
-        for r in 0..<x.rows {
-            Self.fillMask(mask.row(r), count: width, p: p, seed: step.seed, step: step.step, globalRow: step.firstGlobalRow + r, ordinal: ordinal)
+        step.forEachChunk(work: x.count) { c, _ in
+            for r in step.chunks[c] {
+                Self.fillMask(mask.row(r), count: width, p: p, seed: step.seed, step: step.step, globalRow: step.firstGlobalRow + r, ordinal: ordinal)
+                let m = mask.row(r), xs = x.row(r), y = output.row(r)
+                for i in 0..<width { y[i] = xs[i] * m[i] }
+            }
         }
-        let m = mask.storage, xs = x.storage, y = output.storage
-        for i in 0..<x.count { y[i] = xs[i] * m[i] }
         return output
     }
 
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
-        let m = mask.storage, g = dy.storage, dx = inputGradient.storage
-        for i in 0..<dy.count { dx[i] = g[i] * m[i] }
+        let width = inputShape.count
+        step.forEachChunk(work: dy.count) { c, _ in
+            let rows = step.chunks[c], count = rows.count * width
+            let m = mask.row(rows.lowerBound), g = dy.row(rows.lowerBound), dx = inputGradient.row(rows.lowerBound)
+            for i in 0..<count { dx[i] = g[i] * m[i] }
+        }
         return inputGradient
     }
 

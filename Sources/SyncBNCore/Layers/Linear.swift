@@ -54,7 +54,9 @@ public final class Linear: Layer {
         output.rows = x.rows
         let store = step.store
         let w = store.values + weight.offset
-        for rows in step.chunks where !rows.isEmpty {
+        step.forEachChunk(work: x.rows * inputs * outputs / 32) { c, _ in
+            let rows = step.chunks[c]
+            guard !rows.isEmpty else { return }
             let y = output.row(rows.lowerBound)
             setBias(y, rows: rows.count, store: store)
             BLAS.gemm(transposeA: false, transposeB: true, m: rows.count, n: outputs, k: inputs,
@@ -68,30 +70,34 @@ public final class Linear: Layer {
     /// Then ∂x = dy·W if `computesInputGradient`.
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         let x = lastInput!
-        for (c, rows) in step.chunks.enumerated() where !sendsFactors {
-            let chunkGradient = step.chunkGradient(c)
-            BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows.count,
-                      a: dy.row(rows.lowerBound), lda: outputs, b: x.row(rows.lowerBound), ldb: inputs,
-                      c: chunkGradient + weight.offset, ldc: inputs)
-            if let bias {
-                let biasGradient = chunkGradient + bias.offset
-                for o in 0..<outputs { biasGradient[o] = 0 }
-                for r in rows {
-                    let g = dy.row(r)
-                    for o in 0..<outputs { biasGradient[o] += g[o] }
-                }
-            }
-        }
         inputGradient.rows = dy.rows
-        if computesInputGradient {
-            let w = step.store.values + weight.offset
-            for rows in step.chunks where !rows.isEmpty {
+        let w = step.store.values + weight.offset
+        step.forEachChunk(work: dy.rows * inputs * outputs / 16) { c, _ in
+            let rows = step.chunks[c]
+            if !sendsFactors { chunkGradients(c, rows: rows, dy: dy, x: x, step: step) }
+            if computesInputGradient && !rows.isEmpty {
                 BLAS.gemm(transposeA: false, transposeB: false, m: rows.count, n: inputs, k: outputs,
                           a: dy.row(rows.lowerBound), lda: outputs, b: w, ldb: inputs,
                           c: inputGradient.row(rows.lowerBound), ldc: inputs)
             }
         }
         return inputGradient
+    }
+
+    /// ∂W_c = dyᵀ·x and ∂b_c = Σ_rows dy of chunk `c` (local `rows`) into its gradient row.
+    private func chunkGradients(_ c: Int, rows: Range<Int>, dy: Matrix, x: Matrix, step: StepContext) {
+        let chunkGradient = step.chunkGradient(c)
+        BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows.count,
+                  a: dy.row(rows.lowerBound), lda: outputs, b: x.row(rows.lowerBound), ldb: inputs,
+                  c: chunkGradient + weight.offset, ldc: inputs)
+        if let bias {
+            let biasGradient = chunkGradient + bias.offset
+            for o in 0..<outputs { biasGradient[o] = 0 }
+            for r in rows {
+                let g = dy.row(r)
+                for o in 0..<outputs { biasGradient[o] += g[o] }
+            }
+        }
     }
 
     /// y = x·Wᵀ + b for a batch of any size, into a new matrix (evaluation).

@@ -35,8 +35,7 @@ public final class Residual: Layer {
         var s = x
         for layer in shortcut { s = try layer.forward(s, step) }
         output.rows = x.rows
-        let out = output.storage, bs = b.storage, ss = s.storage
-        for i in 0..<output.count { out[i] = bs[i] + ss[i] }
+        Self.add(b, s, into: output, step)
         return output
     }
 
@@ -46,9 +45,18 @@ public final class Residual: Layer {
         var s = dy
         for layer in shortcut.reversed() { s = try layer.backward(s, step) }
         inputGradient.rows = dy.rows
-        let dx = inputGradient.storage, bs = b.storage, ss = s.storage
-        for i in 0..<inputGradient.count { dx[i] = bs[i] + ss[i] }
+        Self.add(b, s, into: inputGradient, step)
         return inputGradient
+    }
+
+    /// out = a + b, chunk by chunk on the step's threads.
+    private static func add(_ a: Matrix, _ b: Matrix, into out: Matrix, _ step: StepContext) {
+        let width = out.columns
+        step.forEachChunk(work: out.count) { c, _ in
+            let rows = step.chunks[c], count = rows.count * width
+            let o = out.row(rows.lowerBound), x = a.row(rows.lowerBound), y = b.row(rows.lowerBound)
+            for i in 0..<count { o[i] = x[i] + y[i] }
+        }
     }
 
     public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {

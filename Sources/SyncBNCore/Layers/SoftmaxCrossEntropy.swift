@@ -6,17 +6,18 @@ import Foundation
 /// ∂L/∂z = (p − onehot(y)) / B. Dividing by the global B (not the slice's size) makes the sum of every
 /// replica's gradients the gradient of the global mean loss.
 public enum SoftmaxCrossEntropy {
-    /// Writes ∂L/∂z into `gradient` and, per chunk c, `[Σ loss, number correct]` (Float64) at `metrics + 2c`.
+    /// Writes ∂L/∂z into `gradient` and, per chunk c, `[Σ loss, number correct]` (Float64) at `metrics + 2c`;
+    /// chunks run in parallel on `threads`.
     public static func forwardBackward(
         logits: Matrix, labels: UnsafePointer<Int32>, chunks: [Range<Int>], batchSize: Int,
-        gradient: Matrix, metrics: UnsafeMutablePointer<Double>
+        gradient: Matrix, metrics: UnsafeMutablePointer<Double>, threads: ChunkThreads = .single
     ) {
         let classes = logits.columns
         gradient.rows = logits.rows
         let inverseBatch = 1 / Float(batchSize)
-        for (c, rows) in chunks.enumerated() {
+        threads.run(chunks.count, work: 4 * logits.count) { c, _ in
             var lossSum = 0.0, correct = 0.0
-            for r in rows {
+            for r in chunks[c] {
                 let z = logits.row(r), g = gradient.row(r)
                 let label = Int(labels[r])
                 var maxIndex = 0

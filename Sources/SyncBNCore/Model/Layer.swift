@@ -77,6 +77,8 @@ public final class StepContext {
     /// The global step being run and the job's seed.
     public internal(set) var step: Int
     public let seed: UInt64
+    /// The threads that share the step's chunks (`forEachChunk`); one unless the network is given more.
+    public internal(set) var threads = ChunkThreads.single
     /// Per-chunk gradient rows, each `gradientWidth` values (the store's size).
     let chunkGradients: UnsafeMutablePointer<Float>
     let gradientWidth: Int
@@ -107,8 +109,16 @@ public final class StepContext {
     /// Records `x`, the input `layer` was given, if this step is observed (see `ObservationLayout`).
     @inline(__always)
     public func observe(_ layer: Layer, _ x: Matrix) {
-        observer?.record(layer, x, chunks: chunks)
+        guard let observer, let slot = observer.slot(of: layer) else { return }
+        let chunks = chunks
+        forEachChunk(work: x.count * 8) { c, _ in observer.record(slot: slot, x, rows: chunks[c], chunk: c) }
     }
+
+    /// Calls `body(c, slot)` for every local chunk c, in parallel on `threads` when the step's `work` is worth
+    /// it (see `ChunkThreads` for the contract: a chunk's results depend on c alone; `slot` picks per-thread
+    /// scratch; `work` is about the values read and written over all chunks, a multiply-add counting 1/32).
+    @inline(__always)
+    public func forEachChunk(work: Int, _ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, work: work, body) }
 
     public var plan: ChunkPlan { slice.plan }
     /// The global batch row of this slice's local row 0.

@@ -51,7 +51,8 @@ public final class Network {
     private let chunkGradients: UnsafeMutableBufferPointer<Float>
     private let gradientPartials: UnsafeMutableBufferPointer<Float>
     private let gradientResult: UnsafeMutableBufferPointer<Float>
-    private let chunkWeightGradient: UnsafeMutableBufferPointer<Float>
+    /// One factor layer's ∂W_c and ∂b_c per thread (`apply(gradients:)`).
+    private var chunkWeightGradient: UnsafeMutableBufferPointer<Float>
     private let chunkMetrics: UnsafeMutableBufferPointer<Double>
     private let reducedMetrics: UnsafeMutableBufferPointer<Double>
     /// Top-level layer index of each factor candidate in `linears`.
@@ -64,6 +65,19 @@ public final class Network {
     /// The biases of Linear and Conv2d layers whose output goes straight into a BatchNorm layer, labelled
     /// "name.Type" ("0.Linear"): the seed's ablation watches them (`--bn-backward no-stats`).
     public let biasesFeedingBatchNorm: [(label: String, bias: ParameterTensor)]
+
+    /// The threads that share each step's chunks (one unless set): the results are the same bits for any
+    /// number. Set it between steps.
+    public var threads: ChunkThreads {
+        get { context.threads }
+        set {
+            let width = chunkWeightGradient.count / context.threads.threadCount
+            chunkWeightGradient.deallocate()
+            chunkWeightGradient = .allocate(capacity: width * newValue.threadCount)
+            chunkWeightGradient.initialize(repeating: 0)
+            context.threads = newValue
+        }
+    }
 
     /// - Parameter batchNormGroupSize: samples per BatchNorm group (a multiple of the chunk size that divides
     ///   the batch size), or nil (or the batch size) for statistics over the whole global batch.
@@ -237,7 +251,7 @@ public final class Network {
             x = try layer.forward(x, context)
         }
         SoftmaxCrossEntropy.forwardBackward(logits: x, labels: labels, chunks: chunks, batchSize: plan.batchSize,
-                                            gradient: logitGradient, metrics: chunkMetrics.baseAddress!)
+                                            gradient: logitGradient, metrics: chunkMetrics.baseAddress!, threads: context.threads)
 
         // Backward.
         var dy = logitGradient
@@ -293,7 +307,9 @@ public final class Network {
 
     /// Sets the store's gradients from the gradient round's result: the summed ranges are copied; each
     /// factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c are computed chunk by chunk from the
-    /// gathered rows (the first layer's x from `batchInput`) and summed in chunk order.
+    /// gathered rows (the first layer's x from `batchInput`) and summed in chunk order. The chunks' products
+    /// run in waves of one per thread, each into its thread's scratch (chunk 0 straight into ∂W); a wave's are
+    /// then added to ∂W in chunk order, element by element, the elements shared among the threads.
     public func apply(gradients result: UnsafeBufferPointer<Float>) {
         precondition(result.count == exchange.resultWidth, "the gradient result has \(result.count) values; the exchange expects \(exchange.resultWidth)")
         let values = result.baseAddress!
@@ -303,32 +319,45 @@ public final class Network {
             position += range.count
         }
         let rowWidth = exchange.factorRowWidth, rowsBlock = exchange.chunkSize * rowWidth
-        let scratch = chunkWeightGradient.baseAddress!
+        let threads = context.threads, slotWidth = chunkWeightGradient.count / threads.threadCount
         for factor in exchange.factorLayers {
             let linear = linears[factor.layer]
             let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
             let weightCount = linear.inputs * linear.outputs
-            for c in 0..<plan.chunkCount {
-                let rows = plan.rows(ofChunk: c)
-                let block = values + exchange.sumWidth + c * rowsBlock
-                let dy = block + factor.outputColumn
-                let x: UnsafePointer<Float>, xStride: Int
-                if let column = factor.inputColumn {
-                    (x, xStride) = (UnsafePointer(block + column), rowWidth)
-                } else {
-                    (x, xStride) = (UnsafePointer(batchInput.row(rows.lowerBound)), linear.inputs)
+            for first in stride(from: 0, to: plan.chunkCount, by: threads.threadCount) {
+                let wave = first..<min(first + threads.threadCount, plan.chunkCount)
+                threads.run(wave.count, work: wave.count * exchange.chunkSize * weightCount / 32) { k, _ in
+                    let c = wave.lowerBound + k, scratch = chunkWeightGradient.baseAddress! + k * slotWidth
+                    let rows = plan.rows(ofChunk: c)
+                    let block = values + exchange.sumWidth + c * rowsBlock
+                    let dy = block + factor.outputColumn
+                    let x: UnsafePointer<Float>, xStride: Int
+                    if let column = factor.inputColumn {
+                        (x, xStride) = (UnsafePointer(block + column), rowWidth)
+                    } else {
+                        (x, xStride) = (UnsafePointer(batchInput.row(rows.lowerBound)), linear.inputs)
+                    }
+                    let target = c == 0 ? weight : scratch, biasTarget = c == 0 ? bias : scratch + weightCount
+                    BLAS.gemm(transposeA: true, transposeB: false, m: linear.outputs, n: linear.inputs, k: rows.count,
+                              a: dy, lda: rowWidth, b: x, ldb: xStride, c: target, ldc: linear.inputs)
+                    for o in 0..<linear.outputs { biasTarget[o] = 0 }
+                    for r in 0..<rows.count {
+                        let g = dy + r * rowWidth
+                        for o in 0..<linear.outputs { biasTarget[o] += g[o] }
+                    }
                 }
-                let target = c == 0 ? weight : scratch, biasTarget = c == 0 ? bias : scratch + weightCount
-                BLAS.gemm(transposeA: true, transposeB: false, m: linear.outputs, n: linear.inputs, k: rows.count,
-                          a: dy, lda: rowWidth, b: x, ldb: xStride, c: target, ldc: linear.inputs)
-                for o in 0..<linear.outputs { biasTarget[o] = 0 }
-                for r in 0..<rows.count {
-                    let g = dy + r * rowWidth
-                    for o in 0..<linear.outputs { biasTarget[o] += g[o] }
+                let added = wave.lowerBound == 0 ? 1..<wave.count : 0..<wave.count  // chunk 0 is in ∂W already
+                let part = (weightCount + threads.threadCount - 1) / threads.threadCount
+                threads.run(threads.threadCount, work: added.count * weightCount) { p, _ in
+                    let elements = (p * part)..<min((p + 1) * part, weightCount)
+                    for k in added {
+                        let scratch = chunkWeightGradient.baseAddress! + k * slotWidth
+                        for i in elements { weight[i] += scratch[i] }
+                    }
                 }
-                if c > 0 {
-                    for i in 0..<weightCount { weight[i] += scratch[i] }
-                    for o in 0..<linear.outputs { bias[o] += biasTarget[o] }
+                for k in added {
+                    let scratch = chunkWeightGradient.baseAddress! + k * slotWidth + weightCount
+                    for o in 0..<linear.outputs { bias[o] += scratch[o] }
                 }
             }
         }
@@ -338,7 +367,8 @@ public final class Network {
     /// factor block, zero past the chunk's last row.
     private func packFactors(_ factor: GradientExchange.FactorLayer, x: Matrix, dy: Matrix, chunks: [Range<Int>]) {
         let rowWidth = exchange.factorRowWidth, width = exchange.chunkWidth
-        for (c, rows) in chunks.enumerated() {
+        context.threads.run(chunks.count, work: chunks.count * exchange.chunkSize * rowWidth) { c, _ in
+            let rows = chunks[c]
             let block = gradientPartials.baseAddress! + c * width + exchange.sumWidth
             for i in 0..<exchange.chunkSize {
                 let row = block + i * rowWidth
@@ -355,7 +385,7 @@ public final class Network {
 
     /// Packs each chunk's store-shaped partial gradients of the summed ranges in front of its factor block.
     private func packSums(chunkCount: Int) {
-        for c in 0..<chunkCount {
+        context.threads.run(chunkCount, work: chunkCount * exchange.sumWidth) { c, _ in
             let source = chunkGradients.baseAddress! + c * store.count
             var target = gradientPartials.baseAddress! + c * exchange.chunkWidth
             for range in exchange.sumRanges {
@@ -369,7 +399,7 @@ public final class Network {
     /// step can be abandoned and redone without trace.
     public func finishStep() {
         for norm in norms { norm.commitRunningStatistics(batchSize: plan.batchSize) }
-        optimizer.step(store)
+        optimizer.step(store, threads: context.threads)
     }
 
     /// The observations of a logged step from every chunk's `.observations` partials, in chunk order.

@@ -38,12 +38,16 @@ public struct SGD: Codable, Equatable, Sendable {
         self.momentum = momentum
     }
 
-    public func step(_ store: ParameterStore) {
+    /// One update of every parameter, element by element, the elements shared among `threads`.
+    public func step(_ store: ParameterStore, threads: ChunkThreads = .single) {
         let p = store.values, g = store.gradients, v = store.velocity
         let lr = learningRate, mu = momentum
-        for i in 0..<store.count {
-            v[i] = mu * v[i] + g[i]
-            p[i] -= lr * v[i]
+        let part = (store.count + threads.threadCount - 1) / threads.threadCount
+        threads.run(threads.threadCount, work: store.count) { k, _ in
+            for i in (k * part)..<min((k + 1) * part, store.count) {
+                v[i] = mu * v[i] + g[i]
+                p[i] -= lr * v[i]
+            }
         }
     }
 }

@@ -158,11 +158,12 @@ public final class StepObserver {
 
     deinit { partials.deallocate() }
 
-    func record(_ layer: Layer, _ x: Matrix, chunks: [Range<Int>]) {
-        guard let slot = slots[ObjectIdentifier(layer)] else { return }
-        for (c, rows) in chunks.enumerated() {
-            layout.record(layer: slot, x, rows: rows, into: partials.baseAddress! + c * layout.width)
-        }
+    /// The place of `layer` among the observed layers, or nil if its input is not observed.
+    func slot(of layer: Layer) -> Int? { slots[ObjectIdentifier(layer)] }
+
+    /// Writes observed layer `slot`'s block of local chunk `chunk` (rows `rows` of `x`); chunks are independent.
+    func record(slot: Int, _ x: Matrix, rows: Range<Int>, chunk: Int) {
+        layout.record(layer: slot, x, rows: rows, into: partials.baseAddress! + chunk * layout.width)
     }
 
     /// This replica's values for its `chunkCount` chunks.

@@ -104,6 +104,6 @@ enum VectorKernels {
             UnsafeMutableRawPointer(y + i).storeBytes(of: v.replacing(with: zero, where: v .< zero), as: SIMD8<Float>.self)
             i += lanes
         }
-        while i < count { y[i] = max(x[i], 0); i += 1 }
+        while i < count { y[i] = x[i] < 0 ? 0 : x[i]; i += 1 }  // as the lanes do (−0 stays −0), so the split never shows
     }
 }

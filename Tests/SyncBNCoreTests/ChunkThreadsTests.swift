@@ -1,0 +1,152 @@
+/// The thread team that computes a step's chunks (`ChunkThreads`), and the bits of training with it.
+///
+/// Oracles: (1) the contract — every index runs exactly once, on a slot below the team's size that no other
+/// running call holds, for teams of 1 to 4 and counts 0 to 40, over many calls of one team; the calls really
+/// overlap on a team of 2; a team of 1, and a call of little work, run inline, in index order; released
+/// teams leave no thread behind (/proc/self/status). (2) For training, one process with one thread is the
+/// reference: the same network with 2, 3 and 4 threads, sharing every call (`inlineWork` 0), must end with
+/// the same bits (parameters, velocity, running statistics, losses) after 3 steps, for a network with a layer
+/// of every kind, in every BatchNorm mode. (The multi-process tests in ThreadDeterminismTests run larger
+/// chunks, where a shared scratch buffer shows.)
+import Foundation
+import XCTest
+@testable import SyncBNCore
+
+final class ChunkThreadsTests: XCTestCase {
+    override func setUp() {
+        super.setUp()
+        BLAS.useSingleThread()
+    }
+
+    // MARK: The contract
+
+    func testEveryIndexRunsExactlyOnceOnAFreeSlot() {
+        for threads in 1...4 {
+            let team = ChunkThreads(threadCount: threads)
+            for repeatCall in 0..<3 {
+                for count in 0...40 {
+                    let lock = NSLock()
+                    var runs = [Int](repeating: 0, count: count), busy = [Bool](repeating: false, count: threads)
+                    var badSlots: [Int] = [], sharedSlots: [Int] = []
+                    team.run(count) { index, slot in
+                        lock.withLock {
+                            runs[index] += 1
+                            if !(0..<threads).contains(slot) { badSlots.append(slot); return }
+                            if busy[slot] { sharedSlots.append(slot) }
+                            busy[slot] = true
+                        }
+                        if index % 3 == 0 { usleep(50) }  // some calls long enough for the others to overlap them
+                        lock.withLock { if (0..<threads).contains(slot) { busy[slot] = false } }
+                    }
+                    XCTAssertEqual(runs, [Int](repeating: 1, count: count), "\(threads) threads, count \(count), call \(repeatCall): runs per index")
+                    XCTAssertEqual(badSlots, [], "\(threads) threads, count \(count): slots outside the team")
+                    XCTAssertEqual(sharedSlots, [], "\(threads) threads, count \(count): a slot held by two running calls")
+                }
+            }
+        }
+    }
+
+    func testCallsOverlapOnATeamOfTwo() {
+        // Each of the two calls waits for the other to have started: run one after the other, neither would.
+        let team = ChunkThreads(threadCount: 2)
+        let started = [DispatchSemaphore(value: 0), DispatchSemaphore(value: 0)]
+        let lock = NSLock()
+        var met = [false, false]
+        team.run(2) { index, _ in
+            started[index].signal()
+            let other = started[1 - index].wait(timeout: .now() + 10) == .success
+            lock.withLock { met[index] = other }
+        }
+        XCTAssertEqual(met, [true, true], "the two calls did not run at the same time")
+    }
+
+    func testATeamOfOneRunsInlineInIndexOrder() {
+        let team = ChunkThreads(threadCount: 1)
+        let caller = Thread.current
+        var order: [Int] = [], slots: Set<Int> = [], onCaller = true
+        team.run(7) { index, slot in
+            order.append(index)
+            slots.insert(slot)
+            onCaller = onCaller && Thread.current == caller
+        }
+        XCTAssertEqual(order, Array(0..<7))
+        XCTAssertEqual(slots, [0])
+        XCTAssertTrue(onCaller)
+    }
+
+    func testCallsWithLittleWorkRunInline() {
+        let team = ChunkThreads(threadCount: 3, inlineWork: 1000)
+        let caller = Thread.current
+        var order: [Int] = [], onCaller = true
+        team.run(5, work: 999) { index, _ in
+            order.append(index)
+            onCaller = onCaller && Thread.current == caller
+        }
+        XCTAssertEqual(order, Array(0..<5))
+        XCTAssertTrue(onCaller, "a call below the team's inline work left the caller's thread")
+    }
+
+    func testReleasedTeamsLeaveNoThreads() throws {
+        let before = try Self.threadsOfThisProcess()
+        for _ in 0..<20 {
+            let team = ChunkThreads(threadCount: 4)
+            team.run(8) { _, _ in }
+        }
+        XCTAssertEqual(try Self.threadsOfThisProcess(), before, "threads of released teams are still running")
+    }
+
+    private static func threadsOfThisProcess() throws -> Int {
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("Threads:") })
+        return try XCTUnwrap(Int(line.dropFirst("Threads:".count).trimmingCharacters(in: .whitespaces)))
+    }
+
+    // MARK: Training bits do not depend on the threads
+
+    /// Every layer kind, on 6×6 inputs.
+    private func spec(_ mode: BatchNormMode) throws -> ModelSpec {
+        func bn2(_ c: Int) -> LayerSpec { .batchNorm2d(numFeatures: c, eps: 1e-5, momentum: 0.1) }
+        return try ModelSpec(name: "every-layer", input: TensorShape([1, 6, 6]), layers: [
+            .conv2d(inChannels: 1, outChannels: 3, kernelSize: 3, stride: 1, padding: 1, bias: true), bn2(3), .relu,
+            .residual(body: [.conv2d(inChannels: 3, outChannels: 4, kernelSize: 3, stride: 2, padding: 1, bias: false), bn2(4), .tanh],
+                      shortcut: [.conv2d(inChannels: 3, outChannels: 4, kernelSize: 1, stride: 2, padding: 0, bias: false), bn2(4)]),
+            .maxPool2d(kernelSize: 2, stride: 1, padding: 0), .dropout(p: 0.25),
+            .residual(body: [.avgPool2d(kernelSize: 3, stride: 1, padding: 1)], shortcut: []),
+            .flatten, .linear(inFeatures: 16, outFeatures: 8, bias: true),
+            .batchNorm1d(numFeatures: 8, eps: 1e-5, momentum: 0.1), .sigmoid,
+            .linear(inFeatures: 8, outFeatures: 5, bias: true),
+        ], batchNorm: mode)
+    }
+
+    /// Batch 7 in chunks of 2, 2, 2, 1 (batch 8 with BatchNorm groups of 4, which must divide it).
+    private func train(_ mode: BatchNormMode, threads: Int, groupSize: Int? = nil) throws -> (ReplicaState, [UInt64]) {
+        let plan = ChunkPlan(batchSize: groupSize == nil ? 7 : 8, chunkSize: 2)
+        let network = Network(spec: try spec(mode), plan: plan, optimizer: SGD(learningRate: 0.1, momentum: 0.9), seed: 3,
+                              batchNormGroupSize: groupSize)
+        network.threads = ChunkThreads(threadCount: threads, inlineWork: 0)  // share even this small network's calls
+        let collective = LocalCollective(plan: plan, valuesPerRow: network.momentScales)
+        var losses: [UInt64] = []
+        for step in 0..<3 {
+            let x = randomNormals(plan.batchSize * 36, seed: UInt64(100 + step), mean: 0.2, std: 1.5)
+            var random = SplitMix64(seed: UInt64(200 + step))
+            network.batchInput.assign(x, rows: plan.batchSize)
+            network.input.assign(x, rows: plan.batchSize)
+            for r in 0..<plan.batchSize { network.labels[r] = Int32(random.below(5)) }
+            let metrics = try network.trainStep(slice: .whole(plan), collective: collective, computeMetrics: true, step: step)
+            losses.append(try XCTUnwrap(metrics).loss.bitPattern)
+        }
+        return (ReplicaState(network), losses)
+    }
+
+    func testTrainingSavesTheSameBitsOnAnyNumberOfThreads() throws {
+        let cases: [(BatchNormMode, Int?)] = [(.sync, nil), (.sync, 4), (.local, nil), (.none, nil)]
+        for (mode, groupSize) in cases {
+            let (reference, losses) = try train(mode, threads: 1, groupSize: groupSize)
+            for threads in 2...4 {
+                let (state, threadedLosses) = try train(mode, threads: threads, groupSize: groupSize)
+                XCTAssertEqual(state, reference, "\(mode), groups \(groupSize.map(String.init) ?? "none"), \(threads) threads: the state differs from one thread's")
+                XCTAssertEqual(threadedLosses, losses, "\(mode), \(threads) threads: the losses differ")
+            }
+        }
+    }
+}
