@@ -1,10 +1,11 @@
 import Foundation
+import SyncBNCluster
 
-/// Runs `syncbn train` / `syncbn launch` as child processes and reads their logs.
+/// Runs `syncbn train` / `syncbn launch` as child processes and reads their final status.
 enum BenchTraining {
     struct Run {
         var medianStepMs: Double
-        /// Per worker (launch only), from each worker's closing line.
+        /// Per worker (launch only), from each worker's final status.
         var workerComputeMs: [Double]
         var workerWaitingMs: [Double]
         var workerWaitingCPUMicroseconds: [Double]
@@ -12,52 +13,39 @@ enum BenchTraining {
         var wallSeconds: Double
     }
 
-    /// Runs this executable with `arguments` plus `--out <scratch>/run-N`, its output into a log file, and parses it.
-    /// `workers` nil: one process (`train`); otherwise `launch --workers N`.
+    /// Runs this executable with `arguments` plus `--out <scratch>/run-N --status-file …`, its output into a
+    /// log file (shown on failure), and reads its final status (`RunStatus`: the median step, and for launch
+    /// each worker's compute and waiting times). `workers` nil: one process (`train`); otherwise `launch --workers N`.
     static func run(workers: Int?, model: [String], steps: Int, scratch: String, timeoutSeconds: Double) throws -> Run {
         let name = "run-\(UUID().uuidString.prefix(8))"
         let out = scratch + "/" + name
-        let logPath = scratch + "/" + name + ".log"
+        let logPath = scratch + "/" + name + ".log", statusPath = scratch + "/" + name + ".status.json"
         var arguments = workers.map { ["launch", "--workers", "\($0)"] } ?? ["train"]
-        arguments += model + ["--steps", "\(steps)", "--no-shuffle", "--out", out]
+        arguments += model + ["--steps", "\(steps)", "--no-shuffle", "--out", out, "--status-file", statusPath]
         let t0 = benchNow()
         let child = try BenchChild(arguments: arguments, logPath: logPath)
         let exit = child.wait(timeoutSeconds: timeoutSeconds)
         let wall = Double(benchNow() - t0) / 1e9
-        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
         defer {
-            try? FileManager.default.removeItem(atPath: out)
-            try? FileManager.default.removeItem(atPath: logPath)
+            for path in [out, logPath, statusPath] { try? FileManager.default.removeItem(atPath: path) }
         }
         let command = "syncbn " + arguments.joined(separator: " ")
         guard exit.succeeded else {
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
             let tail = log.split(separator: "\n").suffix(3).joined(separator: " | ")
             throw BenchError("\(command) \(exit.description): \(tail)")
         }
-        let lines = log.split(separator: "\n")
-        guard let finished = lines.last(where: { $0.contains("finished") && $0.contains("median step ") }),
-              let step = number(after: "median step ", in: finished) else {
-            throw BenchError("\(command): no \"finished … median step X ms\" line in its log")
+        let status = try RunStatus.read(from: statusPath)
+        guard status.state == .finished, let step = status.medianStepSeconds else {
+            throw BenchError("\(command): its status is \(status.state.rawValue), with no median step time")
         }
-        var compute: [Double] = [], waiting: [Double] = [], waitingCPU: [Double] = []
-        for line in lines where line.contains("median compute ") {
-            if let c = number(after: "median compute ", in: line), let w = number(after: "median waiting ", in: line) {
-                compute.append(c)
-                waiting.append(w)
-                if let cpu = number(after: "CPU while waiting ", in: line) { waitingCPU.append(cpu) }
-            }
+        let finishedWorkers = (status.workerStatuses ?? []).filter { $0.state == .finished }
+        if let workers, finishedWorkers.count != workers {
+            throw BenchError("\(command): \(finishedWorkers.count) of \(workers) workers reported their compute and waiting times")
         }
-        if let workers, compute.count != workers {
-            throw BenchError("\(command): \(compute.count) of \(workers) workers reported their compute and waiting times")
-        }
-        return Run(medianStepMs: step, workerComputeMs: compute, workerWaitingMs: waiting, workerWaitingCPUMicroseconds: waitingCPU,
+        return Run(medianStepMs: step * 1000, workerComputeMs: finishedWorkers.map { ($0.medianComputeSeconds ?? .nan) * 1000 },
+                   workerWaitingMs: finishedWorkers.map { ($0.medianWaitingSeconds ?? .nan) * 1000 },
+                   workerWaitingCPUMicroseconds: finishedWorkers.map { ($0.waitingCPUSeconds ?? .nan) * 1e6 },
                    maxRSSKiB: exit.maxRSSKiB, wallSeconds: wall)
-    }
-
-    /// The decimal number right after `prefix` in `line`.
-    static func number(after prefix: String, in line: Substring) -> Double? {
-        guard let range = line.range(of: prefix) else { return nil }
-        let digits = line[range.upperBound...].prefix { $0.isNumber || $0 == "." }
-        return Double(digits)
     }
 }

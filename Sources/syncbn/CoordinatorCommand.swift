@@ -31,6 +31,7 @@ struct CoordinatorCommand: ParsableCommand {
 
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
+    @OptionGroup var status: StatusOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -47,9 +48,10 @@ struct CoordinatorCommand: ParsableCommand {
         handleSignals { signal in
             if interrupted.set() { logger.warning("signal \(signal): stopping; once training has started, a checkpoint is saved to be continued with --resume") }
         }
+        let reporter = try status.reporter()
         do {
-            try reportingErrors(logger) {
-                try train(logger: logger, interrupted: interrupted)
+            try reportingErrors(logger, status: reporter) {
+                try train(logger: logger, interrupted: interrupted, status: reporter)
             }
         } catch where interrupted.isSet {
             throw ExitCode(Self.interruptedExitCode)
@@ -60,57 +62,23 @@ struct CoordinatorCommand: ParsableCommand {
     /// purpose, to be resumed, not failed.
     static let interruptedExitCode: Int32 = 75
 
-    private func train(logger: Logger, interrupted: InterruptFlag) throws {
+    private func train(logger: Logger, interrupted: InterruptFlag, status: StatusReporter?) throws {
         let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
         let bind = try parseEndpoint(self.bind, flag: "--bind", forBinding: true).description
         try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
-                           allowInsecure: insecure, logger: logger, interrupted: { interrupted.isSet },
+                           allowInsecure: insecure, status: status, logger: logger, interrupted: { interrupted.isSet },
                            resumeCommand: { ["syncbn", "coordinator", "--bind", bind, "--workers", "\(workers)", "--resume", $0] + options.dataArguments })
     }
 }
 
-/// Binds, admits the workers, trains, and tells the workers to stop (or why the job failed). Once training
-/// has started, a failure or an interruption saves a checkpoint first and the error names it with the
-/// command that continues the run (`resumeCommand(directory)`, as words). `prepare` sees the coordinator once
-/// it is bound, before any worker joins (`launch` starts its workers there).
+/// The coordinator's job (`CoordinatorJob`: bind, resume or initialize, admit, train, checkpoint on failure or
+/// interruption) from the command line's options; prints the closing lines.
 func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluster: ClusterOptions,
-                    security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger, interrupted: @escaping () -> Bool,
-                    resumeCommand: (String) -> [String], prepare: (Coordinator) throws -> Void = { _ in }) throws {
-    let start = try options.start(resuming: cluster.resume)
-    let (config, dataset, output, out) = (start.config, start.dataset, start.output, start.output.path)
-    let coordinator = try Coordinator(config: config, data: dataset.train, bind: bind, workerCount: workers,
-                                      minWorkers: min(cluster.minWorkers, workers), timeouts: cluster.timeouts,
-                                      nonFinitePolicy: cluster.onNonfinite, gradientExchange: cluster.gradientExchange, security: security,
-                                      allowInsecure: allowInsecure, logger: logger)
-    coordinator.abortReason = { interrupted() ? "interrupted" : nil }
-    if security != nil { logger.info("CurveZMQ on: traffic encrypted, only authorized worker keys admitted") }
-    var training = false
-    do {
-        if let checkpoint = start.checkpoint, let path = start.checkpointPath {
-            try coordinator.resume(from: checkpoint.state, nextStep: checkpoint.nextStep, source: path)
-            logger.info("resuming at step \(checkpoint.nextStep + 1) of \(config.steps) from \(path)")
-        } else {
-            try options.loadInitialModel(into: coordinator.network)
-        }
-        try prepare(coordinator)
-        try coordinator.admitWorkers()
-        logger.info("training \(config.model.name) (--bn \(config.model.batchNorm.rawValue)) for \(config.steps) steps of \(config.plan.batchSize) samples (\(config.plan.chunkCount) chunks) on \(workers) worker(s)")
-        training = true
-        let run = TrainingRun(config: config, dataset: dataset, runner: coordinator, outputDirectory: out, logger: logger,
-                              startStep: coordinator.nextStep, checkpointEvery: cluster.checkpointEvery, lockedOutput: output)
-        run.shouldStop = interrupted
-        let summary = try run.run()
-        coordinator.finish()
-        logger.info("\(summary.report())")
-    } catch {
-        var reason = error is TrainingInterrupted ? "interrupted" : "\(error)"
-        if training {
-            let path = try TrainingCheckpoint.save(coordinator.network, config: config, nextStep: coordinator.nextStep, directory: out)
-            reason += " before step \(coordinator.nextStep + 1) of \(config.steps); checkpoint saved to \(path); continue with: \(shellWords(resumeCommand(out)))"
-        }
-        // Interrupted: leave the workers waiting to rejoin a resumed coordinator.
-        coordinator.finish(failure: reason, releaseWorkers: !interrupted())
-        throw ClusterError(reason)
-    }
+                    security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, status: StatusReporter?, logger: Logger,
+                    interrupted: @escaping () -> Bool, resumeCommand: (String) -> [String], prepare: (Coordinator) throws -> Void = { _ in }) throws {
+    let job = CoordinatorJob(start: try options.start(resuming: cluster.resume), bind: bind, workers: workers, minWorkers: cluster.minWorkers,
+                             timeouts: cluster.timeouts, nonFinitePolicy: cluster.onNonfinite, gradientExchange: cluster.gradientExchange,
+                             security: security, allowInsecure: allowInsecure, checkpointEvery: cluster.checkpointEvery, logger: logger, status: status)
+    let summary = try job.run(initialize: options.loadInitialModel(into:), interrupted: interrupted, resumeCommand: resumeCommand, prepare: prepare)
+    logger.info("\(summary.report())")
 }
-

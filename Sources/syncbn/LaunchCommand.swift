@@ -20,6 +20,7 @@ struct LaunchCommand: ParsableCommand {
 
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
+    @OptionGroup var status: StatusOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -49,6 +50,12 @@ struct LaunchCommand: ParsableCommand {
         let bind = try self.bind.map { try parseEndpoint($0, flag: "--bind", forBinding: true).description } ?? "ipc://\(Self.defaultSocketPath)"
         defer { if self.bind == nil { unlink(Self.defaultSocketPath) } }
         let interrupted = InterruptFlag()
+        let reporter = try status.reporter()
+        // Each worker's own status, gathered into launch's final one (`worker_statuses`).
+        let workerStatusDirectory = NSTemporaryDirectory() + "syncbn-launch-\(getpid())-status"
+        try FileManager.default.createDirectory(atPath: workerStatusDirectory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: workerStatusDirectory) }
+        func workerStatusPath(_ index: Int) -> String { workerStatusDirectory + "/worker-\(index).json" }
         let forceStop: @Sendable () -> Void = {
             children.signalAll(SIGTERM)
             children.stopAll(graceSeconds: 2)
@@ -69,14 +76,15 @@ struct LaunchCommand: ParsableCommand {
         }
 
         do {
-            try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, logger: logger,
+            try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, status: reporter, logger: logger,
                                interrupted: { interrupted.isSet },
                                resumeCommand: { ["syncbn", "launch", "--workers", "\(workers)", "--resume", $0] + options.dataArguments }) { coordinator in
                 for index in 0..<workers {
                     try children.start(executable: executable,
                                        arguments: ["worker", "--connect", coordinator.endpoint, "--exit-with-parent",
                                                    "--heartbeat-timeout", "\(cluster.heartbeatTimeout)",
-                                                   "--threads", "\(threads ?? ThreadCount.share(workers: workers))"],
+                                                   "--threads", "\(threads ?? ThreadCount.share(workers: workers))",
+                                                   "--status-file", workerStatusPath(index)],
                                        index: index) { failure in logger.warning("\(failure); the others carry on") }
                 }
                 logger.info("started \(workers) worker process(es): pids \(children.processIdentifiers.map(String.init).joined(separator: " "))")
@@ -85,9 +93,18 @@ struct LaunchCommand: ParsableCommand {
             children.signalAll(SIGTERM)
             children.stopAll(graceSeconds: 2)
             logger.error("\(error)")
+            if let reporter, ![.failed, .interrupted].contains(reporter.last?.state) {
+                var failed = RunStatus(.failed)
+                failed.error = "\(error)"
+                reporter.report(failed)
+            }
             throw interrupted.isSet ? ExitCode(CoordinatorCommand.interruptedExitCode) : ExitCode.failure
         }
         children.stopAll(graceSeconds: 10)
+        if let reporter, var finished = reporter.last {
+            finished.workerStatuses = (0..<workers).map { (try? RunStatus.read(from: workerStatusPath($0))) ?? RunStatus(.failed) }
+            reporter.report(finished)
+        }
     }
 }
 

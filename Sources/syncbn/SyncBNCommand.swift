@@ -27,14 +27,20 @@ func makeLogger(_ label: String, verbose: Bool = false) -> Logger {
     return logger
 }
 
-/// Runs `body`, turning any error into one line on standard error and a non-zero exit.
-func reportingErrors<T>(_ logger: Logger, _ body: () throws -> T) throws -> T {
+/// Runs `body`, turning any error into one line on standard error and a non-zero exit — and into a `failed`
+/// status, unless the run already reported how it ended.
+func reportingErrors<T>(_ logger: Logger, status: StatusReporter? = nil, _ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let error as ExitCode {
         throw error
     } catch {
         logger.error("\(error)")
+        if let status, ![.failed, .interrupted].contains(status.last?.state) {
+            var failed = RunStatus(.failed)
+            failed.error = "\(error)"
+            status.report(failed)
+        }
         throw ExitCode.failure
     }
 }

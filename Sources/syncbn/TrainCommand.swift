@@ -15,6 +15,7 @@ struct TrainCommand: ParsableCommand {
 
     @OptionGroup var options: TrainingOptions
     @OptionGroup var checkpoints: CheckpointOptions
+    @OptionGroup var status: StatusOptions
 
     @Option(help: "Threads that compute the batch's chunks (default: every core); the model's bytes do not depend on it.")
     var threads: Int?
@@ -28,14 +29,15 @@ struct TrainCommand: ParsableCommand {
         handleSignals { signal in
             if interrupted.set() { logger.warning("signal \(signal): stopping after the step under way, with a checkpoint") }
         }
+        let reporter = try status.reporter()
         do {
-            try reportingErrors(logger) { try train(logger: logger, interrupted: interrupted) }
+            try reportingErrors(logger, status: reporter) { try train(logger: logger, interrupted: interrupted, status: reporter) }
         } catch where interrupted.isSet {
             throw ExitCode(CoordinatorCommand.interruptedExitCode)
         }
     }
 
-    private func train(logger: Logger, interrupted: InterruptFlag) throws {
+    private func train(logger: Logger, interrupted: InterruptFlag, status: StatusReporter?) throws {
         let start = try options.start(resuming: checkpoints.resume)
         let (config, dataset, output, out) = (start.config, start.dataset, start.output, start.output.path)
         let network = config.makeNetwork()
@@ -51,19 +53,18 @@ struct TrainCommand: ParsableCommand {
         let run = TrainingRun(config: config, dataset: dataset, runner: runner, outputDirectory: out, logger: logger,
                               startStep: start.checkpoint?.nextStep ?? 0, checkpointEvery: checkpoints.checkpointEvery, lockedOutput: output)
         run.shouldStop = { interrupted.isSet }
+        run.status = status
         do {
             let summary = try run.run()
+            status?.report(summary.status())
             logger.info("\(summary.report())")
         } catch let stop as TrainingInterrupted {
             let path = try TrainingCheckpoint.save(network, config: config, nextStep: stop.nextStep, directory: out)
+            var ended = RunStatus(.interrupted)
+            (ended.step, ended.steps, ended.checkpoint) = (stop.nextStep, config.steps, path)
+            ended.resume = ["syncbn", "train", "--resume", out] + options.dataArguments
+            status?.report(ended)
             throw TrainingError("interrupted before step \(stop.nextStep + 1) of \(config.steps); checkpoint saved to \(path); continue with: \(shellWords(["syncbn", "train", "--resume", out] + options.dataArguments))")
         }
     }
-}
-
-/// Words as a command line a shell reads back into the same words.
-func shellWords(_ words: [String]) -> String {
-    words.map { word in
-        word.allSatisfy({ $0.isLetter || $0.isNumber || "-_./:=,@+".contains($0) }) && !word.isEmpty ? word : "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
-    }.joined(separator: " ")
 }

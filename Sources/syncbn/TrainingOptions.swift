@@ -239,15 +239,6 @@ struct TrainingOptions: ParsableArguments {
     }
 }
 
-/// See `TrainingOptions.start(resuming:)`.
-struct RunStart {
-    let config: TrainingConfig
-    let dataset: ImageDataset
-    let checkpoint: TrainingCheckpoint?
-    let checkpointPath: String?
-    let output: OutputDirectory
-}
-
 extension TrainingRun.Summary {
     /// The closing lines every training command prints.
     func report() -> String {

@@ -36,6 +36,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Threads that compute this worker's chunks (default: every core of this host); the model's bytes do not depend on it.")
     var threads: Int?
 
+    @OptionGroup var status: StatusOptions
+
     @Flag(help: .hidden)
     var exitWithParent = false
 
@@ -60,10 +62,18 @@ struct WorkerCommand: ParsableCommand {
         timeouts.roundSeconds = roundTimeout
         timeouts.rejoinSeconds = rejoinTimeout
         timeouts.setHeartbeatTimeout(heartbeatTimeout)
-        try reportingErrors(logger) {
+        let reporter = try status.reporter()
+        try reportingErrors(logger, status: reporter) {
             let security = try secretKey.map { try WorkerSecurity(secretKeyFile: $0, serverKeyFile: serverKey!) }
-            let summary = try Worker(endpoint: connect, timeouts: timeouts, security: security, peerAddress: peerAddress,
-                                     threads: threads ?? ThreadCount.cores, logger: logger).run()
+            let worker = Worker(endpoint: connect, timeouts: timeouts, security: security, peerAddress: peerAddress,
+                                threads: threads ?? ThreadCount.cores, logger: logger)
+            worker.status = reporter
+            let summary = try worker.run()
+            var finished = RunStatus(.finished)
+            (finished.rank, finished.step) = (summary.rank, summary.steps)
+            (finished.medianComputeSeconds, finished.medianWaitingSeconds, finished.waitingCPUSeconds) =
+                (summary.medianComputeSeconds, summary.medianWaitingSeconds, summary.medianWaitingCPUSeconds)
+            reporter?.report(finished)
             logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step, CPU while waiting \(String(format: "%.1f", summary.medianWaitingCPUSeconds * 1e6)) us")
         }
     }

@@ -54,3 +54,8 @@ public enum GradientExchangeMode: String, CaseIterable, Sendable {
     /// each sum and row once, whatever the number of workers. Not with keys (peer links are not encrypted).
     case peers
 }
+
+/// The coordinator could not bind its address (another program has the port, or the host is not this one's).
+public struct CannotBind: Error, CustomStringConvertible {
+    public let description: String
+}

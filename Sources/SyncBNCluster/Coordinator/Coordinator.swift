@@ -152,7 +152,7 @@ public final class Coordinator: StepRunner {
         do {
             try socket.bind(address)
         } catch let error as ZMQError {
-            throw ClusterError("cannot bind \(address): \(error.message)" + (error.code == EADDRINUSE ? ": another program uses that port; pick another with --bind" : ""))
+            throw CannotBind(description: "cannot bind \(address): \(error.message)" + (error.code == EADDRINUSE ? ": another program uses that port; pick another with --bind" : ""))
         }
         endpoint = try socket.lastEndpoint
         doublePartials = .allocate(capacity: chunks * widestDouble)

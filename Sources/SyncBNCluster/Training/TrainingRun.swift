@@ -24,6 +24,8 @@ public final class TrainingRun {
     let checkpointEvery: Int
     /// Asked before every step: true stops the run with `TrainingInterrupted` (a signal, say).
     public var shouldStop: () -> Bool = { false }
+    /// Told `training` at the start and at every logged step.
+    public var status: StatusReporter?
     /// The locked output directory: given by a command that locked it earlier, or locked at the start of `run`.
     var lockedOutput: OutputDirectory?
 
@@ -66,6 +68,12 @@ public final class TrainingRun {
         stepSeconds.reserveCapacity(min(config.steps, 1 << 16))
         var lastTest = StepMetrics(loss: .nan, accuracy: .nan)
         let started = Date()
+        func reportTraining(step: Int) {
+            var training = RunStatus(.training)
+            (training.step, training.steps, training.workers) = (step, config.steps, runner.clusterStatus?.liveWorkers)
+            status?.report(training)
+        }
+        reportTraining(step: startStep)
         for step in startStep..<max(startStep, config.steps) {
             if shouldStop() { throw TrainingInterrupted(nextStep: step) }
             let isLast = step == config.steps - 1
@@ -92,6 +100,7 @@ public final class TrainingRun {
                                         cluster: runner.clusterStatus, network: runner.network)
                 try log.write(step: step + 1, epoch: Double(step + 1) / Double(order.stepsPerEpoch), scalars: logged.scalars, histograms: logged.histograms)
             }
+            reportTraining(step: step + 1)
             progress.update(step: step + 1, of: config.steps, loss: metrics.loss, samplesPerSecond: rate(step + 1 - startStep, started), elapsed: -started.timeIntervalSinceNow)
             if evaluate {
                 progress.log("step \(step + 1)/\(config.steps): loss \(format(metrics.loss)), test loss \(format(lastTest.loss)), test accuracy \(format(lastTest.accuracy))")

@@ -29,6 +29,8 @@ public final class Worker {
     /// Threads that compute this worker's chunks (`Network.threadCount`).
     fileprivate let threads: Int
     private var logger: Logger
+    /// Told when this worker joins (or rejoins) and the rank it got (`--status-file`).
+    public var status: StatusReporter?
 
     /// With `security`, the connection is encrypted with CurveZMQ and authenticates this worker's key.
     /// Without `security`, the worker also listens for other workers, for a coordinator that exchanges
@@ -90,6 +92,9 @@ public final class Worker {
             rank = assignedRank
             logger[metadataKey: "rank"] = "\(rank)"
             logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint), computing on \(threads) thread(s)")
+            var joined = RunStatus(.joined)
+            (joined.rank, joined.workers, joined.endpoint) = (rank, workerCount, endpoint)
+            status?.report(joined)
             let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
             collective.onPeerDrop = { [logger] reason in
                 peerDrops += 1
