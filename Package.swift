@@ -4,6 +4,7 @@
 //   → ZeroMQ (a safe wrapper that knows nothing of training)
 //   → SyncBNCore (tensors, layers, BatchNorm, data, checkpoints; knows nothing of sockets)
 //   → SyncBNCluster (wire protocol, coordinator, worker, the collective BatchNorm calls)
+//   → SyncBNBench (the measurement suite behind `syncbn bench`: ZeroMQ baselines, all-reduce, training, memory)
 //   → syncbn (the command-line tool), and SyncBN (the library: `import SyncBN`)
 import PackageDescription
 
@@ -37,8 +38,10 @@ let package = Package(
         ], exclude: ["Protocol/WireProtocol.md"]),
         // `import SyncBN`: the library for Swift programs (Examples/LibraryExample).
         .target(name: "SyncBN", dependencies: ["SyncBNCore", "SyncBNCluster"]),
+        // The benchmark suite; `syncbn bench` is its command-line front end and its child processes.
+        .target(name: "SyncBNBench", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ", "CSystemShims"]),
         .executableTarget(name: "syncbn", dependencies: [
-            "SyncBNCluster", "SyncBNCore", "ZeroMQ", "CSystemShims",
+            "SyncBNBench", "SyncBNCluster", "SyncBNCore", "ZeroMQ", "CSystemShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -4,15 +4,16 @@ import Glibc
 #endif
 
 /// Every child `syncbn bench` has started and not yet reaped, so that Ctrl-C (or an error) can stop them by id.
-final class BenchChildRegistry: @unchecked Sendable {
-    static let shared = BenchChildRegistry()
+public final class BenchChildRegistry: @unchecked Sendable {
+    public static let shared = BenchChildRegistry()
     private let lock = NSLock()
     private var pids: Set<pid_t> = []
     private var interrupted = false
     /// Removed on Ctrl-C, which exits without unwinding.
     var scratchDirectory: String?
 
-    var isInterrupted: Bool { lock.withLock { interrupted } }
+    /// Set once Ctrl-C or SIGTERM has begun stopping the children.
+    public var isInterrupted: Bool { lock.withLock { interrupted } }
 
     /// Starts a child with `spawn` and registers it, atomically with respect to `stopAll`: once that has begun,
     /// nothing more is started.
@@ -162,21 +163,13 @@ struct BenchError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Stops every registered child and exits 130 on Ctrl-C or SIGTERM.
-func installBenchSignalHandlers() {
-    handleSignals { _ in
+extension BenchChildRegistry {
+    /// What Ctrl-C or SIGTERM does during `syncbn bench` (the command's signal handler calls it): stops every
+    /// registered child, removes the scratch directory and exits 130.
+    public func interruptAndExit() -> Never {
         FileHandle.standardError.write(Data("bench: interrupted, stopping the child processes\n".utf8))
-        BenchChildRegistry.shared.stopAll()
-        if let scratch = BenchChildRegistry.shared.scratchDirectory { try? FileManager.default.removeItem(atPath: scratch) }
+        stopAll()
+        if let scratch = scratchDirectory { try? FileManager.default.removeItem(atPath: scratch) }
         _exit(130)  // not exit(): no atexit handlers or destructors racing the other threads
     }
 }
-
-/// Median of `values` (the mean of the two middle values for an even count); nil when empty.
-func benchMedian(_ values: [Double]) -> Double? {
-    guard !values.isEmpty else { return nil }
-    let sorted = values.sorted()
-    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-}
-
-func benchNow() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

@@ -6,13 +6,14 @@ import ZeroMQ
 
 /// The ZeroMQ halves of `syncbn bench`: the child helpers (echo, stream sender, all-reduce worker) and the
 /// parent's measurements against them. The parent is always the ROUTER, the children DEALERs.
-enum BenchNetwork {
+public enum BenchNetwork {
     static let timeoutMilliseconds = 30_000
 
     // MARK: Children
 
     /// Runs one helper role in a child process. Dies with its parent; gives up after 30 s without news.
-    static func runHelper(role: String, connect endpoint: String, size: Int, rank: Int, width: Int, element: String) throws {
+    /// `syncbn bench --helper ROLE` calls it: the children are this executable started again by the parent.
+    public static func runHelper(role: String, connect endpoint: String, size: Int, rank: Int, width: Int, element: String) throws {
         _ = syncbn_exit_with_parent(SIGKILL)
         let context = try Context()
         let dealer = try Socket(context, .dealer)
