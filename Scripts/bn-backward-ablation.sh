@@ -11,16 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Scripts/figure-support.sh
-steps=10000 figures=docs/figures
-while [ $# -gt 0 ]; do
-    case $1 in
-        --steps) steps=$2; shift 2 ;;
-        --figures) figures=$2; shift 2 ;;
-        *) echo "bn-backward-ablation.sh: unknown option $1 (use --steps N, --figures DIR)" >&2; exit 2 ;;
-    esac
-done
+parse_options steps 10000 "$@"
 prepare_figures
-runs=runs/bn-backward-ablation
+runs=${SYNCBN_RUNS:-runs}/bn-backward-ablation
 log_every=$(( steps / 200 > 0 ? steps / 200 : 1 ))
 for backward in full no-stats; do
     run_quietly "$runs/$backward" "$syncbn" train --model bn-mlp --bn-backward $backward --steps "$steps" --lr-schedule constant \
@@ -36,15 +29,18 @@ set output "$figures/bn-backward-ablation.png"
 set multiplot layout 1,2
 set grid
 set xlabel "training step"
+set xtics $(( steps / 4 ))
 set key top left
 set title "norm of the biases feeding BatchNorm"
-plot "$work/full.tsv" using 1:2 with lines lw 2 title "backward through the statistics", \
-     "$work/no-stats.tsv" using 1:2 with lines lw 2 title "--bn-backward no-stats"
+plot "$work/full.tsv" using 1:2 with lines lw 2.5 lc rgb "#9400d3" title "backward through the statistics", \
+     "$work/no-stats.tsv" using 1:2 with lines lw 2.5 lc rgb "#009e73" title "--bn-backward no-stats"
 set key top right
 set title "training loss (batch of 60)"
 set logscale y
-plot "$work/full.tsv" using 1:3 with lines lw 1 title "backward through the statistics", \
-     "$work/no-stats.tsv" using 1:3 with lines lw 1 title "--bn-backward no-stats"
+plot "$work/full.tsv" using 1:3 with lines lw 0.5 lc rgb "#c8a0e0" notitle, \
+     "$work/no-stats.tsv" using 1:3 with lines lw 0.5 lc rgb "#a0d8c0" notitle, \
+     "$work/full.tsv" using 1:3 smooth bezier with lines lw 2.5 lc rgb "#9400d3" title "backward through the statistics (smoothed)", \
+     "$work/no-stats.tsv" using 1:3 smooth bezier with lines lw 2.5 lc rgb "#009e73" title "--bn-backward no-stats (smoothed)"
 unset multiplot
 GNUPLOT
 for backward in full no-stats; do

@@ -1,11 +1,32 @@
-# Shared by the figure scripts (sourced, not run): installs gnuplot and jq, builds syncbn in release mode,
-# and runs training commands quietly (their output goes to a log shown only on failure).
+# Shared by the figure scripts (sourced, not run): parses their options, installs gnuplot and jq, builds
+# syncbn in release mode, and runs training commands quietly (their output goes to a log shown only on failure).
 
-# Sets $syncbn and $work (a scratch directory removed at exit) and creates $figures.
+# parse_options NAME DEFAULT ARGS…: sets the variable NAME from --NAME VALUE (default DEFAULT) and $figures
+# from --figures DIR (default docs/figures); anything else is an error.
+parse_options() {
+    local name=$1
+    printf -v "$name" '%s' "$2"
+    shift 2
+    figures=docs/figures
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --"$name") printf -v "$name" '%s' "$2"; shift 2 ;;
+            --figures) figures=$2; shift 2 ;;
+            *) echo "$(basename "$0"): unknown option $1 (use --$name VALUE, --figures DIR)" >&2; exit 2 ;;
+        esac
+    done
+}
+
+# Sets $syncbn (a release build, or $SYNCBN_BIN if set: the test suite's smoke run uses its debug build) and
+# $work (a scratch directory removed at exit), and creates $figures.
 prepare_figures() {
     Scripts/install-deps.sh --figures
-    swift build -c release --product syncbn >/dev/null
-    syncbn=.build/release/syncbn
+    if [ -n "${SYNCBN_BIN:-}" ]; then
+        syncbn=$SYNCBN_BIN
+    else
+        swift build -c release --product syncbn >/dev/null
+        syncbn=.build/release/syncbn
+    fi
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     mkdir -p "$figures"

@@ -12,16 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Scripts/figure-support.sh
-steps=20000 figures=docs/figures
-while [ $# -gt 0 ]; do
-    case $1 in
-        --steps) steps=$2; shift 2 ;;
-        --figures) figures=$2; shift 2 ;;
-        *) echo "figure1.sh: unknown option $1 (use --steps N, --figures DIR)" >&2; exit 2 ;;
-    esac
-done
+parse_options steps 20000 "$@"
 prepare_figures
-runs=runs/figure1
+runs=${SYNCBN_RUNS:-runs}/figure1
 log_every=$(( steps / 200 > 0 ? steps / 200 : 1 ))
 eval_every=$(( steps / 40 > 0 ? steps / 40 : 1 ))
 for variant in without-bn with-bn; do
@@ -46,6 +39,7 @@ set multiplot layout 1,3
 set key bottom right
 set grid
 set xlabel "training step"
+set xtics $(( steps / 4 ))
 set title "(a) test accuracy"
 plot "$work/without-bn-accuracy.tsv" using 1:2 with lines lw 2 title "without BN", \
      "$work/with-bn-accuracy.tsv" using 1:2 with lines lw 2 title "with BN"

@@ -14,16 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Scripts/figure-support.sh
-epochs=1 figures=docs/figures
-while [ $# -gt 0 ]; do
-    case $1 in
-        --epochs) epochs=$2; shift 2 ;;
-        --figures) figures=$2; shift 2 ;;
-        *) echo "syncbn-vs-local.sh: unknown option $1 (use --epochs E, --figures DIR)" >&2; exit 2 ;;
-    esac
-done
+parse_options epochs 1 "$@"
 prepare_figures
-runs=runs/syncbn-vs-local workers=8
+runs=${SYNCBN_RUNS:-runs}/syncbn-vs-local workers=8
 printf '# per-worker batch\tsync error %%\tper-worker BN error %%\n' > "$work/errors.tsv"
 for per_worker in 32 16 8 4 2; do
     global=$(( workers * per_worker ))

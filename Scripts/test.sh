@@ -5,7 +5,7 @@
 # reading our event files. Installs the Debian packages it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-Scripts/install-deps.sh --tests
+Scripts/install-deps.sh --tests --figures
 Scripts/fuzz.sh "${SYNCBN_FUZZ_SECONDS:-30}"
 swift build --build-tests
 # The library: a program that imports SyncBN builds, and trains the same bits in one process and as a
@@ -15,3 +15,12 @@ swift build --package-path Examples/LibraryExample --scratch-path .build-example
 swift test --skip-build --disable-swift-testing
 # TensorBoard's own reader (in a virtual environment the script makes) reads back short runs' event files.
 Tests/tensorboard/run-checks.sh .build/debug/syncbn
+# The figure scripts still run and draw (a few steps, this build; the committed figures come from full runs).
+figures=$(mktemp -d)
+trap 'rm -rf "$figures"' EXIT
+SYNCBN_BIN=.build/debug/syncbn SYNCBN_RUNS="$figures" Scripts/figure1.sh --steps 100 --figures "$figures" >/dev/null
+SYNCBN_BIN=.build/debug/syncbn SYNCBN_RUNS="$figures" Scripts/bn-backward-ablation.sh --steps 100 --figures "$figures" >/dev/null
+for png in figure1 bn-backward-ablation; do
+    [ "$(stat -c %s "$figures/$png.png")" -gt 10000 ] || { echo "test.sh: $png.png was not drawn" >&2; exit 1; }
+done
+echo "figure scripts: figure1.png and bn-backward-ablation.png drawn from short runs"
