@@ -18,7 +18,7 @@ source Scripts/figure-support.sh
 parse_options epochs 0.5 "$@"
 prepare_figures
 runs=${SYNCBN_RUNS:-runs}/syncbn-vs-local workers=8
-printf '# per-worker batch\tsync error %%\tper-worker BN error %%\n' > "$work/errors.tsv"
+printf '#samples_per_worker\tsync_error_%%\tper_worker_BN_error_%%\n' > "$work/errors.tsv"
 for per_worker in 32 16 8 4 2; do
     global=$(( workers * per_worker ))
     chunk=$(( per_worker < 8 ? per_worker : 8 ))
