@@ -64,7 +64,7 @@ final class ObservationTests: XCTestCase {
         XCTAssertEqual(input.maximum, values.max())
         XCTAssertEqual(input.sum, values.reduce(0, +), accuracy: 1e-9)
         XCTAssertEqual(input.sumOfSquares, values.map { $0 * $0 }.reduce(0, +), accuracy: 1e-9)
-        for v in values { XCTAssertGreaterThan(input.bucketCounts[HistogramBuckets.bucketIndex(of: v)], 0, "the bucket of \(v)") }
+        for v in x { XCTAssertGreaterThan(input.bucketCounts[FloatBuckets.index(of: v)], 0, "the bucket of \(v)") }
         let featureZero = stride(from: 0, to: x.count, by: 4).map { Double(x[$0]) }.sorted()
         XCTAssertEqual(input.trackedPercentiles, [15, 50, 85].map { percentile(sorted: featureZero, $0) })
         // The sigmoid sees BatchNorm's output: standardized per feature (γ = 1, β = 0), so its mean is ~0.
@@ -101,6 +101,30 @@ final class ObservationTests: XCTestCase {
             let observed = gathered.withUnsafeBufferPointer { networks[0].observations(gathered: $0) }
             XCTAssertEqual(observed, expected, "\(workers) workers")
         }
+    }
+
+    func testFloatBucketsHoldTheirValuesAndCoverEveryFloat() {
+        let limits = FloatBuckets.limits
+        XCTAssertEqual(limits.count, FloatBuckets.count)
+        XCTAssertEqual(limits, limits.sorted(), "upper edges increase")
+        XCTAssertEqual(Set(limits).count, limits.count)
+        var random = SplitMix64(seed: 9)
+        var values: [Float] = [0, -0, 1, -1, 0x1p-20, -0x1p-20, 0x1p20, -0x1p20, 1e-30, -1e30, .infinity, -.infinity, .greatestFiniteMagnitude]
+        for _ in 0..<20_000 { values.append(Float(bitPattern: UInt32(truncatingIfNeeded: random.next()))) }
+        for v in values where v.isFinite {
+            let i = FloatBuckets.index(of: v)
+            XCTAssertTrue((0..<limits.count).contains(i), "\(v)")
+            // Bucket i holds (limits[i−1], limits[i]] for negatives and [limits[i−1], limits[i]) for the rest.
+            let upper = limits[i], lower = i > 0 ? limits[i - 1] : -Double.infinity
+            XCTAssertTrue(Double(v) >= lower && Double(v) <= upper, "\(v) in bucket \(i) (\(lower), \(upper)]")
+        }
+        XCTAssertEqual(FloatBuckets.index(of: .nan), FloatBuckets.count - 1)
+        XCTAssertEqual(FloatBuckets.index(of: .infinity), FloatBuckets.count - 1)
+        XCTAssertEqual(FloatBuckets.index(of: -.infinity), 0)
+        XCTAssertEqual(FloatBuckets.index(of: 1.0), FloatBuckets.index(of: 1.12), "1.125 is the next edge")
+        XCTAssertEqual(FloatBuckets.index(of: 1.125), FloatBuckets.index(of: 1.0) + 1)
+        XCTAssertEqual(FloatBuckets.index(of: -1.0), FloatBuckets.index(of: -1.12))
+        XCTAssertEqual(FloatBuckets.index(of: 0), FloatBuckets.index(of: -1e-7), "about zero")
     }
 
     func testNoObservationsOnStepsWithoutMetrics() throws {

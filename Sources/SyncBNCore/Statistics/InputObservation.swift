@@ -7,7 +7,7 @@ import TensorBoardEvents
 ///
 /// Each replica computes, per chunk of its slice and per observed layer, the block
 ///   [count per bucket (B)] [min, max, Σx, Σx²] [the tracked feature's values, chunkSize·H·W, zero-padded]
-/// in Float64 (`ObservationLayout.width` values per chunk). The coordinator gathers every chunk's blocks (the
+/// in Float64 (`ObservationLayout.width` values per chunk; buckets of `FloatBuckets`). The coordinator gathers every chunk's blocks (the
 /// `.observations` round, sent only on logged steps; workers do not wait for an answer) and `summarize`s them
 /// in chunk order, so the result depends on the global batch only, not on how it was split.
 public struct ObservationLayout: Sendable {
@@ -31,8 +31,7 @@ public struct ObservationLayout: Sendable {
     let offsets: [Int]
 
     static let statisticsCount = 4
-    /// TensorFlow's default histogram buckets, which TensorBoard's own summaries use.
-    static let bucketCount = HistogramBuckets.defaultLimits.count
+    static let bucketCount = FloatBuckets.count
 
     public init(layers: [ObservedLayer], chunkSize: Int) {
         self.layers = layers
@@ -56,14 +55,12 @@ public struct ObservationLayout: Sendable {
         var low = Double.infinity, high = -Double.infinity, sum = 0.0, sumOfSquares = 0.0
         for r in rows {
             let row = x.row(r)
-            for i in 0..<x.columns {
-                let v = Double(row[i])
-                buckets[HistogramBuckets.bucketIndex(of: v)] += 1
-                low = Swift.min(low, v)
-                high = Swift.max(high, v)
-                sum += v
-                sumOfSquares += v * v
-            }
+            for i in 0..<x.columns { buckets[FloatBuckets.index(of: row[i])] += 1 }
+            let summary = VectorKernels.summary(row, count: x.columns)
+            low = Swift.min(low, Double(summary.min))
+            high = Swift.max(high, Double(summary.max))
+            sum += summary.sum
+            sumOfSquares += summary.sumOfSquares
         }
         statistics[0] = rows.isEmpty ? 0 : low
         statistics[1] = rows.isEmpty ? 0 : high
@@ -117,7 +114,7 @@ public struct InputObservation: Sendable, Equatable {
     public let maximum: Double
     public let sum: Double
     public let sumOfSquares: Double
-    /// Values per bucket of `HistogramBuckets.defaultLimits`.
+    /// Values per bucket of `FloatBuckets.limits`.
     public let bucketCounts: [Double]
     /// The tracked feature's percentiles, at `percentileRanks`.
     public let trackedPercentiles: [Double]
@@ -127,7 +124,7 @@ public struct InputObservation: Sendable, Equatable {
 
     /// As TensorBoard stores it (empty buckets merged).
     public var histogram: Histogram {
-        Histogram(min: minimum, max: maximum, sum: sum, sumOfSquares: sumOfSquares, denseCounts: bucketCounts)
+        Histogram(min: minimum, max: maximum, sum: sum, sumOfSquares: sumOfSquares, denseCounts: bucketCounts, limits: FloatBuckets.limits)
     }
 }
 

@@ -20,6 +20,36 @@ enum VectorKernels {
         return total
     }
 
+    /// min, max, Σx and Σx² of `count` values (Float64 sums, eight lanes as `sum`): a logged step's summary
+    /// of a layer's input. NaN propagates to the sums; min and max skip it.
+    @inline(__always)
+    static func summary(_ x: UnsafePointer<Float>, count: Int) -> (min: Float, max: Float, sum: Double, sumOfSquares: Double) {
+        var i = 0, low = Float.infinity, high = -Float.infinity, total = 0.0, squares = 0.0
+        if count >= lanes {
+            var lows = SIMD8<Float>(repeating: .infinity), highs = SIMD8<Float>(repeating: -.infinity)
+            var sums = SIMD8<Double>(repeating: 0), squareSums = SIMD8<Double>(repeating: 0)
+            while i + lanes <= count {
+                let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+                lows = pointwiseMin(lows, v)
+                highs = pointwiseMax(highs, v)
+                let d = SIMD8<Double>(v)
+                sums += d
+                squareSums += d * d
+                i += lanes
+            }
+            (low, high, total, squares) = (lows.min(), highs.max(), sums.sum(), squareSums.sum())
+        }
+        while i < count {
+            let v = x[i], d = Double(v)
+            low = Swift.min(low, v)
+            high = Swift.max(high, v)
+            total += d
+            squares += d * d
+            i += 1
+        }
+        return (low, high, total, squares)
+    }
+
     /// Σ (Double(x[i]) − mean)² over `count` values, grouped as `sum`.
     @inline(__always)
     static func squaredDeviations(_ x: UnsafePointer<Float>, count: Int, mean: Double) -> Double {
