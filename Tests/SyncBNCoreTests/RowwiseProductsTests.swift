@@ -99,6 +99,36 @@ final class RowwiseProductsTests: XCTestCase {
         }
     }
 
+    /// A chunk's ∂W = dyᵀ·x added onto ∂W by OpenBLAS (β = 1) where the probe says that equals the product
+    /// added afterwards: checked on other data for the presets' factor shapes (dy and x in a chunk's factor rows).
+    func testAccumulatingAChunksProductAgreesWhereTheProbeSaysSo() {
+        var report: [String] = []
+        for (inputs, outputs) in shapes {
+            for rows in [15, 7, 2] {
+                let rowWidth = inputs + outputs  // x and dy side by side, as in a factor block
+                let verdict = RowwiseProducts.accumulates(m: outputs, n: inputs, k: rows, lda: rowWidth, ldb: rowWidth)
+                report.append("k=\(rows) \(inputs)→\(outputs): \(verdict)")
+                guard verdict else { continue }
+                let block = randomFloats(rows * rowWidth, seed: 21), start = randomFloats(outputs * inputs, seed: 22)
+                var product = [Float](repeating: 0, count: outputs * inputs), accumulated = start
+                block.withUnsafeBufferPointer { block in
+                    let x = block.baseAddress!, dy = block.baseAddress! + inputs
+                    product.withUnsafeMutableBufferPointer {
+                        BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows, a: dy, lda: rowWidth, b: x, ldb: rowWidth,
+                                  c: $0.baseAddress!, ldc: inputs)
+                    }
+                    accumulated.withUnsafeMutableBufferPointer {
+                        BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows, a: dy, lda: rowWidth, b: x, ldb: rowWidth,
+                                  beta: 1, c: $0.baseAddress!, ldc: inputs)
+                    }
+                }
+                let added = zip(start, product).map { $0 + $1 }
+                XCTAssertEqual(bits(accumulated), bits(added), "k=\(rows) \(inputs)→\(outputs): the probe agreed but β = 1 differs")
+            }
+        }
+        print("β = 1 accumulation on \(BLAS.kernelName): " + report.joined(separator: ", "))
+    }
+
     // MARK: Training
 
     private func trainBnMLP(rowwise: Bool, threads: Int = 1, workers: Int = 1) throws -> ReplicaState {

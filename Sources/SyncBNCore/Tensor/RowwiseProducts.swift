@@ -49,6 +49,41 @@ public enum RowwiseProducts {
         return verdict
     }
 
+    struct AccumulationKey: Hashable { let m: Int, n: Int, k: Int, lda: Int, ldb: Int }
+    nonisolated(unsafe) private static var accumulationVerdicts: [AccumulationKey: Bool] = [:]
+
+    /// Whether C ← Aᵀ·B + C in one call (β = 1) gives C + (Aᵀ·B) bit for bit, the product formed alone (β = 0) and
+    /// then added element by element — for Aᵀ m × k (A k × m, leading dimension `lda`), B k × n (`ldb`), C m × n
+    /// (contiguous). OpenBLAS adds each k-block's sums to C, so this holds only while k fits one block; the
+    /// probe decides, once per shape (thread-safe), as `agree` does.
+    public static func accumulates(m: Int, n: Int, k: Int, lda: Int, ldb: Int) -> Bool {
+        guard enabled, m > 0, n > 0, k > 0 else { return false }
+        let key = AccumulationKey(m: m, n: n, k: k, lda: lda, ldb: ldb)
+        lock.lock()
+        defer { lock.unlock() }
+        if let verdict = accumulationVerdicts[key] { return verdict }
+        let verdict = probeAccumulation(key, seed: 1) && probeAccumulation(key, seed: 2)
+        accumulationVerdicts[key] = verdict
+        return verdict
+    }
+
+    static func probeAccumulation(_ key: AccumulationKey, seed: UInt64) -> Bool {
+        let (m, n, k) = (key.m, key.n, key.k)
+        var random = SplitMix64(seed: 0xACC0_0000 &+ seed, stream: UInt64(m * 7919 + n * 31 + k))
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: k * key.lda), b = UnsafeMutablePointer<Float>.allocate(capacity: k * key.ldb)
+        let added = UnsafeMutablePointer<Float>.allocate(capacity: m * n), accumulated = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        let product = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        defer { a.deallocate(); b.deallocate(); added.deallocate(); accumulated.deallocate(); product.deallocate() }
+        for i in 0..<(k * key.lda) { a[i] = random.uniform(-1, 1) }
+        for i in 0..<(k * key.ldb) { b[i] = random.uniform(-1, 1) }
+        for i in 0..<(m * n) { added[i] = random.uniform(-1, 1) }
+        accumulated.update(from: added, count: m * n)
+        BLAS.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k, a: a, lda: key.lda, b: b, ldb: key.ldb, c: product, ldc: n)
+        for i in 0..<(m * n) { added[i] += product[i] }
+        BLAS.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k, a: a, lda: key.lda, b: b, ldb: key.ldb, beta: 1, c: accumulated, ldc: n)
+        return memcmp(added, accumulated, m * n * MemoryLayout<Float>.stride) == 0
+    }
+
     /// The verdicts so far (for reports and tests): layout and whether it agreed.
     public static var knownVerdicts: [(kind: Kind, n: Int, k: Int, chunkRows: [Int], agrees: Bool)] {
         lock.lock()
