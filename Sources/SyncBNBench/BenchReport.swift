@@ -67,6 +67,18 @@ public struct BenchReport: Codable {
         var peakRSSMiB: Double
     }
 
+    /// A model's sgemm floor (`BenchFloor`): its step's matrix products, unchunked, on one thread, measured in
+    /// this process, and `train --threads 1`'s median step against it.
+    struct Floor: Codable {
+        var model: String
+        var batchSize: Int
+        var products: Int
+        var gflopPerStep: Double
+        var sgemmFloorMs: Double
+        var trainOneThreadMs: Double?
+        var ratio: Double?
+    }
+
     /// One process, one thread, in this process: a step of the model and its matrix products' share.
     struct Compute: Codable {
         var model: String
@@ -101,6 +113,7 @@ public struct BenchReport: Codable {
     var allReduce: [AllReduce] = []
     var training: [Training] = []
     var compute: [Compute] = []
+    var floors: [Floor] = []
     var memory: Memory?
     /// The benchmark's own peak RSS when it started the training runs: no child's peak can read lower.
     var spawnFloorMiB: Double = 0

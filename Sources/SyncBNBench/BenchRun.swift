@@ -86,6 +86,16 @@ public struct BenchRun {
                     report.training.append(row)
                 }
             }
+            attempt("\(model.name), sgemm floor (unchunked, one thread), \(model.steps) rounds × \(repeats)") {
+                var times: [Double] = []
+                for _ in 0..<repeats { times.append(try BenchFloor.measure(model: model.name, batchSize: model.batch, rounds: model.steps)) }
+                let products = try BenchFloor.products(model: model.name, batchSize: model.batch)
+                let floor = benchMedian(times)!
+                let train = report.training.first { $0.model == model.name && $0.command == "train --threads 1" }?.medianStepMs
+                report.floors.append(.init(model: model.name, batchSize: model.batch, products: products.count,
+                                           gflopPerStep: products.map(\.flops).reduce(0, +) / 1e9, sgemmFloorMs: floor,
+                                           trainOneThreadMs: train, ratio: train.map { $0 / floor }))
+            }
         }
 
         // 5. One process's step and its matrix products, in this process.

@@ -64,6 +64,17 @@ extension BenchReport {
                              + lpad(row.ratioToTarget.map { String(format: "%.2fx", $0) } ?? "", 8)
                              + lpad(String(format: "%.1f MiB", row.peakRSSMiB), 11))
             }
+            if !floors.isEmpty {
+                lines.append("   sgemm floor: the step's matrix products, each unchunked (one call over the batch), one OpenBLAS thread, in this")
+                lines.append("   process; ratio = train --threads 1 step / floor (target for bn-mlp: ≤ 1.3x)")
+                lines.append("   " + pad("model, batch", 26) + lpad("products", 9) + lpad("GFLOP", 9) + lpad("floor", 11) + lpad("train T=1", 11) + lpad("ratio", 8))
+                for row in floors {
+                    lines.append("   " + pad("\(row.model), \(row.batchSize)", 26) + lpad("\(row.products)", 9)
+                                 + lpad(String(format: "%.4f", row.gflopPerStep), 9) + lpad(String(format: "%.3f ms", row.sgemmFloorMs), 11)
+                                 + lpad(row.trainOneThreadMs.map { String(format: "%.3f ms", $0) } ?? "—", 11)
+                                 + lpad(row.ratio.map { String(format: "%.2fx", $0) } ?? "—", 8))
+                }
+            }
             lines.append("   (compute, waiting, wait CPU (CPU time burnt per step while waiting): median over workers of each worker's median;")
             lines.append("    peak RSS: wait4 ru_maxrss, max over repeats;")
             lines.append("    for launch, the largest of coordinator and workers; no reading can be below this process's own peak at spawn, \(String(format: "%.1f", spawnFloorMiB)) MiB)")

@@ -1,3 +1,4 @@
+import CSystemShims
 import SyncBNCore
 
 /// Everything that decides a training run's result. The coordinator sends it to every worker, so that a
@@ -128,11 +129,32 @@ public final class LocalStepRunner: StepRunner {
         let slice = BatchSlice.whole(network.plan)
         network.optimizer.learningRate = learningRate(step)
         config.pipeline.copyBatch(data, indices: samples, seed: config.seed, epoch: input.epoch, into: network.batchInput.storage)
-        network.input.storage.update(from: network.batchInput.storage, count: samples.count * data.featureSize)
         for (row, index) in samples.enumerated() { network.labels[row] = Int32(data.labels[index]) }
-        var metrics = try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics, step: step)
+        if let next { Self.prefetch(data, samples: next.samples) }  // the next batch's samples arrive during this step
+        var metrics = try network.trainStep(slice: slice, collective: collective, computeMetrics: input.computeMetrics, step: step,
+                                            inputFromBatch: true)
         if metrics != nil { metrics?.observations = network.observationsOfWholeBatch() }
         return metrics
+    }
+
+    /// Starts bringing the stored features of `samples` into the caches (scattered over the data set, each
+    /// would otherwise miss when the next step copies it).
+    static func prefetch(_ data: LabeledImages, samples: ArraySlice<Int>) {
+        let width = data.featureSize
+        switch data.storage {
+        case .bytes(let bytes):
+            bytes.withUnsafeBytes { all in
+                for index in samples where index >= 0 && (index + 1) * width <= all.count {
+                    syncbn_prefetch(all.baseAddress! + index * width, UInt(width))
+                }
+            }
+        case .floats(let values):
+            values.withUnsafeBytes { all in
+                for index in samples where index >= 0 && (index + 1) * width * 4 <= all.count {
+                    syncbn_prefetch(all.baseAddress! + index * width * 4, UInt(width * 4))
+                }
+            }
+        }
     }
 }
 
@@ -155,4 +177,5 @@ public enum LearningRateSchedule: String, Codable, Sendable, CaseIterable {
     }
 }
 
+import CSystemShims
 import Foundation

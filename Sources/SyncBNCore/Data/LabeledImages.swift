@@ -47,13 +47,22 @@ public struct LabeledImages: Sendable {
     }
 
     public func copyFeatures(of indices: [Int], into destination: UnsafeMutablePointer<Float>) {
-        for (row, index) in indices.enumerated() {
-            let out = destination + row * featureSize, start = index * featureSize
-            switch storage {
-            case .bytes(let bytes):
-                for i in 0..<featureSize { out[i] = Self.scale(pixel: bytes[start + i]) }
-            case .floats(let values):
-                for i in 0..<featureSize { out[i] = values[start + i] }
+        let width = featureSize
+        switch storage {
+        case .bytes(let bytes):
+            bytes.withUnsafeBufferPointer { all in
+                for (row, index) in indices.enumerated() {
+                    precondition(index >= 0 && (index + 1) * width <= all.count, "sample \(index) is outside the data")
+                    let out = destination + row * width, source = all.baseAddress! + index * width
+                    for i in 0..<width { out[i] = Self.scale(pixel: source[i]) }  // a plain loop: vectorized, same division
+                }
+            }
+        case .floats(let values):
+            values.withUnsafeBufferPointer { all in
+                for (row, index) in indices.enumerated() {
+                    precondition(index >= 0 && (index + 1) * width <= all.count, "sample \(index) is outside the data")
+                    (destination + row * width).update(from: all.baseAddress! + index * width, count: width)
+                }
             }
         }
     }

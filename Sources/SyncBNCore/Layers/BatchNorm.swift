@@ -68,8 +68,8 @@ public final class BatchNorm: Layer {
     private let normalized: Matrix
     /// μ and 1/√(σ² + ε) of the statistics used to normalize the last forward batch, per local chunk
     /// (`maxChunks` × features; every chunk has the same unless BatchNorm groups are in use).
-    private var mean: [Double]
-    private var inverseStd: [Double]
+    private let mean: UnsafeMutablePointer<Double>
+    private let inverseStd: UnsafeMutablePointer<Double>
     /// Every chunk's partials of a gathered round (BatchNorm groups).
     private let gathered: UnsafeMutableBufferPointer<Double>
     /// Per-chunk partials of this replica's slice, and the reductions.
@@ -99,8 +99,10 @@ public final class BatchNorm: Layer {
         output = Matrix(capacity: capacity, columns: shape.count)
         inputGradient = Matrix(capacity: capacity, columns: shape.count)
         normalized = Matrix(capacity: capacity, columns: shape.count)
-        mean = Array(repeating: 0, count: max(1, maxChunks) * features)
-        inverseStd = Array(repeating: 1, count: max(1, maxChunks) * features)
+        mean = .allocate(capacity: max(1, maxChunks) * features)
+        mean.initialize(repeating: 0, count: max(1, maxChunks) * features)
+        inverseStd = .allocate(capacity: max(1, maxChunks) * features)
+        inverseStd.initialize(repeating: 1, count: max(1, maxChunks) * features)
         gathered = .allocate(capacity: max(1, maxChunks) * 2 * features)
         gathered.initialize(repeating: 0)
         partials = .allocate(capacity: max(1, maxChunks) * 2 * features)
@@ -116,6 +118,8 @@ public final class BatchNorm: Layer {
     }
 
     deinit {
+        mean.deallocate()
+        inverseStd.deallocate()
         gathered.deallocate()
         partials.deallocate()
         reduced.deallocate()
@@ -174,7 +178,11 @@ public final class BatchNorm: Layer {
                 count = step.slice.rowCount * spatialSize
                 moments = UnsafeBufferPointer(localReduced)
             }
-            for c in 0..<chunks.count { setStatistics(chunk: c, moments: moments, count: count) }
+            if !chunks.isEmpty { setStatistics(chunk: 0, moments: moments, count: count) }
+            for c in chunks.indices.dropFirst() {  // the same statistics: chunk 0's values
+                (mean + c * features).update(from: mean, count: features)
+                (inverseStd + c * features).update(from: inverseStd, count: features)
+            }
         }
 
         output.rows = x.rows
@@ -186,11 +194,8 @@ public final class BatchNorm: Layer {
             for r in chunks[c] {
                 let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
                 if s == 1 {  // BatchNorm1d: one value per feature, a plain loop over the features
-                    for f in 0..<features {
-                        let xhat = Float((Double(xr[f]) - mean[statistics + f]) * inverseStd[statistics + f])
-                        nr[f] = xhat
-                        yr[f] = g[f] * xhat + b[f]
-                    }
+                    VectorKernels.normalizeRow(xr, xhat: nr, y: yr, count: features, mean: mean + statistics,
+                                               inverseStd: inverseStd + statistics, gamma: g, beta: b)
                     continue
                 }
                 for f in 0..<features {
@@ -271,10 +276,7 @@ public final class BatchNorm: Layer {
             for r in chunks[c] {
                 let g = dy.row(r), xhat = normalized.row(r)
                 if s == 1 {
-                    for f in 0..<features {
-                        sumDy[f] += Double(g[f])
-                        sumDyXhat[f] += Double(g[f]) * Double(xhat[f])
-                    }
+                    VectorKernels.accumulateSumAndDot(g, xhat, sums: sumDy, dots: sumDyXhat, count: features)
                     continue
                 }
                 for f in 0..<features {
@@ -335,7 +337,8 @@ public final class BatchNorm: Layer {
             for r in chunks[c] {
                 let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
                 if s == 1 {
-                    for f in 0..<features { dx[f] = scale[o + f] * (gr[f] - meanDy[o + f] - xhat[f] * meanDyXhat[o + f]) }
+                    VectorKernels.batchNormInputGradientRow(gr, xhat: xhat, dx: dx, count: features, scale: scale + o,
+                                                            meanDy: meanDy + o, meanDyXhat: meanDyXhat + o)
                     continue
                 }
                 for f in 0..<features {

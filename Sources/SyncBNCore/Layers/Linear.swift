@@ -5,9 +5,11 @@
 /// computed here: the rows of x and dy travel instead, and every replica forms ∂W from them
 /// (`GradientExchange`).
 ///
-/// Forward and backward run chunk by chunk (one `sgemm` per chunk), so that each chunk's results do not
-/// depend on how many other rows the process holds: OpenBLAS may pick a different kernel, and so a
-/// different summation order, for a different number of rows.
+/// The weight gradient is a sum over the batch: it is formed chunk by chunk (one `sgemm` per chunk). The
+/// forward product and ∂x are per sample: they run over a whole run of chunks in one `sgemm` where
+/// `RowwiseProducts` has checked that OpenBLAS then gives every row the bits of its chunk's own call, and
+/// chunk by chunk where it does not (OpenBLAS may pick a different kernel, and so a different summation
+/// order, for a different number of rows). Either way no row depends on how many rows a process holds.
 public final class Linear: Layer {
     public let inputs: Int
     public let outputs: Int
@@ -48,40 +50,68 @@ public final class Linear: Layer {
         for i in bias?.range ?? 0..<0 { store.values[i] = random.uniform(-bound, bound) }
     }
 
-    /// y = x·Wᵀ + b for every row of every chunk.
+    /// y = x·Wᵀ + b for every row of every chunk: one product per run of chunks (`StepContext.chunkRuns`)
+    /// where `RowwiseProducts` found that this gives every row its chunk's bits, else one per chunk.
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         lastInput = x
         output.rows = x.rows
         let store = step.store
         let w = store.values + weight.offset
-        step.forEachChunk(work: x.rows * inputs * outputs / 32) { c, _ in
-            let rows = step.chunks[c]
-            guard !rows.isEmpty else { return }
+        perRun(.forward, work: x.rows * inputs * outputs / 32, step: step) { rows in
             let y = output.row(rows.lowerBound)
             setBias(y, rows: rows.count, store: store)
-            BLAS.gemm(transposeA: false, transposeB: true, m: rows.count, n: outputs, k: inputs,
-                      a: x.row(rows.lowerBound), lda: inputs, b: w, ldb: inputs,
-                      beta: 1, c: y, ldc: outputs)
+            RowwiseProducts.multiply(.forward, rows: rows.count, n: outputs, k: inputs, a: x.row(rows.lowerBound), b: w, c: y)
         }
         return output
     }
 
     /// Per chunk c, unless `sendsFactors`: ∂W_c = dyᵀ·x, ∂b_c = Σ_rows dy in the chunk's gradient row.
-    /// Then ∂x = dy·W if `computesInputGradient`.
+    /// Then ∂x = dy·W if `computesInputGradient`, a run of chunks at a time where that keeps each row's bits
+    /// (as in `forward`).
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         let x = lastInput!
         inputGradient.rows = dy.rows
         let w = step.store.values + weight.offset
-        step.forEachChunk(work: dy.rows * inputs * outputs / 16) { c, _ in
-            let rows = step.chunks[c]
-            if !sendsFactors { chunkGradients(c, rows: rows, dy: dy, x: x, step: step) }
-            if computesInputGradient && !rows.isEmpty {
-                BLAS.gemm(transposeA: false, transposeB: false, m: rows.count, n: inputs, k: outputs,
-                          a: dy.row(rows.lowerBound), lda: outputs, b: w, ldb: inputs,
-                          c: inputGradient.row(rows.lowerBound), ldc: inputs)
+        if !sendsFactors {
+            step.forEachChunk(work: dy.rows * inputs * outputs / 32) { c, _ in
+                chunkGradients(c, rows: step.chunks[c], dy: dy, x: x, step: step)
+            }
+        }
+        if computesInputGradient {
+            perRun(.inputGradient, work: dy.rows * inputs * outputs / 32, step: step) { rows in
+                RowwiseProducts.multiply(.inputGradient, rows: rows.count, n: inputs, k: outputs, a: dy.row(rows.lowerBound), b: w,
+                                         c: inputGradient.row(rows.lowerBound))
             }
         }
         return inputGradient
+    }
+
+    /// Verdicts of `RowwiseProducts` for the runs of global chunks this layer has met, per kind.
+    private var forwardVerdicts: [Range<Int>: Bool] = [:]
+    private var inputGradientVerdicts: [Range<Int>: Bool] = [:]
+
+    /// Calls `product(rows)` for the local rows of every run of chunks that agrees (`RowwiseProducts`), and for
+    /// every chunk of the runs that do not, in parallel over the runs.
+    private func perRun(_ kind: RowwiseProducts.Kind, work: Int, step: StepContext, _ product: (Range<Int>) -> Void) {
+        let runs = step.chunkRuns(work: work)
+        let (n, k) = kind == .forward ? (outputs, inputs) : (inputs, outputs)
+        let first = step.slice.chunks.lowerBound
+        let agree = runs.map { run -> Bool in
+            let global = (first + run.lowerBound)..<(first + run.upperBound)
+            if let known = kind == .forward ? forwardVerdicts[global] : inputGradientVerdicts[global] { return known }
+            let verdict = RowwiseProducts.agree(kind, n: n, k: k, chunkRows: global.map { step.plan.rows(ofChunk: $0).count })
+            if kind == .forward { forwardVerdicts[global] = verdict } else { inputGradientVerdicts[global] = verdict }
+            return verdict
+        }
+        step.threads.run(runs.count, work: work) { r, _ in
+            let run = runs[r]
+            if agree[r] {
+                let rows = step.rows(ofChunkRun: run)
+                if !rows.isEmpty { product(rows) }
+            } else {
+                for c in run where !step.chunks[c].isEmpty { product(step.chunks[c]) }
+            }
+        }
     }
 
     /// ∂W_c = dyᵀ·x and ∂b_c = Σ_rows dy of chunk `c` (local `rows`) into its gradient row.

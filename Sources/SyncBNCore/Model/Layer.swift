@@ -120,6 +120,29 @@ public final class StepContext {
     @inline(__always)
     public func forEachChunk(work: Int, _ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, work: work, body) }
 
+    /// The local chunks cut into runs of consecutive chunks, one run per thread that `forEachChunk(work:)` would
+    /// use: the whole slice when the call would run inline. For per-sample products done a run at a time
+    /// (`RowwiseProducts`); a run's rows must not depend on anything but the chunks it holds.
+    public func chunkRuns(work: Int) -> [Range<Int>] {
+        let count = chunks.count
+        let parts = count > 1 && threads.threadCount > 1 && work >= threads.inlineWork ? min(count, threads.threadCount) : 1
+        guard parts > 1 else { return [0..<count] }
+        let base = count / parts, extra = count % parts
+        var runs: [Range<Int>] = [], start = 0
+        for p in 0..<parts {
+            let end = start + base + (p < extra ? 1 : 0)
+            runs.append(start..<end)
+            start = end
+        }
+        return runs
+    }
+
+    /// Local rows of the local chunks `run`.
+    public func rows(ofChunkRun run: Range<Int>) -> Range<Int> {
+        guard !run.isEmpty else { return 0..<0 }
+        return chunks[run.lowerBound].lowerBound..<chunks[run.upperBound - 1].upperBound
+    }
+
     public var plan: ChunkPlan { slice.plan }
     /// The global batch row of this slice's local row 0.
     public var firstGlobalRow: Int { slice.globalRows.lowerBound }

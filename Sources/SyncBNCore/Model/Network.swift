@@ -233,10 +233,15 @@ public final class Network {
     /// rows in `batchInput` (the first layer's gradient may be computed from all of them). Every replica of the job
     /// calls this for the same step with its own slice; the collective makes the results global.
     /// `step` (the global step number) seeds dropout masks. Returns the global batch's metrics if `computeMetrics`.
+    /// `inputFromBatch`: the slice is the whole batch and its rows are in `batchInput` alone (`input` is not
+    /// read): what one process holding every chunk does, saving a copy.
     @discardableResult
-    public func trainStep(slice: BatchSlice, collective: Collective, computeMetrics: Bool, step: Int = 0) throws -> StepMetrics? {
+    public func trainStep(slice: BatchSlice, collective: Collective, computeMetrics: Bool, step: Int = 0,
+                          inputFromBatch: Bool = false) throws -> StepMetrics? {
         precondition(slice.plan == plan, "a step's slice must come from the network's chunk plan")
+        precondition(!inputFromBatch || slice == .whole(plan), "only a slice of the whole batch can take its rows from batchInput")
         let chunks = slice.localChunkRows
+        let input = inputFromBatch ? batchInput : self.input
         input.rows = slice.rowCount
         context.slice = slice
         context.chunks = chunks
@@ -324,22 +329,29 @@ public final class Network {
             let linear = linears[factor.layer]
             let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
             let weightCount = linear.inputs * linear.outputs
+            let xStride = factor.inputColumn == nil ? linear.inputs : rowWidth
+            let scratchBase = chunkWeightGradient.baseAddress!
             for first in stride(from: 0, to: plan.chunkCount, by: threads.threadCount) {
                 let wave = first..<min(first + threads.threadCount, plan.chunkCount)
+                // A wave's first chunk (after chunk 0) adds its product straight onto ∂W where OpenBLAS's β = 1 gives
+                // the same bits as the product added afterwards: no other chunk touches ∂W until the wave is done.
+                let accumulates = first > 0 && RowwiseProducts.accumulates(m: linear.outputs, n: linear.inputs, k: plan.rows(ofChunk: first).count,
+                                                                           lda: rowWidth, ldb: xStride)
                 threads.run(wave.count, work: wave.count * exchange.chunkSize * weightCount / 32) { k, _ in
-                    let c = wave.lowerBound + k, scratch = chunkWeightGradient.baseAddress! + k * slotWidth
+                    let c = wave.lowerBound + k, scratch = scratchBase + k * slotWidth
                     let rows = plan.rows(ofChunk: c)
                     let block = values + exchange.sumWidth + c * rowsBlock
                     let dy = block + factor.outputColumn
-                    let x: UnsafePointer<Float>, xStride: Int
+                    let x: UnsafePointer<Float>
                     if let column = factor.inputColumn {
-                        (x, xStride) = (UnsafePointer(block + column), rowWidth)
+                        x = UnsafePointer(block + column)
                     } else {
-                        (x, xStride) = (UnsafePointer(batchInput.row(rows.lowerBound)), linear.inputs)
+                        x = UnsafePointer(batchInput.row(rows.lowerBound))
                     }
-                    let target = c == 0 ? weight : scratch, biasTarget = c == 0 ? bias : scratch + weightCount
+                    let direct = c == 0 || (k == 0 && accumulates)
+                    let target = direct ? weight : scratch, biasTarget = c == 0 ? bias : scratch + weightCount
                     BLAS.gemm(transposeA: true, transposeB: false, m: linear.outputs, n: linear.inputs, k: rows.count,
-                              a: dy, lda: rowWidth, b: x, ldb: xStride, c: target, ldc: linear.inputs)
+                              a: dy, lda: rowWidth, b: x, ldb: xStride, beta: c != 0 && direct ? 1 : 0, c: target, ldc: linear.inputs)
                     for o in 0..<linear.outputs { biasTarget[o] = 0 }
                     for r in 0..<rows.count {
                         let g = dy + r * rowWidth
@@ -347,16 +359,19 @@ public final class Network {
                     }
                 }
                 let added = wave.lowerBound == 0 ? 1..<wave.count : 0..<wave.count  // chunk 0 is in ∂W already
+                let addedWeights = accumulates ? 1..<wave.count : added  // and so is an accumulated first chunk's product
                 let part = (weightCount + threads.threadCount - 1) / threads.threadCount
-                threads.run(threads.threadCount, work: added.count * weightCount) { p, _ in
-                    let elements = (p * part)..<min((p + 1) * part, weightCount)
-                    for k in added {
-                        let scratch = chunkWeightGradient.baseAddress! + k * slotWidth
-                        for i in elements { weight[i] += scratch[i] }
+                if !addedWeights.isEmpty {
+                    threads.run(threads.threadCount, work: addedWeights.count * weightCount) { p, _ in
+                        let elements = (p * part)..<min((p + 1) * part, weightCount)
+                        for k in addedWeights {
+                            let scratch = scratchBase + k * slotWidth
+                            for i in elements { weight[i] += scratch[i] }
+                        }
                     }
                 }
                 for k in added {
-                    let scratch = chunkWeightGradient.baseAddress! + k * slotWidth + weightCount
+                    let scratch = scratchBase + k * slotWidth + weightCount
                     for o in 0..<linear.outputs { bias[o] += scratch[o] }
                 }
             }

@@ -72,7 +72,7 @@ public enum OrderedReduction {
         for r in rows {
             let row = x + r * rowWidth
             if spatial == 1 {
-                for f in 0..<features { mean[f] += Double(row[f]) }
+                VectorKernels.accumulate(row, into: mean, count: features)
             } else {
                 for f in 0..<features { mean[f] += VectorKernels.sum(row + f * spatial, count: spatial) }
             }
@@ -82,7 +82,7 @@ public enum OrderedReduction {
         for r in rows {
             let row = x + r * rowWidth
             if spatial == 1 {
-                for f in 0..<features { let d = Double(row[f]) - mean[f]; m2[f] += d * d }
+                VectorKernels.accumulateSquaredDeviations(row, mean: mean, into: m2, count: features)
             } else {
                 for f in 0..<features { m2[f] += VectorKernels.squaredDeviations(row + f * spatial, count: spatial, mean: mean[f]) }
             }

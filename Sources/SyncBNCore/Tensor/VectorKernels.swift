@@ -109,6 +109,96 @@ enum VectorKernels {
         }
     }
 
+    /// BatchNorm1d's row: x̂[f] = Float((Double(x[f]) − mean[f])·inverseStd[f]), y[f] = γ[f]·x̂[f] + β[f], for
+    /// `count` features (the scalar loop's operations, eight features at a time).
+    @inline(__always)
+    static func normalizeRow(_ x: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int,
+                             mean: UnsafePointer<Double>, inverseStd: UnsafePointer<Double>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>) {
+        var i = 0
+        while i + lanes <= count {
+            let xv = SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+            let m = UnsafeRawPointer(mean + i).loadUnaligned(as: SIMD8<Double>.self)
+            let inv = UnsafeRawPointer(inverseStd + i).loadUnaligned(as: SIMD8<Double>.self)
+            let h = SIMD8<Float>((xv - m) * inv)
+            let g = UnsafeRawPointer(gamma + i).loadUnaligned(as: SIMD8<Float>.self)
+            let b = UnsafeRawPointer(beta + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(xhat + i).storeBytes(of: h, as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(y + i).storeBytes(of: g * h + b, as: SIMD8<Float>.self)
+            i += lanes
+        }
+        while i < count {
+            let h = Float((Double(x[i]) - mean[i]) * inverseStd[i])
+            xhat[i] = h
+            y[i] = gamma[i] * h + beta[i]
+            i += 1
+        }
+    }
+
+    /// sums[f] += Double(g[f]), dots[f] += Double(g[f])·Double(h[f]) for `count` features (one row's share of
+    /// BatchNorm1d's backward sums, eight features at a time, each feature's sums in the same order).
+    @inline(__always)
+    static func accumulateSumAndDot(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, sums: UnsafeMutablePointer<Double>,
+                                    dots: UnsafeMutablePointer<Double>, count: Int) {
+        var i = 0
+        while i + lanes <= count {
+            let gv = SIMD8<Double>(UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self))
+            let hv = SIMD8<Double>(UnsafeRawPointer(h + i).loadUnaligned(as: SIMD8<Float>.self))
+            let sv = UnsafeRawPointer(sums + i).loadUnaligned(as: SIMD8<Double>.self)
+            let dv = UnsafeRawPointer(dots + i).loadUnaligned(as: SIMD8<Double>.self)
+            UnsafeMutableRawPointer(sums + i).storeBytes(of: sv + gv, as: SIMD8<Double>.self)
+            UnsafeMutableRawPointer(dots + i).storeBytes(of: dv + gv * hv, as: SIMD8<Double>.self)
+            i += lanes
+        }
+        while i < count {
+            sums[i] += Double(g[i])
+            dots[i] += Double(g[i]) * Double(h[i])
+            i += 1
+        }
+    }
+
+    /// BatchNorm1d's row: dx[f] = scale[f]·(dy[f] − meanDy[f] − x̂[f]·meanDyXhat[f]), for `count` features.
+    @inline(__always)
+    static func batchNormInputGradientRow(_ dy: UnsafePointer<Float>, xhat: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int,
+                                          scale: UnsafePointer<Float>, meanDy: UnsafePointer<Float>, meanDyXhat: UnsafePointer<Float>) {
+        var i = 0
+        while i + lanes <= count {
+            let g = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD8<Float>.self)
+            let h = UnsafeRawPointer(xhat + i).loadUnaligned(as: SIMD8<Float>.self)
+            let s = UnsafeRawPointer(scale + i).loadUnaligned(as: SIMD8<Float>.self)
+            let md = UnsafeRawPointer(meanDy + i).loadUnaligned(as: SIMD8<Float>.self)
+            let mx = UnsafeRawPointer(meanDyXhat + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(dx + i).storeBytes(of: s * (g - md - h * mx), as: SIMD8<Float>.self)
+            i += lanes
+        }
+        while i < count { dx[i] = scale[i] * (dy[i] - meanDy[i] - xhat[i] * meanDyXhat[i]); i += 1 }
+    }
+
+    /// sums[f] += Double(x[f]) for `count` features (eight at a time; each feature's sum in the same order).
+    @inline(__always)
+    static func accumulate(_ x: UnsafePointer<Float>, into sums: UnsafeMutablePointer<Double>, count: Int) {
+        var i = 0
+        while i + lanes <= count {
+            let xv = SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+            let sv = UnsafeRawPointer(sums + i).loadUnaligned(as: SIMD8<Double>.self)
+            UnsafeMutableRawPointer(sums + i).storeBytes(of: sv + xv, as: SIMD8<Double>.self)
+            i += lanes
+        }
+        while i < count { sums[i] += Double(x[i]); i += 1 }
+    }
+
+    /// m2[f] += (Double(x[f]) − mean[f])² for `count` features.
+    @inline(__always)
+    static func accumulateSquaredDeviations(_ x: UnsafePointer<Float>, mean: UnsafePointer<Double>, into m2: UnsafeMutablePointer<Double>, count: Int) {
+        var i = 0
+        while i + lanes <= count {
+            let d = SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)) - UnsafeRawPointer(mean + i).loadUnaligned(as: SIMD8<Double>.self)
+            let mv = UnsafeRawPointer(m2 + i).loadUnaligned(as: SIMD8<Double>.self)
+            UnsafeMutableRawPointer(m2 + i).storeBytes(of: mv + d * d, as: SIMD8<Double>.self)
+            i += lanes
+        }
+        while i < count { let d = Double(x[i]) - mean[i]; m2[i] += d * d; i += 1 }
+    }
+
     /// dx = scale·(dy − meanDy − x̂·meanDyXhat), for `count` values.
     @inline(__always)
     static func batchNormInputGradient(_ dy: UnsafePointer<Float>, xhat: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int,

@@ -1,0 +1,127 @@
+import Foundation
+
+/// Whether OpenBLAS gives each row of a product the same bits whether the rows come in one `sgemm` call or
+/// chunk by chunk, for the products whose rows are independent samples (a Linear layer's y = x·Wᵀ + b and
+/// ∂x = dy·W).
+///
+/// Mathematically row i of A·B depends on row i of A alone, but OpenBLAS picks its kernels, its edge
+/// handling and sometimes its summation order from the sizes (measured on a Cooperlake core, 0.3.21: y = x·Wᵀ
+/// with 10 outputs differs from row 12 on when 30 rows go in one call instead of two of 15; with 100 outputs
+/// it agrees). So nothing is assumed: before a layer multiplies a group of chunks in one call, the group's
+/// layout (its chunks' row counts) is checked once per process by running the same-shaped product on random
+/// data both ways and comparing every bit; a layout that does not agree keeps one call per chunk. The
+/// product's code path depends only on the sizes, the transposition, β and the leading dimensions, which
+/// the probe reproduces, so one probe speaks for every call of that layout; with full-mantissa random data a
+/// different summation order shows in some element with overwhelming probability.
+///
+/// Either way each row has the bits of its chunk's own call, so results do not depend on how many rows a
+/// process or a thread holds.
+public enum RowwiseProducts {
+    /// Which product: `forward` is C = A·Bᵀ + C (β = 1, B of shape n × k), `inputGradient` is C = A·B
+    /// (β = 0, B of shape k × n); A is m × k; all contiguous, row-major.
+    public enum Kind: Hashable, Sendable { case forward, inputGradient }
+
+    struct Key: Hashable {
+        let kind: Kind
+        let n: Int
+        let k: Int
+        let chunkRows: [Int]
+    }
+
+    /// Off: every product runs chunk by chunk (`SYNCBN_ROWWISE=0`, or set by tests and benchmarks).
+    nonisolated(unsafe) public static var enabled: Bool = ProcessInfo.processInfo.environment["SYNCBN_ROWWISE"] != "0"
+
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var verdicts: [Key: Bool] = [:]
+
+    /// Whether one call over consecutive chunks of `chunkRows` rows gives every row the bits of its chunk's call.
+    /// A single chunk agrees trivially. Probes once per layout and remembers (thread-safe).
+    public static func agree(_ kind: Kind, n: Int, k: Int, chunkRows: [Int]) -> Bool {
+        let rows = chunkRows.filter { $0 > 0 }
+        guard enabled else { return false }
+        guard rows.count > 1 else { return true }
+        let key = Key(kind: kind, n: n, k: k, chunkRows: rows)
+        lock.lock()
+        defer { lock.unlock() }
+        if let verdict = verdicts[key] { return verdict }
+        let verdict = probe(key, seed: 1) && probe(key, seed: 2)
+        verdicts[key] = verdict
+        return verdict
+    }
+
+    struct AccumulationKey: Hashable { let m: Int, n: Int, k: Int, lda: Int, ldb: Int }
+    nonisolated(unsafe) private static var accumulationVerdicts: [AccumulationKey: Bool] = [:]
+
+    /// Whether C ← Aᵀ·B + C in one call (β = 1) gives C + (Aᵀ·B) bit for bit, the product formed alone (β = 0) and
+    /// then added element by element — for Aᵀ m × k (A k × m, leading dimension `lda`), B k × n (`ldb`), C m × n
+    /// (contiguous). OpenBLAS adds each k-block's sums to C, so this holds only while k fits one block; the
+    /// probe decides, once per shape (thread-safe), as `agree` does.
+    public static func accumulates(m: Int, n: Int, k: Int, lda: Int, ldb: Int) -> Bool {
+        guard enabled, m > 0, n > 0, k > 0 else { return false }
+        let key = AccumulationKey(m: m, n: n, k: k, lda: lda, ldb: ldb)
+        lock.lock()
+        defer { lock.unlock() }
+        if let verdict = accumulationVerdicts[key] { return verdict }
+        let verdict = probeAccumulation(key, seed: 1) && probeAccumulation(key, seed: 2)
+        accumulationVerdicts[key] = verdict
+        return verdict
+    }
+
+    static func probeAccumulation(_ key: AccumulationKey, seed: UInt64) -> Bool {
+        let (m, n, k) = (key.m, key.n, key.k)
+        var random = SplitMix64(seed: 0xACC0_0000 &+ seed, stream: UInt64(m * 7919 + n * 31 + k))
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: k * key.lda), b = UnsafeMutablePointer<Float>.allocate(capacity: k * key.ldb)
+        let added = UnsafeMutablePointer<Float>.allocate(capacity: m * n), accumulated = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        let product = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        defer { a.deallocate(); b.deallocate(); added.deallocate(); accumulated.deallocate(); product.deallocate() }
+        for i in 0..<(k * key.lda) { a[i] = random.uniform(-1, 1) }
+        for i in 0..<(k * key.ldb) { b[i] = random.uniform(-1, 1) }
+        for i in 0..<(m * n) { added[i] = random.uniform(-1, 1) }
+        accumulated.update(from: added, count: m * n)
+        BLAS.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k, a: a, lda: key.lda, b: b, ldb: key.ldb, c: product, ldc: n)
+        for i in 0..<(m * n) { added[i] += product[i] }
+        BLAS.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k, a: a, lda: key.lda, b: b, ldb: key.ldb, beta: 1, c: accumulated, ldc: n)
+        return memcmp(added, accumulated, m * n * MemoryLayout<Float>.stride) == 0
+    }
+
+    /// The verdicts so far (for reports and tests): layout and whether it agreed.
+    public static var knownVerdicts: [(kind: Kind, n: Int, k: Int, chunkRows: [Int], agrees: Bool)] {
+        lock.lock()
+        defer { lock.unlock() }
+        return verdicts.map { ($0.key.kind, $0.key.n, $0.key.k, $0.key.chunkRows, $0.value) }
+    }
+
+    /// Runs the product of `key`'s shape on random data in one call and chunk by chunk; true if every bit agrees.
+    static func probe(_ key: Key, seed: UInt64) -> Bool {
+        let m = key.chunkRows.reduce(0, +), n = key.n, k = key.k
+        var random = SplitMix64(seed: 0x5EED_0000 &+ seed, stream: UInt64(m * 7919 + n * 31 + k))
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
+        let b = UnsafeMutablePointer<Float>.allocate(capacity: n * k)
+        let whole = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        let chunked = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        defer { a.deallocate(); b.deallocate(); whole.deallocate(); chunked.deallocate() }
+        for i in 0..<(m * k) { a[i] = random.uniform(-1, 1) }
+        for i in 0..<(n * k) { b[i] = random.uniform(-1, 1) }
+        for i in 0..<(m * n) { whole[i] = random.uniform(-1, 1) }
+        chunked.update(from: whole, count: m * n)
+        multiply(key.kind, rows: m, n: n, k: k, a: a, b: b, c: whole)
+        var first = 0
+        for rows in key.chunkRows {
+            multiply(key.kind, rows: rows, n: n, k: k, a: a + first * k, b: b, c: chunked + first * n)
+            first += rows
+        }
+        return memcmp(whole, chunked, m * n * MemoryLayout<Float>.stride) == 0
+    }
+
+    /// The product of `kind` for `rows` rows, as the layers call it.
+    @inline(__always)
+    public static func multiply(_ kind: Kind, rows: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                                c: UnsafeMutablePointer<Float>) {
+        switch kind {
+        case .forward:
+            BLAS.gemm(transposeA: false, transposeB: true, m: rows, n: n, k: k, a: a, lda: k, b: b, ldb: k, beta: 1, c: c, ldc: n)
+        case .inputGradient:
+            BLAS.gemm(transposeA: false, transposeB: false, m: rows, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: c, ldc: n)
+        }
+    }
+}
