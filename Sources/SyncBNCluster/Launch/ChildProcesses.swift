@@ -10,6 +10,8 @@ public final class ChildProcesses: @unchecked Sendable {
     private var processes: [Process] = []
     private var stopping = false
     private var relays: [Thread] = []
+    /// Left by each relay when its child's output is drained (end of file).
+    private let relaysDone = DispatchGroup()
 
     public init() {}
 
@@ -37,7 +39,11 @@ public final class ChildProcesses: @unchecked Sendable {
         } catch {
             throw ClusterError("cannot start \(executable): \(error.localizedDescription)")
         }
-        let relay = Thread { Self.relay(pipe.fileHandleForReading, prefix: "[process \(index)] ") }
+        relaysDone.enter()
+        let relay = Thread { [relaysDone] in
+            Self.relay(pipe.fileHandleForReading, prefix: "[process \(index)] ")
+            relaysDone.leave()
+        }
         relay.start()
         lock.withLock {
             processes.append(process)
@@ -46,7 +52,8 @@ public final class ChildProcesses: @unchecked Sendable {
     }
 
     /// Waits up to `seconds` for every child to exit by itself, then kills the rest (SIGTERM, then SIGKILL).
-    /// Returns once every child is gone.
+    /// Returns once every child is gone and its last lines are relayed (a line a child wrote just before
+    /// exiting is not lost when launch exits right after).
     public func stopAll(graceSeconds seconds: Double) {
         let children = lock.withLock { stopping = true; return processes }
         let deadline = Date().addingTimeInterval(seconds)
@@ -60,6 +67,7 @@ public final class ChildProcesses: @unchecked Sendable {
             if child.isRunning { kill(child.processIdentifier, SIGKILL) }
             child.waitUntilExit()
         }
+        _ = relaysDone.wait(timeout: .now() + 2)
     }
 
     /// Sends `signal` to every child at once (Ctrl-C handling), without waiting.
