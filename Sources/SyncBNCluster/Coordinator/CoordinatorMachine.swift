@@ -299,8 +299,13 @@ public final class CoordinatorMachine {
 
 func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 
-func allFinite<T: BinaryFloatingPoint>(_ values: UnsafeBufferPointer<T>) -> Bool {
-    var ok = true
-    for v in values where !v.isFinite { ok = false; break }
-    return ok
+// Not generic: an unspecialized generic loop costs a metadata lookup per value in debug builds.
+func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
+    for v in values where !v.isFinite { return false }
+    return true
+}
+
+func allFinite(_ values: UnsafeBufferPointer<Double>) -> Bool {
+    for v in values where !v.isFinite { return false }
+    return true
 }

@@ -1,0 +1,62 @@
+import Foundation
+import SyncBNSimulation
+import XCTest
+
+/// The deterministic simulation (Sources/SyncBNSimulation): thousands of seeded fault schedules against the
+/// real state machines. A failing seed prints itself; `SYNCBN_SIM_SEED=... swift run syncbn-swarm` replays it
+/// with a trace.
+final class SimulationTests: XCTestCase {
+    /// Seeds that once broke an invariant (see the report of each in the commit that added it).
+    static let regressionSeeds: [UInt64] = []
+
+    func testUndisturbedRunMatchesTheReference() {
+        let outcome = Simulation.check(Scenario(workers: 3, steps: 20), seed: 1)
+        XCTAssertTrue(outcome.completed, "\(outcome)")
+        XCTAssertEqual(outcome.violations, [], "\(outcome)")
+    }
+
+    func testSameSeedReplaysExactly() {
+        let scenario = Scenario.random(seed: 99)
+        let a = Simulation(scenario: scenario, seed: 99, keepTrace: true).run()
+        let b = Simulation(scenario: scenario, seed: 99, keepTrace: true).run()
+        XCTAssertEqual(a.trace, b.trace)
+        XCTAssertEqual(a.deliveries, b.deliveries)
+    }
+
+    func testRegressionSeeds() {
+        for seed in Self.regressionSeeds { expectGood(seed) }
+    }
+
+    /// 2,000 random schedules (SYNCBN_SIM_SCHEDULES), on every core: each simulation is one thread at a time
+    /// and deterministic whatever runs beside it.
+    func testRandomSchedules() {
+        let count = Int(ProcessInfo.processInfo.environment["SYNCBN_SIM_SCHEDULES"] ?? "") ?? 2000
+        let first = UInt64(ProcessInfo.processInfo.environment["SYNCBN_SIM_FIRST_SEED"] ?? "") ?? 1
+        let started = Date()
+        let outcomes = Simulation.checkMany(seeds: first..<(first + UInt64(count)))
+        var positions = Set<String>(), kinds = Set<String>(), completed = 0, redone = 0, deliveries = 0
+        for (seed, outcome) in outcomes {
+            XCTAssertEqual(outcome.violations, [], "\(outcome) with faults \(Scenario.random(seed: seed).faults); replay: SYNCBN_SIM_SEED=\(seed) swift run syncbn-swarm")
+            positions.formUnion(outcome.faultPositions)
+            kinds.formUnion(outcome.faultPositions.map { String($0.prefix { $0 != " " }) })
+            if outcome.completed { completed += 1 }
+            redone += outcome.redoneSteps
+            deliveries += outcome.deliveries
+        }
+        print("simulation: \(count) schedules in \(String(format: "%.1f", -started.timeIntervalSinceNow)) s (\(deliveries) messages): \(completed) completed, \(count - completed) gave up for lack of workers and resumed from their checkpoint; \(redone) steps redone; \(kinds.count) fault kinds at \(positions.count) distinct kinds × positions")
+    }
+
+    func testExhaustiveKillsOfAShortRun() {
+        let report = Exhaustive.run(workers: 3, steps: 2)
+        print(report.summary)
+        XCTAssertEqual(report.failures, [])
+    }
+
+    @discardableResult
+    func expectGood(_ seed: UInt64) -> Simulation.Outcome {
+        let scenario = Scenario.random(seed: seed)
+        let outcome = Simulation.check(scenario, seed: seed)
+        XCTAssertEqual(outcome.violations, [], "\(outcome) with faults \(scenario.faults); replay: SYNCBN_SIM_SEED=\(seed) swift run syncbn-swarm")
+        return outcome
+    }
+}
