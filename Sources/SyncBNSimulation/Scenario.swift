@@ -33,6 +33,9 @@ public enum FaultKind: String, CaseIterable, Sendable {
     /// A worker is cut off for a while: a short partition only delays its messages (TCP retransmits), a long
     /// one closes its connection at the heartbeat timeout.
     case partition
+    /// A worker stops answering for a while (a long compute, swapping) while ZeroMQ's I/O thread keeps its
+    /// connection up: only the round timeout can tell.
+    case stall
     /// A message a worker sent arrives a second time, from a new connection (a DEALER that reconnected).
     case duplicate
     /// The coordinator dies; it is restarted from its last checkpoint and the workers rejoin.
@@ -99,6 +102,7 @@ public struct Scenario: Sendable {
             var duration = 0.0
             switch kind {
             case .partition: duration = rng.chance(0.5) ? rng.double(0.05...1.5) : rng.double(2.5...20)
+            case .stall: duration = rng.chance(0.5) ? rng.double(0.05...5) : rng.double(25...45)
             case .killCoordinator: duration = rng.double(0.1...15)
             case .killWorker, .freezeWorker: duration = rng.chance(0.5) ? rng.double(0.5...30) : 0
             default: break

@@ -103,6 +103,8 @@ public final class Simulation {
         var ended: String?  // "finished", or why it failed
         var wake: Double?
         var partitionedUntil = 0.0
+        var stalledUntil = 0.0
+        var heldUntil: Double { max(partitionedUntil, stalledUntil) }
         var appliedSteps: [UInt64] = []
         var running: UInt64?
         init(machine: WorkerMachine) { self.machine = machine }
@@ -209,6 +211,10 @@ public final class Simulation {
         switch event {
         case .toCoordinator(let id, let bytes):
             guard let conn = conns[id], let c = coordinator, conn.incarnation == c.incarnation, now < conn.brokenAt else { return }
+            if conn.worker >= 0, let w = workers[conn.worker], w.heldUntil > now {
+                schedule(event, at: w.heldUntil)  // in flight when the partition or stall began
+                return
+            }
             beforeDelivery("up \(describe(bytes))")
             guard let c2 = coordinator, c2 === c else { return }  // a fault at this boundary killed it
             if let conn = conns[id], now >= conn.brokenAt { return }
@@ -216,6 +222,10 @@ public final class Simulation {
             coordinatorHandle(.received(from: identity(id), frame: bytes))
         case .toWorker(let w, let id, let bytes):
             guard let worker = workers[w], worker.alive, worker.conn == id, let conn = conns[id], now < conn.brokenAt else { return }
+            if worker.heldUntil > now {
+                schedule(event, at: worker.heldUntil)
+                return
+            }
             beforeDelivery("down \(describe(bytes))")
             guard worker.alive, worker.conn == id, let conn2 = conns[id], now < conn2.brokenAt else { return }
             log("w\(w) <- \(describe(bytes))")
@@ -226,13 +236,17 @@ public final class Simulation {
             workerHandle(w, .received(message))
         case .connectionLost(let w, let id):
             guard let worker = workers[w], worker.alive, worker.conn == id else { return }
+            if worker.stalledUntil > now { schedule(event, at: worker.stalledUntil); return }
             log("w\(w): connection \(id) lost")
             workerHandle(w, .connectionLost)
         case .coordinatorTick(let incarnation):
             guard let c = coordinator, c.incarnation == incarnation else { return }
+            if c.wake == now { c.wake = nil }  // this is the tick that was scheduled
             if let wake = c.machine.wakeup, now >= wake { coordinatorHandle(.tick) } else { scheduleCoordinatorWake() }
         case .workerTick(let w):
             guard let worker = workers[w], worker.alive else { return }
+            if worker.stalledUntil > now { schedule(event, at: worker.stalledUntil); return }
+            if worker.wake == now { worker.wake = nil }
             if let wake = worker.machine.wakeup, now >= wake { workerHandle(w, .tick) } else { scheduleWorkerWake(w) }
         case .startWorker(let w):
             startWorker(w)
@@ -278,7 +292,7 @@ public final class Simulation {
         var delay = rng.double(0...scenario.maxDelay)
         if rng.chance(scenario.slowFraction) { delay *= 50 }
         var t = now + delay
-        if worker >= 0, let w = workers[worker], w.partitionedUntil > now { t = max(t, w.partitionedUntil + delay) }
+        if worker >= 0, let w = workers[worker], w.heldUntil > now { t = max(t, w.heldUntil + delay) }
         if up { t = max(t, conns[id]!.lastUp); conns[id]!.lastUp = t } else { t = max(t, conns[id]!.lastDown); conns[id]!.lastDown = t }
         return t
     }
@@ -551,12 +565,18 @@ public final class Simulation {
                 conns[id]!.brokenAt = min(conns[id]!.brokenAt, now + timeouts.heartbeatTimeoutSeconds)
                 schedule(.connectionLost(worker: w, conn: id), at: now + timeouts.heartbeatTimeoutSeconds)
             }
+        case .stall:
+            guard let worker = target, worker.alive else { return }
+            worker.stalledUntil = now + fault.duration
         case .duplicate:
             guard let worker = target, let id = worker.conn, let bytes = conns[id]?.lastSent, let c = coordinator else { return }
+            // The abandoned socket's connection closes soon after it delivered.
             let ghost = nextConn
             nextConn += 1
             conns[ghost] = Conn(worker: -1, incarnation: c.incarnation)
-            schedule(.toCoordinator(conn: ghost, bytes: bytes), at: arrival(ghost, up: true, worker: -1))
+            let t = arrival(ghost, up: true, worker: -1)
+            conns[ghost]!.closedAt = t + rng.double(0.001...0.5)
+            schedule(.toCoordinator(conn: ghost, bytes: bytes), at: t)
         case .killCoordinator:
             killCoordinator(restartAfter: fault.duration)
         case .lateJoin:
@@ -602,7 +622,13 @@ public final class Simulation {
                 guard let worker, worker.ended == "finished", let net = worker.compute.network else { continue }
                 if Safetensors.encode(net.trainingState()) != finalState { violations.append("worker \(w)'s replica differs from the coordinator's at the end") }
             }
-        } else {
+        }
+        for (w, worker) in workers.enumerated() {
+            if let ended = worker?.ended, ended.contains("is it stuck") || ended.contains("it is stuck") {
+                violations.append("worker \(w) gave up on a coordinator that was not stuck: \(ended)")
+            }
+        }
+        if !result.completed {
             let reason = result.error ?? ""
             if !(reason.contains("workers joined within") || reason.contains("--min-workers")) {
                 violations.append("the coordinator failed for a reason other than too few workers: \(reason)")

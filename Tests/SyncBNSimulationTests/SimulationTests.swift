@@ -6,8 +6,19 @@ import XCTest
 /// real state machines. A failing seed prints itself; `SYNCBN_SIM_SEED=... swift run syncbn-swarm` replays it
 /// with a trace.
 final class SimulationTests: XCTestCase {
-    /// Seeds that once broke an invariant (see the report of each in the commit that added it).
-    static let regressionSeeds: [UInt64] = []
+    /// Seeds that once broke an invariant, with the faults `Scenario.random(seed:)` draws for them (checked, so
+    /// that a change of the generator cannot silently turn them into other schedules).
+    static let regressionSeeds: [(seed: UInt64, faults: String)] = [
+        // A worker stalls (connected, silent) past the round timeout: the coordinator declared it dead at the
+        // moment the healthy workers, waiting the same --round-timeout for the result, gave up on the
+        // coordinator as stuck. Fixed: workers wait `resultWaitSeconds`.
+        (16, "[stall@38 w3 42.52s]"),
+        (144, "[stall@5 w2 42.48s, duplicate@193 w4, freeze-worker@690 w3]"),
+        // Two workers killed under --min-workers 3: the survivor gave up on the coordinator during its pause.
+        (50, "[kill-worker@160 w1, kill-worker@267 w0]"),
+        // A frozen worker, then a killed one: the same race on the round timeout.
+        (131, "[freeze-worker@53 w0 4.98s, kill-worker@98 w1 6.07s]"),
+    ]
 
     func testUndisturbedRunMatchesTheReference() {
         let outcome = Simulation.check(Scenario(workers: 3, steps: 20), seed: 1)
@@ -24,7 +35,10 @@ final class SimulationTests: XCTestCase {
     }
 
     func testRegressionSeeds() {
-        for seed in Self.regressionSeeds { expectGood(seed) }
+        for (seed, faults) in Self.regressionSeeds {
+            XCTAssertEqual("\(Scenario.random(seed: seed).faults)", faults, "the schedule generator changed: pin seed \(seed)'s schedule again")
+            expectGood(seed)
+        }
     }
 
     /// 2,000 random schedules (SYNCBN_SIM_SCHEDULES), on every core: each simulation is one thread at a time

@@ -17,7 +17,7 @@ extension CoordinatorMachine {
             actions.append(.admitted)
         case .paused where members.count >= minWorkers:
             logger.info("resuming at step \(nextStep + 1) with \(members.count) worker(s)")
-            startAttempt(now: now, &actions)
+            phase = .welcoming(at: now)
         default:
             break
         }

@@ -10,7 +10,17 @@ extension CoordinatorMachine {
     func startAttempt(now: Double, _ actions: inout [CoordinatorAction]) {
         guard current != nil else { return }
         attempt &+= 1
-        welcomeJoiners(now: now, &actions)
+        proceedWithAttempt(now: now, &actions)
+    }
+
+    /// Welcomes joiners first (the try goes on at the next tick, `.welcoming`), then pauses below
+    /// `minWorkers` or sends the step and starts its first round.
+    func proceedWithAttempt(now: Double, _ actions: inout [CoordinatorAction]) {
+        if !joining.isEmpty {
+            welcomeJoiners(now: now, &actions)
+            phase = .welcoming(at: now)
+            return
+        }
         if members.count < minWorkers {
             logger.warning("paused before step \(nextStep + 1): \(members.count) live worker(s), --min-workers is \(minWorkers); waiting up to \(Int(timeouts.joinSeconds)) s for workers to join at \(endpoint)")
             phase = .paused(deadline: now + timeouts.joinSeconds)

@@ -61,6 +61,7 @@ public final class CoordinatorMachine {
         switch phase {
         case .idle, .done: return nil
         case .admitting(let deadline), .paused(let deadline): return deadline
+        case .welcoming(let at): return at
         case .collecting:
             guard let s = current else { return nil }
             let deadline = s.roundStarted + timeouts.roundSeconds
@@ -75,6 +76,9 @@ public final class CoordinatorMachine {
         case admitting(deadline: Double)
         /// Below `minWorkers` in the middle of a step.
         case paused(deadline: Double)
+        /// Welcomes went out at the start of a try; the step follows at the next tick (`at`), once the driver
+        /// reported the welcomes that could not be sent, so that a joiner already gone never causes a redo.
+        case welcoming(at: Double)
         /// Collecting a round of the current step.
         case collecting
         case done
@@ -251,7 +255,7 @@ public final class CoordinatorMachine {
             case .admitting, .paused:
                 handleOutOfRound(identity, frame, now: now, &actions)
                 continueWaiting(now: now, &actions)
-            case .idle:
+            case .idle, .welcoming:
                 handleOutOfRound(identity, frame, now: now, &actions)
             case .done:
                 break
@@ -286,6 +290,8 @@ public final class CoordinatorMachine {
             fail("paused at step \(nextStep + 1) with \(members.count) worker(s) for \(Int(timeouts.joinSeconds)) s; --min-workers is \(minWorkers)", &actions)
         case .collecting:
             roundTimers(now: now, &actions)
+        case .welcoming(let at) where now >= at:
+            proceedWithAttempt(now: now, &actions)
         default:
             break
         }

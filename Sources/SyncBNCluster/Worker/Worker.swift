@@ -90,7 +90,7 @@ public final class Worker {
             rank = assignedRank
             logger[metadataKey: "rank"] = "\(rank)"
             logger.info("\(rejoining ? "rejoined" : "joined") as worker \(rank) of \(workerCount) at \(endpoint), computing on \(threads) thread(s)")
-            let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
+            let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.resultWaitSeconds)
             collective.onPeerDrop = { [logger] reason in
                 peerDrops += 1
                 if peerDrops <= 3 { logger.warning("dropped a message from another worker's link: \(reason)") }

@@ -125,12 +125,12 @@ public final class WorkerMachine {
         case (.tick, .inStep(let step, let awaited)):
             guard now >= deadline, let awaited else { return [] }
             state = .done
-            return [.abandonStep, .fail("step \(step + 1), \(awaited.round): the coordinator sent no result within \(Int(timeouts.roundSeconds)) s; is it stuck?")]
+            return [.abandonStep, .fail("step \(step + 1), \(awaited.round): the coordinator sent no result within \(Int(timeouts.resultWaitSeconds)) s; is it stuck?")]
         case (.tick, _):
             return []
         case (.awaiting(let step, let round, let width, let element), .inStep(let s, _)) where s == step:
             state = .inStep(step: step, awaiting: Awaited(round: round, width: width, element: element))
-            deadline = now + timeouts.roundSeconds
+            deadline = now + timeouts.resultWaitSeconds
             return []
         case (.stepFinished, .inStep):
             state = .idle
