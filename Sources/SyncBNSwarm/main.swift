@@ -22,17 +22,19 @@ var seed = arguments.dropFirst().first.flatMap { UInt64($0) } ?? UInt64.random(i
 let started = Date()
 var runs = 0, failures = 0, completed = 0
 var positions = Set<String>()
+// Batches of seeds on every core (each simulation is deterministic whatever runs beside it).
+let batch = UInt64(8 * ProcessInfo.processInfo.activeProcessorCount)
 while -started.timeIntervalSinceNow < seconds {
-    let scenario = Scenario.random(seed: seed)
-    let outcome = Simulation.check(scenario, seed: seed)
-    runs += 1
-    if outcome.completed { completed += 1 }
-    positions.formUnion(outcome.faultPositions)
-    if !outcome.violations.isEmpty {
-        failures += 1
-        print("FAIL \(outcome) faults \(scenario.faults)\n  replay: SYNCBN_SIM_SEED=\(seed) swift run -c release syncbn-swarm")
+    for (seed, outcome) in Simulation.checkMany(seeds: seed..<(seed + batch)) {
+        runs += 1
+        if outcome.completed { completed += 1 }
+        positions.formUnion(outcome.faultPositions)
+        if !outcome.violations.isEmpty {
+            failures += 1
+            print("FAIL \(outcome) faults \(Scenario.random(seed: seed).faults)\n  replay: SYNCBN_SIM_SEED=\(seed) Scripts/swarm.sh")
+        }
     }
-    seed &+= 1
+    seed &+= batch
 }
 print("\(runs) schedules in \(Int(-started.timeIntervalSinceNow)) s (\(completed) completed, \(runs - completed) gave up for lack of workers and resumed), \(positions.count) distinct fault kinds × positions, \(failures) failing")
 exit(failures == 0 ? 0 : 1)

@@ -64,6 +64,8 @@ public final class WorkerMachine {
     public private(set) var rank = 0
     let timeouts: ClusterTimeouts
     let hello: [UInt8]
+    /// The coordinator's address, for messages.
+    let endpoint: String
     /// When the current wait gives up (the join deadline, the idle timeout, the round timeout).
     var deadline: Double = .infinity
     /// When to say hello again on a fresh connection.
@@ -73,8 +75,9 @@ public final class WorkerMachine {
     /// How long a worker waits for an answer to one hello before it says hello again.
     public static let helloRetrySeconds = 3.0
 
-    public init(hello: [UInt8], timeouts: ClusterTimeouts) {
+    public init(hello: [UInt8], endpoint: String, timeouts: ClusterTimeouts) {
         self.hello = hello
+        self.endpoint = endpoint
         self.timeouts = timeouts
     }
 
@@ -113,8 +116,8 @@ public final class WorkerMachine {
         case (.tick, .awaitingWelcome):
             if now >= joinDeadline {
                 state = .done
-                return [.fail(rejoining ? "no coordinator answered within \(Int(timeouts.rejoinSeconds)) s: it did not come back (restart it with `syncbn coordinator --resume DIR`)"
-                                        : "no coordinator answered within \(Int(timeouts.connectSeconds)) s")]
+                return [.fail(rejoining ? "no coordinator answered at \(endpoint) within \(Int(timeouts.rejoinSeconds)) s: it did not come back (restart it with `syncbn coordinator --resume DIR`)"
+                                        : "no coordinator answered at \(endpoint) within \(Int(timeouts.connectSeconds)) s")]
             }
             if now >= helloRetry { state = .disconnected; return [.connect] }
             return []
@@ -160,10 +163,10 @@ public final class WorkerMachine {
             return [.join(rank: Int(rank), workerCount: Int(workerCount), config: config, state: model)]
         case .reject(let reason):
             state = .done
-            return [.fail("the coordinator refused this worker: \(reason)")]
+            return [.fail("the coordinator at \(endpoint) refused this worker: \(reason)")]
         case .failure(let reason):
             state = .done
-            return [.fail("the coordinator stopped the job: \(reason)")]
+            return [.fail("the coordinator at \(endpoint) stopped the job: \(reason)")]
         default:
             state = .done
             return [.fail("expected a welcome from the coordinator, got a \(message.kind) message")]
@@ -219,7 +222,8 @@ public final class WorkerMachine {
             return [.abandonStep, .fail("the coordinator ended the job in the middle of step \(step + 1)")]
         default:
             state = .done
-            return [.abandonStep, .fail("expected the result of step \(step + 1); the coordinator sent a \(message.kind) message")]
+            let what = awaited.map { "the result of step \(step + 1), \($0.round)" } ?? "gradients from the other workers at step \(step + 1)"
+            return [.abandonStep, .fail("expected \(what); the coordinator sent a \(message.kind) message")]
         }
     }
 }
