@@ -7,17 +7,17 @@ final class Coroutine {
     private let toBody = DispatchSemaphore(value: 0)
     private let toCaller = DispatchSemaphore(value: 0)
     private(set) var finished = false
-    private var thread: Thread?
 
     init(_ body: @escaping (Coroutine) -> Void) {
-        let thread = Thread { [unowned self] in
+        // The thread holds the coroutine until the body ends (a coroutine dropped before its thread started
+        // would otherwise be read after it was freed).
+        let thread = Thread { [self] in
             toBody.wait()
             body(self)
             finished = true
             toCaller.signal()
         }
         thread.stackSize = 8 << 20
-        self.thread = thread
         thread.start()
     }
 

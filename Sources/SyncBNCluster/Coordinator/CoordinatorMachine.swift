@@ -193,6 +193,8 @@ public final class CoordinatorMachine {
     }
 
     public var liveWorkers: Int { members.count }
+    /// The connections of the members, in rank order.
+    public var memberIdentities: [PeerIdentity] { members.map(\.identity) }
     public var clusterStatus: ClusterStatus { ClusterStatus(liveWorkers: members.count, redoneSteps: redoneSteps) }
 
     /// Continue from a checkpoint: the replica's state and the step to run next.
