@@ -40,6 +40,9 @@ public enum FaultKind: String, CaseIterable, Sendable {
     case duplicate
     /// The coordinator dies; it is restarted from its last checkpoint and the workers rejoin.
     case killCoordinator = "kill-coordinator"
+    /// The coordinator is interrupted (SIGINT) mid-step: it saves a checkpoint of where it is, leaves the
+    /// workers waiting, and is resumed from it.
+    case interruptCoordinator = "interrupt-coordinator"
     /// A new worker joins.
     case lateJoin = "late-join"
     /// A stranger sends garbage or out-of-place messages.
@@ -97,13 +100,18 @@ public struct Scenario: Sendable {
         let workers = rng.int(3...5)
         var s = Scenario(workers: workers, minWorkers: rng.chance(0.3) ? workers - 1 : 1, steps: steps,
                          checkpointEvery: rng.int(3...7), maxDelay: rng.double(0.0001...0.005), slowFraction: rng.double(0...0.2))
+        // The kinds of the first version, drawn from the seed's stream; kinds added later are drawn from a stream
+        // of their own, so that a seed keeps its schedule (regression seeds stay what they were).
+        let drawn: [FaultKind] = [.killWorker, .freezeWorker, .dropConnection, .partition, .stall, .duplicate, .killCoordinator, .lateJoin, .hostile]
+        var later = SimRandom(seed: seed ^ 0x1A7E_4B1D_0000_0002)
         for _ in 0..<rng.int(1...3) {
-            let kind = FaultKind.allCases[rng.int(0..<FaultKind.allCases.count)]
+            var kind = drawn[rng.int(0..<drawn.count)]
+            if kind == .killCoordinator, later.chance(0.5) { kind = .interruptCoordinator }
             var duration = 0.0
             switch kind {
             case .partition: duration = rng.chance(0.5) ? rng.double(0.05...1.5) : rng.double(2.5...20)
             case .stall: duration = rng.chance(0.5) ? rng.double(0.05...5) : rng.double(25...45)
-            case .killCoordinator: duration = rng.double(0.1...15)
+            case .killCoordinator, .interruptCoordinator: duration = rng.double(0.1...15)
             case .killWorker, .freezeWorker: duration = rng.chance(0.5) ? rng.double(0.5...30) : 0
             default: break
             }

@@ -601,6 +601,12 @@ public final class Simulation {
             schedule(.toCoordinator(conn: ghost, bytes: bytes), at: t)
         case .killCoordinator:
             killCoordinator(restartAfter: fault.duration)
+        case .interruptCoordinator:
+            // As `syncbn coordinator` does on SIGINT: a checkpoint of the step it is at, workers left to rejoin.
+            guard let c = coordinator else { return }
+            checkpoint = (Safetensors.encode(c.machine.network.trainingState()), c.machine.nextStep)
+            _ = c.machine.finish(failure: "interrupted", releaseWorkers: false)
+            killCoordinator(restartAfter: fault.duration)
         case .lateJoin:
             startWorker(workers.count)
         case .hostile:
