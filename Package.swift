@@ -46,6 +46,14 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // The deterministic simulation: the coordinator's and workers' state machines on a simulated network
+        // and clock under a seeded scheduler, with faults at message boundaries (Tests/SyncBNSimulationTests,
+        // Scripts/swarm.sh).
+        .target(name: "SyncBNSimulation", dependencies: [
+            "SyncBNCluster", "SyncBNCore", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "syncbn-swarm", dependencies: ["SyncBNSimulation"], path: "Sources/SyncBNSwarm"),
+
         // libFuzzer's glue, shared by the fuzz targets (built with -D FUZZING by Scripts/fuzz.sh).
         .target(name: "FuzzDriver", path: "Fuzz/Driver"),
         // The wire decoder's fuzz target (Scripts/fuzz.sh); built normally, it replays the corpus.
@@ -60,6 +68,7 @@ let package = Package(
         .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),
         .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ"]),
         .testTarget(name: "SyncBNMultiHostTests"),
+        .testTarget(name: "SyncBNSimulationTests", dependencies: ["SyncBNSimulation", "SyncBNCluster", "SyncBNCore"]),
         .testTarget(name: "TensorBoardEventsTests", dependencies: ["TensorBoardEvents"]),
     ]
 )

@@ -15,7 +15,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Seconds to wait for the coordinator to answer.")
     var connectTimeout: Double = 30
 
-    @Option(help: "Seconds to wait for the result of one all-reduce round.")
+    @Option(help: "The coordinator's --round-timeout: a worker waits longer for a round's result (this, plus the coordinator's pause for workers to join, up to 120 s, plus the heartbeat timeout) before it concludes the coordinator is stuck.")
     var roundTimeout: Double = 120
 
     @Option(help: "Seconds to keep trying to rejoin after losing the coordinator (it may be resumed).")

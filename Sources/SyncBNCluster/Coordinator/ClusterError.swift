@@ -29,6 +29,13 @@ public struct ClusterTimeouts: Sendable {
 
     public init() {}
 
+    /// How long a worker waits for a round's result before it concludes the coordinator is stuck: longer than
+    /// the coordinator may take to give up on a silent member (`roundSeconds`) and then wait, paused below
+    /// --min-workers, for others to join (`joinSeconds`). With a wait of just `roundSeconds` (before) the
+    /// healthy workers gave up on the coordinator at about the moment it declared a stuck member dead, and
+    /// the job fell apart instead of redoing the step (found by the simulation, seed 16).
+    public var resultWaitSeconds: Double { roundSeconds + max(roundSeconds, joinSeconds) + heartbeatTimeoutSeconds }
+
     /// Heartbeats that declare a silent peer dead after `seconds`, pinging four times in that span
     /// (at most every 0.5 s).
     public mutating func setHeartbeatTimeout(_ seconds: Double) {

@@ -432,8 +432,16 @@ struct ByteReader {
     mutating func u16() throws -> UInt16 { UInt16(try integer(2)) }
     mutating func u32() throws -> UInt32 { UInt32(try integer(4)) }
     mutating func u64() throws -> UInt64 { try integer(8) }
+    /// Little-endian; a plain loop (the reversed-reduce it replaced cost a generic-metadata lookup per byte
+    /// in debug builds, where the simulation decodes millions of messages).
     private mutating func integer(_ n: Int) throws -> UInt64 {
-        try bytes(n).reversed().reduce(0) { $0 << 8 | UInt64($1) }
+        let raw = try bytes(n)
+        var value: UInt64 = 0, shift: UInt64 = 0
+        for byte in raw {
+            value |= UInt64(byte) << shift
+            shift += 8
+        }
+        return value
     }
     mutating func string() throws -> String {
         guard let text = String(validating: rest(), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }

@@ -25,6 +25,8 @@ enum Interruption: Error {
 /// (`PeerGradientExchange`).
 final class RemoteCollective: Collective, ExchangeUpstream {
     private let connection: CoordinatorConnection
+    /// Decides what each message from the coordinator means while a step runs.
+    private let machine: WorkerMachine
     private let timeoutSeconds: Double
     /// The links to the other workers (nil: this worker takes no part in peer exchanges).
     let mesh: PeerMesh?
@@ -48,8 +50,9 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         return deferred
     }
 
-    init(connection: CoordinatorConnection, mesh: PeerMesh?, slice: BatchSlice, timeoutSeconds: Double) {
+    init(connection: CoordinatorConnection, mesh: PeerMesh?, machine: WorkerMachine, slice: BatchSlice, timeoutSeconds: Double) {
         self.connection = connection
+        self.machine = machine
         self.mesh = mesh
         self.slice = slice
         self.timeoutSeconds = timeoutSeconds
@@ -118,6 +121,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                          width: UInt32(width), element: element, payload: []).encode(appendingTo: &outbox)
         outbox += partials
         try connection.socket.send(outbox)
+        _ = machine.handle(.awaiting(step: step, round: round, resultWidth: resultWidth, element: element), now: now())
         // A step that arrived during this step's peer exchange means the coordinator will send no more results
         // for this one (it skipped it): start that step instead.
         if let next = takeDeferred() { throw Interruption.preempted(next) }
@@ -128,34 +132,31 @@ final class RemoteCollective: Collective, ExchangeUpstream {
             guard let message = try connection.next(until: deadline) else {
                 throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it stuck?")
             }
-            if case .reduced(let s, let r, let w, let e, let payload) = message, s == step, r == round, Int(w) == resultWidth, e == element {
+            if case .reduced(_, _, _, _, let payload)? = try handle(message) {
                 payload.withUnsafeBytes { result.copyMemory(from: $0) }
                 return
             }
-            try handleMeanwhile(message, waitingFor: "the result of step \(step + 1), \(round)")
         }
     }
 
-    /// Acts on a coordinator message that is not the awaited result: a new table of peers is taken (a redo
-    /// follows), a result of an abandoned try or a probe is ignored; a new step abandons the round
-    /// (`Interruption.preempted`); an end of the job throws.
-    func handleMeanwhile(_ message: Message, waitingFor what: String) throws {
-        switch message {
-        case .reduced, .ping:
-            return  // left over from an abandoned try of a step, or a probe
-        case .peers(let epoch, let rank, let endpoints):
-            try takePeers(epoch: epoch, rank: rank, endpoints: endpoints)
-        case .step:
-            throw Interruption.preempted(message)
-        case .failure(let reason):
-            throw ClusterError("the coordinator stopped the job: \(reason)")
-        case .reject(let reason):
-            throw ClusterError("the coordinator dropped this worker: \(reason)")
-        case .stop:
-            throw ClusterError("the coordinator ended the job in the middle of step \(step + 1)")
-        case let other:
-            throw ClusterError("expected \(what); the coordinator sent a \(other.kind) message")
+    private func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+    /// Acts on a coordinator message during a step, as the machine decides: the awaited result is returned; a
+    /// new table of peers is taken (a redo follows), a result of an abandoned try or a probe is ignored; a new
+    /// step abandons the round (`Interruption.preempted`); an end of the job throws.
+    @discardableResult
+    func handle(_ message: Message) throws -> Message? {
+        var delivered: Message?
+        for action in machine.handle(.received(message), now: now()) {
+            switch action {
+            case .deliver(let result): delivered = result
+            case .takePeers(let epoch, let rank, let endpoints): try takePeers(epoch: epoch, rank: rank, endpoints: endpoints)
+            case .startStep(let newer): throw Interruption.preempted(newer)
+            case .fail(let reason): throw ClusterError(reason)
+            case .abandonStep, .connect, .send, .join, .finish: break
+            }
         }
+        return delivered
     }
 
     /// Takes the coordinator's table of peers.
@@ -179,7 +180,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         case .reduced(let s, .gradients, _, .float32, let payload) where s == step:
             return payload  // a shard died with its owner: the coordinator sends the whole result
         default:
-            try handleMeanwhile(message, waitingFor: "gradients from the other workers at step \(step + 1)")
+            try handle(message)
             return nil
         }
     }

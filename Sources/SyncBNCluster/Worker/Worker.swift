@@ -59,24 +59,31 @@ public final class Worker {
         var joinDeadline = Date().addingTimeInterval(timeouts.connectSeconds)
         var rejoining = false
         var failedHandshakes = 0
+        // The protocol decisions (welcome, steps, preemption, results, the end) are the machine's; this loop
+        // is its ZeroMQ driver, with the compute (`Network.trainStep`) and the connection's errors.
+        let machine = WorkerMachine(hello: Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid()) \(Coordinator.blasTag)\(BLAS.kernelName)",
+                                                         peerEndpoint: mesh?.endpoint ?? "").encoded(),
+                                    endpoint: endpoint, timeouts: timeouts)
+        func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         while true {
             let connection = try CoordinatorConnection(context: context, endpoint: endpoint, security: security, timeouts: timeouts)
             defer { connection.close() }
-            try connection.socket.send(Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid()) \(Coordinator.blasTag)\(BLAS.kernelName)",
-                                                     peerEndpoint: mesh?.endpoint ?? "").encoded())
+            for case .send(let hello) in machine.handle(.connected, now: now()) { try connection.socket.send(hello) }
             let welcome: (TrainingConfig, Network, Int, Int)
             do {
                 // A hello can be lost (say, taken by a coordinator that was just shutting down): without an
                 // answer, say it again on a fresh connection every few seconds until the join deadline.
-                let attemptDeadline = min(joinDeadline, Date().addingTimeInterval(Self.helloRetrySeconds))
-                guard let answer = try awaitWelcome(connection, deadline: attemptDeadline) else {
+                let attemptDeadline = min(joinDeadline, Date().addingTimeInterval(WorkerMachine.helloRetrySeconds))
+                guard let answer = try awaitWelcome(connection, machine: machine, deadline: attemptDeadline, now: now) else {
                     if Date() < joinDeadline { continue }
                     throw noAnswer(connection, rejoining: rejoining)
                 }
                 welcome = answer
             } catch Interruption.coordinatorLost {
+                _ = machine.handle(.connectionLost, now: now())
                 continue  // connected, then lost again before the welcome: say hello on a fresh connection
             } catch Interruption.handshakeFailed {
+                _ = machine.handle(.connectionLost, now: now())
                 // One failed handshake can be a race (a coordinator going away mid-handshake, during a rejoin);
                 // several in a row mean the two sides disagree on keys, which retrying cannot fix.
                 failedHandshakes += 1
@@ -95,7 +102,7 @@ public final class Worker {
             var joined = RunStatus(.joined)
             (joined.rank, joined.workers, joined.endpoint) = (rank, workerCount, endpoint)
             status?.report(joined)
-            let collective = RemoteCollective(connection: connection, mesh: mesh, slice: .whole(config.plan), timeoutSeconds: timeouts.roundSeconds)
+            let collective = RemoteCollective(connection: connection, mesh: mesh, machine: machine, slice: .whole(config.plan), timeoutSeconds: timeouts.resultWaitSeconds)
             collective.onPeerDrop = { [logger] reason in
                 peerDrops += 1
                 if peerDrops <= 3 { logger.warning("dropped a message from another worker's link: \(reason)") }
@@ -106,42 +113,45 @@ public final class Worker {
                     guard let message = next else {
                         throw ClusterError("no instruction from the coordinator for \(Int(timeouts.idleSeconds)) s: it is stuck")
                     }
-                    switch message {
-                    case .step:
-                        let t0 = DispatchTime.now().uptimeNanoseconds
-                        do {
-                            try runStep(message, config: config, network: network, collective: collective)
-                        } catch Interruption.preempted(let newer) {
-                            next = newer  // the coordinator redoes this step (a worker was lost) or moved on
-                            continue
-                        } catch Interruption.nonFiniteGradients {
-                            logger.warning("the gradients of step \(collective.step + 1) are not finite: step dropped, as the coordinator drops it")
-                            next = try collective.takeDeferred() ?? connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
-                            continue
+                    next = nil
+                    for action in machine.handle(.received(message), now: now()) {
+                        switch action {
+                        case .startStep(let stepMessage):
+                            let t0 = DispatchTime.now().uptimeNanoseconds
+                            do {
+                                try runStep(stepMessage, config: config, network: network, collective: collective)
+                                _ = machine.handle(.stepFinished, now: now())
+                            } catch Interruption.preempted(let newer) {
+                                next = newer  // the coordinator redoes this step (a worker was lost) or moved on
+                                continue
+                            } catch Interruption.nonFiniteGradients {
+                                _ = machine.handle(.stepFinished, now: now())  // dropped, as the coordinator drops it
+                                logger.warning("the gradients of step \(collective.step + 1) are not finite: step dropped, as the coordinator drops it")
+                                continue
+                            }
+                            let total = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                            let waited = Double(collective.waitingNanoseconds) / 1e9
+                            compute.append(total - waited)
+                            waiting.append(waited)
+                            waitingCPU.append(Double(collective.waitingCPUNanoseconds) / 1e9)
+                        case .takePeers(let epoch, let peerRank, let endpoints):
+                            try collective.takePeers(epoch: epoch, rank: peerRank, endpoints: endpoints)
+                        case .finish:
+                            logger.info("training finished; worker \(rank) exits")
+                            return Summary(rank: rank, steps: compute.count, medianComputeSeconds: median(compute),
+                                           medianWaitingSeconds: median(waiting), medianWaitingCPUSeconds: median(waitingCPU))
+                        case .fail(let reason):
+                            throw ClusterError(reason)
+                        case .connect, .send, .join, .deliver, .abandonStep:
+                            break  // not asked between steps
                         }
-                        let total = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-                        let waited = Double(collective.waitingNanoseconds) / 1e9
-                        compute.append(total - waited)
-                        waiting.append(waited)
-                        waitingCPU.append(Double(collective.waitingCPUNanoseconds) / 1e9)
-                    case .ping, .reduced:
-                        break  // a probe, or a result of a step abandoned meanwhile
-                    case .peers(let epoch, let peerRank, let endpoints):
-                        try collective.takePeers(epoch: epoch, rank: peerRank, endpoints: endpoints)
-                    case .stop:
-                        logger.info("training finished; worker \(rank) exits")
-                        return Summary(rank: rank, steps: compute.count, medianComputeSeconds: median(compute),
-                                       medianWaitingSeconds: median(waiting), medianWaitingCPUSeconds: median(waitingCPU))
-                    case .failure(let reason):
-                        throw ClusterError("the coordinator stopped the job: \(reason)")
-                    case .reject(let reason):
-                        throw ClusterError("the coordinator dropped this worker: \(reason)")
-                    case let other:
-                        throw ClusterError("expected a step from the coordinator, got a \(other.kind) message")
                     }
-                    next = try collective.takeDeferred() ?? connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
+                    if next == nil {
+                        next = try collective.takeDeferred() ?? connection.next(until: Date().addingTimeInterval(timeouts.idleSeconds))
+                    }
                 }
             } catch Interruption.coordinatorLost, Interruption.handshakeFailed {
+                _ = machine.handle(.connectionLost, now: now())
                 logger.warning("lost the coordinator at \(endpoint); trying to rejoin for up to \(Int(timeouts.rejoinSeconds)) s")
                 rejoining = true
                 joinDeadline = Date().addingTimeInterval(timeouts.rejoinSeconds)
@@ -183,31 +193,27 @@ public final class Worker {
     /// Failed handshakes in a row (each on a fresh connection) after which a worker stops trying.
     static let failedHandshakesBeforeGivingUp = 5
 
-    /// How long a worker waits for an answer to one hello before it says hello again.
-    static let helloRetrySeconds = 3.0
-
     /// Waits for the coordinator's welcome and builds the replica from it; nil at the deadline. A refused key,
     /// a refusal or a failed job is reported at once rather than as a timeout.
-    private func awaitWelcome(_ connection: CoordinatorConnection, deadline: Date) throws -> (TrainingConfig, Network, Int, Int)? {
-        var message: Message?
-        while message == nil {
+    private func awaitWelcome(_ connection: CoordinatorConnection, machine: WorkerMachine, deadline: Date, now: () -> Double) throws -> (TrainingConfig, Network, Int, Int)? {
+        var joined: (rank: Int, workerCount: Int, config: [UInt8], state: [UInt8])?
+        while joined == nil {
+            let message: Message
             do {
-                message = try connection.next(until: deadline)
-                if message == nil { return nil }
-                if case .ping = message! { message = nil }
+                guard let next = try connection.next(until: deadline) else { return nil }
+                message = next
             } catch let error as ProtocolError {
                 throw ClusterError("refused by the coordinator at \(endpoint): \(error)")
             } catch Interruption.notAuthorized {
                 let key = security?.key.publicKey ?? "(none)"
                 throw ClusterError("the coordinator at \(endpoint) did not authorize this worker: add its public key \(key) to the coordinator's --authorized-keys file")
             }
+            for action in machine.handle(.received(message), now: now()) {
+                if case .join(let rank, let workerCount, let config, let state) = action { joined = (rank, workerCount, config, state) }
+                if case .fail(let reason) = action { throw ClusterError(reason) }
+            }
         }
-        let welcome = message!
-        guard case .welcome(let rank, let workerCount, let configJSON, let state) = welcome else {
-            if case .reject(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) refused this worker: \(reason)") }
-            if case .failure(let reason) = welcome { throw ClusterError("the coordinator at \(endpoint) stopped the job: \(reason)") }
-            throw ClusterError("expected a welcome from the coordinator, got a \(welcome.kind) message")
-        }
+        let (rank, workerCount, configJSON, state) = joined!
         let config: TrainingConfig
         do {
             config = try JSONDecoder().decode(TrainingConfig.self, from: Data(configJSON))
@@ -219,7 +225,7 @@ public final class Worker {
         network.threads = ChunkThreads(threadCount: threads)
         let source = "the coordinator's training state"
         try network.loadTrainingState(Safetensors.decode(state, source: source), source: source)
-        return (config, network, Int(rank), Int(workerCount))
+        return (config, network, rank, workerCount)
     }
 }
 

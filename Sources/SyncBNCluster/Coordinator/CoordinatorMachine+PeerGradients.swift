@@ -1,0 +1,59 @@
+import Foundation
+import SyncBNCore
+
+/// The gradient round among workers (`--gradient-exchange peers`): the table of peers, the rows and shards
+/// the coordinator receives, and the rescue of survivors after a loss.
+extension CoordinatorMachine {
+    /// Stores one of a member's two gradient messages of the round: its factor rows, or the shard of the sums
+    /// it reduced — the sums once and every row once, whatever the worker count.
+    func acceptPeerGradients(rank: Int, _ message: Message) -> Acceptance {
+        let step = UInt64(current!.step)
+        guard message.peerTag.map({ $0.step == step && $0.epoch == peerEpoch }) == true else { return .rejected }
+        let layout = GradientLayout(network.exchange)
+        let n = members.count
+        let range: Range<Int>, payload: ArraySlice<UInt8>
+        switch message {
+        case .gradientTiles(_, _, let from, _, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsWidth, let bytes):
+            let chunks = config.plan.chunks(forRank: rank, of: n)
+            guard Int(from) == rank, !current!.gotRows[rank], shardWidth == 0, tiles.isEmpty, Int(rowsFirst) == chunks.lowerBound,
+                  Int(rowsCount) == chunks.count, Int(rowsWidth) == layout.rowsPerChunk else { return .rejected }
+            range = (layout.sumWidth + chunks.lowerBound * layout.rowsPerChunk)..<(layout.sumWidth + chunks.upperBound * layout.rowsPerChunk)
+            payload = bytes
+            guard payload.count == range.count * 4 else { return .rejected }
+            current!.gotRows[rank] = true
+        case .gradientShard(_, _, let from, let offset, let width, let bytes):
+            let shard = layout.shard(rank, of: n)
+            guard Int(from) == rank, !current!.gotShard[rank], Int(offset)..<Int(offset + width) == shard, bytes.count == shard.count * 4 else { return .rejected }
+            current!.gotShard[rank] = true
+            (range, payload) = (shard, bytes)
+        default:
+            return .rejected
+        }
+        let values = UnsafeMutableBufferPointer(rebasing: floatResult[range])
+        payload.withUnsafeBytes { raw in
+            if raw.count > 0 { UnsafeMutableRawPointer(values.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+        }
+        return allFinite(UnsafeBufferPointer(values)) ? .accepted : .nonFinite
+    }
+
+    /// Sends every member the whole gradient result of `step` (after a loss): a worker still waiting for a
+    /// shard that died with its owner completes the step from it; the others ignore it.
+    func sendRescue(step: UInt64, _ actions: inout [CoordinatorAction]) {
+        let layout = GradientLayout(network.exchange)
+        var outbox: [UInt8] = []
+        Message.reduced(step: step, round: .gradients, width: UInt32(layout.resultWidth), element: .float32, payload: []).encode(appendingTo: &outbox)
+        outbox += UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: floatResult[0..<layout.resultWidth]))
+        for peer in members { actions.append(.send(to: peer.identity, bytes: outbox)) }
+    }
+
+    /// After a change of membership, sends every member the new table of peers (a new epoch).
+    func sendPeerTableIfChanged(_ actions: inout [CoordinatorAction]) {
+        guard !members.elementsEqual(peerTableMembers, by: { $0.identity == $1 }) else { return }
+        peerEpoch &+= 1
+        let endpoints = members.map(\.peerEndpoint)
+        for (rank, peer) in members.enumerated() {
+            actions.append(.send(to: peer.identity, bytes: Message.peers(epoch: peerEpoch, rank: UInt32(rank), endpoints: endpoints).encoded()))
+        }
+        peerTableMembers = members.map(\.identity)
+    }
+}
