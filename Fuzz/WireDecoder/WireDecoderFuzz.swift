@@ -50,7 +50,7 @@ struct Fuzz {
 func seedMessages() -> [Message] {
     let batch = BatchData(rows: 2, featureSize: 3, labels: [1, 7], element: .unsignedByte, features: [0, 64, 128, 192, 255, 9])
     return [
-        .hello(peer: "host pid 1", peerEndpoint: "tcp://127.0.0.1:4000"),
+        .hello(peer: "host pid 1", peerEndpoint: "tcp://127.0.0.1:4000", blasKernel: "Haswell"),
         .welcome(rank: 1, workerCount: 2, config: Array("{\"seed\":1}".utf8), model: [8, 0, 0, 0, 0, 0, 0, 0, 123, 125, 32, 32, 32, 32, 32, 32]),
         .reject(reason: "full"),
         .step(step: 5, firstChunk: 1, chunkCount: 2, computeMetrics: true, batch: batch),

@@ -263,7 +263,7 @@ public enum BenchNetwork {
         var identities = [[UInt8]](repeating: [], count: workers), endpoints = [String](repeating: "", count: workers)
         for _ in 0..<workers {
             _ = try receive(router, into: &buffers, what: "peer all-reduce helper hello")
-            guard case .hello(let peer, let peerEndpoint) = try Message.decode(buffers[1]), let rank = Int(peer), rank < workers else {
+            guard case .hello(let peer, let peerEndpoint, _) = try Message.decode(buffers[1]), let rank = Int(peer), rank < workers else {
                 throw BenchError("peer all-reduce: unexpected hello")
             }
             identities[rank] = buffers[0]

@@ -443,7 +443,7 @@ public final class Simulation {
 
     func startWorker(_ w: Int) {
         while workers.count <= w { workers.append(nil) }
-        let hello = Message.hello(peer: "sim worker \(w) \(CoordinatorMachine.blasTag)\(BLAS.kernelName)", peerEndpoint: "").encoded()
+        let hello = Message.hello(peer: "sim worker \(w)", peerEndpoint: "", blasKernel: BLAS.kernelName).encoded()
         let worker = WorkerProcess(machine: WorkerMachine(hello: hello, endpoint: "sim://coordinator", timeouts: timeouts))
         workers[w] = worker
         log("w\(w) starts")

@@ -96,8 +96,11 @@ final class VersionMismatchTests: XCTestCase {
         XCTAssertNil(admitting.wait(seconds: 0), "a rejected peer must not count as a worker")
 
         // The refusals left the coordinator able to admit a real worker on the same connection.
-        try dealer.send(Message.hello(peer: "real worker", peerEndpoint: "").encoded())
+        // Its OpenBLAS kernels (a field of the hello) are not the coordinator's: admitted, with a warning.
+        try dealer.send(Message.hello(peer: "real worker", peerEndpoint: "", blasKernel: "NotThisMachine").encoded())
         let welcomeFrames = try receive(dealer)
+        XCTAssertTrue(log.messages.contains { $0.level == .warning && $0.text.contains("NotThisMachine") && $0.text.contains("OPENBLAS_CORETYPE=\(BLAS.kernelName)") },
+                      "the coordinator should warn about other OpenBLAS kernels: \(log.messages)")
         guard case .welcome(let rank, let workerCount, let configJSON, let model)? = try welcomeFrames.first.map(Message.decode) else {
             return XCTFail("expected a welcome, got \(welcomeFrames)")
         }
@@ -137,7 +140,7 @@ final class VersionMismatchTests: XCTestCase {
 
         let hello = try receive(router, file: file, line: line)
         XCTAssertEqual(hello.count, 2, "identity + one frame", file: file, line: line)
-        guard case .hello(let peer, _)? = try hello.last.map(Message.decode) else {
+        guard case .hello(let peer, _, _)? = try hello.last.map(Message.decode) else {
             XCTFail("the worker's first message is not a hello", file: file, line: line)
             return nil
         }

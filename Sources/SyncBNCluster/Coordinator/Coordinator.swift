@@ -51,8 +51,6 @@ public final class Coordinator: StepRunner {
     /// Reused message buffers: [identity, body].
     private var inbox: [[UInt8]] = [[], []]
 
-    /// How a worker's hello names its OpenBLAS kernels, compared with the coordinator's at join.
-    public static let blasTag = CoordinatorMachine.blasTag
 
     /// A peer that keeps sending malformed messages is ignored after this many.
     static let malformedLimit = CoordinatorMachine.malformedLimit

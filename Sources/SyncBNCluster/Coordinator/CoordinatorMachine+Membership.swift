@@ -5,8 +5,6 @@ import SyncBNCore
 /// Membership: who has joined, who waits to join, who is lost, and what to make of a message from a peer
 /// that is not (or no longer) a member.
 extension CoordinatorMachine {
-    /// How a worker's hello names its OpenBLAS kernels, compared with the coordinator's at join.
-    public static let blasTag = "blas="
 
     /// While admitting or paused: welcomes whoever waits, and goes on once enough workers are members.
     func continueWaiting(now: Double, _ actions: inout [CoordinatorAction]) {
@@ -65,7 +63,7 @@ extension CoordinatorMachine {
     func handleOutOfRound(_ identity: PeerIdentity, _ frame: [UInt8], now: Double, _ actions: inout [CoordinatorAction]) {
         guard let message = decode(frame, from: identity, &actions) else { return }
         if let rank = members.firstIndex(where: { $0.identity == identity }) {
-            if case .hello(let description, let peerEndpoint) = message {
+            if case .hello(let description, let peerEndpoint, _) = message {
                 members.remove(at: rank)
                 joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: now))
                 logger.warning("worker \(rank) (\(description)) restarted its session; it rejoins with the next step")
@@ -74,19 +72,16 @@ extension CoordinatorMachine {
             }
             return
         }
-        guard case .hello(let description, let peerEndpoint) = message else {
+        guard case .hello(let description, let peerEndpoint, let blasKernel) = message else {
             noteMalformed(identity, "a \(message.kind) message from \(hex(identity)), which has not joined")
             return
         }
         guard !joining.contains(where: { $0.identity == identity }) else { return }
-        if let tag = description.range(of: Self.blasTag) {
-            let kernels = String(description[tag.upperBound...].prefix { !$0.isWhitespace })
-            if kernels != BLAS.kernelName {
-                logger.warning("worker \(description) uses OpenBLAS kernels \(kernels), this coordinator \(BLAS.kernelName): the model will not be bit-identical to a one-process run; set OPENBLAS_CORETYPE=\(BLAS.kernelName) for every process")
-            }
+        if !blasKernel.isEmpty && blasKernel != BLAS.kernelName {
+            logger.warning("worker \(description) uses OpenBLAS kernels \(blasKernel), this coordinator \(BLAS.kernelName): the model will not be bit-identical to a one-process run; set OPENBLAS_CORETYPE=\(BLAS.kernelName) for every process")
         }
         joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: now))
-        logger.info("worker \(description) asked to join; it starts with the next step")
+        logger.info("worker \(description) (OpenBLAS \(blasKernel.isEmpty ? "kernels unknown" : blasKernel)) asked to join; it starts with the next step")
     }
 
     /// Decodes a frame, answering a peer on another protocol version and counting anything malformed.

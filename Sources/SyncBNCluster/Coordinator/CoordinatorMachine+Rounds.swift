@@ -94,7 +94,7 @@ extension CoordinatorMachine {
             if keepForLater(message) { early.append((identity, frame)) }
         case .failure(let reason):
             lose(rank: rank, reason: "it failed: \(reason)", now: now, &actions)
-        case .hello(let description, let peerEndpoint):
+        case .hello(let description, let peerEndpoint, _):
             // The same connection says hello again: the worker lost track of us and rejoins.
             joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: now))
             lose(rank: rank, reason: "it restarted its session and rejoins", now: now, &actions)

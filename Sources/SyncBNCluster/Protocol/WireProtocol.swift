@@ -33,8 +33,10 @@ public enum WireProtocol {
 /// A decoded message. Payload bytes are kept as they arrived; accessors copy them out.
 public enum Message: Equatable {
     /// Worker → coordinator: asks to join. `peer` describes the worker (host, pid) for the logs;
-    /// `peerEndpoint` is where it receives from other workers (empty: it does not take part in peer exchanges).
-    case hello(peer: String, peerEndpoint: String)
+    /// `peerEndpoint` is where it receives from other workers (empty: it does not take part in peer exchanges);
+    /// `blasKernel` names its OpenBLAS kernels (`BLAS.kernelName`; empty: unknown), which the coordinator
+    /// compares with its own: other kernels, other bits.
+    case hello(peer: String, peerEndpoint: String, blasKernel: String = "")
     /// Coordinator → worker: its rank, the job's settings (JSON) and the initial model (safetensors).
     case welcome(rank: UInt32, workerCount: UInt32, config: [UInt8], model: [UInt8])
     /// Coordinator → worker: refused, with the reason.
@@ -186,8 +188,9 @@ extension Message {
             out.u64(0)
         }
         switch self {
-        case .hello(let peer, let peerEndpoint):
+        case .hello(let peer, let peerEndpoint, let blasKernel):
             out.u16(UInt16(clamping: peer.utf8.count)); out.bytes(Array(peer.utf8).prefix(Int(UInt16.max)))
+            out.u8(UInt8(clamping: blasKernel.utf8.count)); out.bytes(Array(blasKernel.utf8).prefix(Int(UInt8.max)))
             out.bytes(Array(peerEndpoint.utf8))
         case .welcome(let rank, let workerCount, let config, let model):
             out.u32(rank); out.u32(workerCount); out.u32(UInt32(config.count))
@@ -296,7 +299,9 @@ extension Message {
         case .hello:
             let length = Int(try reader.u16())
             guard let peer = String(validating: try reader.bytes(length), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }
-            return .hello(peer: peer, peerEndpoint: try reader.string())
+            let kernelLength = Int(try reader.u8())
+            guard let kernel = String(validating: try reader.bytes(kernelLength), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }
+            return .hello(peer: peer, peerEndpoint: try reader.string(), blasKernel: kernel)
         case .welcome:
             let rank = try reader.u32(), workerCount = try reader.u32(), configLength = try reader.u32()
             guard workerCount > 0, rank < workerCount else { throw ProtocolError.malformed("welcome gives rank \(rank) of \(workerCount) workers") }

@@ -61,8 +61,8 @@ public final class Worker {
         var failedHandshakes = 0
         // The protocol decisions (welcome, steps, preemption, results, the end) are the machine's; this loop
         // is its ZeroMQ driver, with the compute (`Network.trainStep`) and the connection's errors.
-        let machine = WorkerMachine(hello: Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid()) \(Coordinator.blasTag)\(BLAS.kernelName)",
-                                                         peerEndpoint: mesh?.endpoint ?? "").encoded(),
+        let machine = WorkerMachine(hello: Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid())",
+                                                         peerEndpoint: mesh?.endpoint ?? "", blasKernel: BLAS.kernelName).encoded(),
                                     endpoint: endpoint, timeouts: timeouts)
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         while true {
