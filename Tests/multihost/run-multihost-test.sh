@@ -236,12 +236,12 @@ restore_link() { (( link_down )) && ip -n "$BRIDGE_NS" link set p2 up && link_do
 # The coordinator's "declared dead" line for each of h2's workers (named by pid in the worker's description).
 declare -a dead_in=()
 for p in "${h2_pids[@]}"; do
-    wait_for_line "$work/cutoff.log" 10 "^\[coordinator\] .*\(.* pid $p [^)]*\) declared dead" "$cut_pid"
+    wait_for_line "$work/cutoff.log" 10 "^\[coordinator\] .*\(.* pid $p[^0-9)]*\) declared dead" "$cut_pid"
     case $? in
         1) restore_link; show_log "$work/cutoff.log"; fail "cut off: worker pid $p on h2 was not declared dead within 10 s" ;;
         2) restore_link; show_log "$work/cutoff.log"; fail "cut off: syncbn-hosts ended before worker pid $p on h2 was declared dead (more --steps?)" ;;
     esac
-    stamp=$(grep -m 1 -E "^\[coordinator\] .*\(.* pid $p [^)]*\) declared dead" "$work/cutoff.log" | awk '{ print $2 }')
+    stamp=$(grep -m 1 -E "^\[coordinator\] .*\(.* pid $p[^0-9)]*\) declared dead" "$work/cutoff.log" | awk '{ print $2 }')
     dead_in+=("$(awk -v s="$stamp" -v c="$cut_tod" 'BEGIN { split(s, a, ":"); d = a[1] * 3600 + a[2] * 60 + a[3] - c
         if (d < -43200) d += 86400; printf "%.2f", d }')")
 done
