@@ -113,14 +113,7 @@ public final class EventFileWriter {
     /// Logs scalars and histograms of one step as one `Event` (one record), scalars first.
     public func addSummary(step: Int, wallTime: Double, scalars: [(String, Double)],
                            histograms: [(String, Histogram)] = []) {
-        guard fd >= 0 else {
-            if pendingError == nil { pendingError = .closed(path: path) }
-            return
-        }
-        var event = ProtobufWriter()
-        event.writeDouble(1, wallTime)
-        event.writeInt64(2, Int64(step))
-        event.writeMessage(5) { summary in
+        appendEvent(step: step, wallTime: wallTime) { event in event.writeMessage(5) { summary in
             for (tag, value) in scalars {
                 summary.writeMessage(1) { v in
                     v.writeString(1, tag)
@@ -133,8 +126,7 @@ public final class EventFileWriter {
                     v.writeMessage(5) { histogram.encode(into: &$0) }
                 }
             }
-        }
-        appendRecord(event.bytes)
+        } }
         if buffer.count >= Self.bufferLimit {
             do { try writeBuffer() } catch let error as EventFileError {
                 if pendingError == nil { pendingError = error }
@@ -147,6 +139,12 @@ public final class EventFileWriter {
     /// step >= `step` (in all tags): write it first in the file of a run resumed at `step`, so that values an
     /// interrupted earlier file logged after its last checkpoint are not shown twice.
     public func addSessionStart(step: Int, wallTime: Double) {
+        appendEvent(step: step, wallTime: wallTime) { $0.writeMessage(7) { $0.writeUInt64(1, 1) } }
+    }
+
+    /// Frames `Event { wall_time, step, fields written by body }` into the buffer; after `close()`, notes the
+    /// misuse for the next `flush()` instead.
+    private func appendEvent(step: Int, wallTime: Double, _ body: (inout ProtobufWriter) -> Void) {
         guard fd >= 0 else {
             if pendingError == nil { pendingError = .closed(path: path) }
             return
@@ -154,7 +152,7 @@ public final class EventFileWriter {
         var event = ProtobufWriter()
         event.writeDouble(1, wallTime)
         event.writeInt64(2, Int64(step))
-        event.writeMessage(7) { $0.writeUInt64(1, 1) }
+        body(&event)
         appendRecord(event.bytes)
     }
 

@@ -40,7 +40,7 @@ extension CoordinatorMachine {
     /// shard that died with its owner completes the step from it; the others ignore it.
     func sendRescue(step: UInt64, _ actions: inout [CoordinatorAction]) {
         let layout = GradientLayout(network.exchange)
-        var outbox: [UInt8] = []
+        outbox.removeAll(keepingCapacity: true)
         Message.reduced(step: step, round: .gradients, width: UInt32(layout.resultWidth), element: .float32, payload: []).encode(appendingTo: &outbox)
         outbox += UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: floatResult[0..<layout.resultWidth]))
         for peer in members { actions.append(.send(to: peer.identity, bytes: outbox)) }

@@ -105,13 +105,13 @@ extension CoordinatorMachine {
 
     enum Acceptance { case accepted, rejected, nonFinite }
 
-    /// Messages of a later round of this step, received early: a worker does not wait for an answer to its
-    /// observations, so its metrics partials may come while slower workers' observations are still being
-    /// collected; with `.peers`, workers finish the gradient round among themselves and send their metrics at once.
+    /// Messages of a later round of this step, received early: a worker does not wait for the answer to a
+    /// round that has none (`Round.isAnswered`: the observations), so its next partials may come while slower
+    /// workers' are still being collected; with `.peers`, workers finish the gradient round among themselves
+    /// and send their metrics at once.
     func keepForLater(_ message: Message) -> Bool {
-        guard case .partials(let s, let r, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
-        if peersRound { return true }
-        return currentRound == .observations && r == .metrics
+        guard case .partials(let s, _, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
+        return peersRound || !currentRound.isAnswered
     }
 
     /// Stores one member's partials of the round in the chunk-major buffer, if they are the round's.
@@ -211,12 +211,12 @@ extension CoordinatorMachine {
             gradientsPending = true
             return
         }
-        if round == .observations {
-            // For the logs only: workers do not wait for an answer.
+        if !round.isAnswered {
+            // The observations, for the logs only: workers do not wait for an answer.
             current!.observations = network.observations(gathered: UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)]))
             return
         }
-        var outbox: [UInt8] = []
+        outbox.removeAll(keepingCapacity: true)
         if round == .gradients {
             let exchange = network.exchange
             let partials = UnsafeBufferPointer(rebasing: floatPartials[0..<(plan.chunkCount * width)])

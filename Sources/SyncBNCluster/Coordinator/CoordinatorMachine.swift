@@ -136,6 +136,9 @@ public final class CoordinatorMachine {
     /// The completed step waiting for `commitStep()`.
     var completed: (step: Int, metrics: StepMetrics?)?
     var gradientsPending = false
+    /// A round's result message, encoded into the same storage every round (the send actions share it; by the
+    /// next round the driver has let go of them, so nothing is copied or allocated).
+    var outbox: [UInt8] = []
 
     // Peers mode (CoordinatorMachine+PeerGradients.swift).
     var peerEpoch: UInt32

@@ -13,6 +13,10 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
     /// by the coordinator for its logs; only on logged steps, and answered by nothing (`Collective.report`).
     case observations
 
+    /// Whether replicas wait for this round's result: all but `.observations`, which only the coordinator's
+    /// logs need (`Collective.report`), so a replica goes straight on to the next round.
+    public var isAnswered: Bool { self != .observations }
+
     public var description: String {
         switch self {
         case .moments(let layer): "moments of BatchNorm \(layer)"
