@@ -64,6 +64,8 @@ func seedMessages() -> [Message] {
         .gradientTiles(step: 5, epoch: 1, from: 1, shardOffset: 2, shardWidth: 1, tiles: [1..<2, 2..<4],
                        rowsFirstChunk: 1, rowsChunkCount: 3, rowsWidth: 1, payload: ArraySlice([UInt8](repeating: 5, count: 20))),
         .gradientShard(step: 5, epoch: 1, from: 0, shardOffset: 0, shardWidth: 2, payload: ArraySlice([UInt8](repeating: 6, count: 8))),
+        .partials(step: 7, round: .sums(layer: 0), firstChunk: 0, chunkCount: 2, width: 1, element: .float64, gradientWidth: 2,
+                  payload: ArraySlice([UInt8](repeating: 8, count: 32))),
     ]
 }
 

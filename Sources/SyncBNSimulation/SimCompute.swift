@@ -29,6 +29,7 @@ final class SimCompute: Collective {
     var config: TrainingConfig?
     private var step: UInt64 = 0
     private var slice: BatchSlice?
+    private var messages = WorkerRoundMessages()
 
     init() {
         coroutine = Coroutine { [unowned self] co in self.body(co) }
@@ -80,50 +81,51 @@ final class SimCompute: Collective {
         for (row, label) in batch.labels[rows].enumerated() { network.labels[row] = Int32(label) }
         self.step = step
         self.slice = slice
+        messages.beginStep()
         network.optimizer.learningRate = config.learningRate(atStep: Int(step))
         try network.trainStep(slice: slice, collective: self, computeMetrics: computeMetrics, step: Int(step))
     }
 
     // MARK: Collective
 
-    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
-        try roundTrip(round, element: .float64, width: result.count, partials: UnsafeRawBufferPointer(partials),
-                      resultWidth: result.count, result: UnsafeMutableRawBufferPointer(result))
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
+        try roundTrip(round, element: .float64, width: result.count, partials: UnsafeRawBufferPointer(partials), riding: riding,
+                      resultWidth: result.count) { payload in payload.withUnsafeBytes { UnsafeMutableRawBufferPointer(result).copyMemory(from: $0) } }
     }
 
-    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
-        try roundTrip(round, element: .float64, width: width, partials: UnsafeRawBufferPointer(partials),
-                      resultWidth: result.count, result: UnsafeMutableRawBufferPointer(result))
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
+        try roundTrip(round, element: .float64, width: width, partials: UnsafeRawBufferPointer(partials), riding: riding,
+                      resultWidth: result.count) { payload in payload.withUnsafeBytes { UnsafeMutableRawBufferPointer(result).copyMemory(from: $0) } }
     }
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
-        try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, partials: UnsafeRawBufferPointer(partials),
-                      resultWidth: exchange.resultWidth, result: UnsafeMutableRawBufferPointer(result))
+        try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, partials: UnsafeRawBufferPointer(partials), riding: nil,
+                      resultWidth: messages.ridingResultWidth + exchange.resultWidth) { [self] payload in messages.takeGradientResult(payload, own: result) }
     }
 
     func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
-        outputs.append(.send(encode(round, element: .float64, width: width, partials: UnsafeRawBufferPointer(partials))))
+        outputs.append(.send(encode(round, element: .float64, width: width, partials: UnsafeRawBufferPointer(partials), riding: nil)))
     }
 
-    private func encode(_ round: Round, element: WireProtocol.Element, width: Int, partials: UnsafeRawBufferPointer) -> [UInt8] {
+    private func encode(_ round: Round, element: WireProtocol.Element, width: Int, partials: UnsafeRawBufferPointer, riding: RidingGradients?) -> [UInt8] {
         var bytes: [UInt8] = []
-        Message.partials(step: step, round: round, firstChunk: UInt32(slice!.chunks.lowerBound), chunkCount: UInt32(slice!.chunks.count),
-                         width: UInt32(width), element: element, payload: []).encode(appendingTo: &bytes)
-        bytes += partials
+        messages.encodePartials(round, step: step, slice: slice!, width: width, element: element, partials: partials, riding: riding, into: &bytes)
         return bytes
     }
 
-    private func roundTrip(_ round: Round, element: WireProtocol.Element, width: Int, partials: UnsafeRawBufferPointer,
-                           resultWidth: Int, result: UnsafeMutableRawBufferPointer) throws {
-        outputs.append(.send(encode(round, element: element, width: width, partials: partials)))
+    private func roundTrip(_ round: Round, element: WireProtocol.Element, width: Int, partials: UnsafeRawBufferPointer, riding: RidingGradients?,
+                           resultWidth: Int, take: (ArraySlice<UInt8>) -> Void) throws {
+        outputs.append(.send(encode(round, element: element, width: width, partials: partials, riding: riding)))
         outputs.append(.awaiting(step: step, round: round, resultWidth: resultWidth, element: element))
         while true {
             coroutine.yield()
             switch input {
             case .result(let message):
                 input = nil
-                guard case .reduced(_, _, _, _, let payload) = message, payload.count == result.count else { continue }
-                payload.withUnsafeBytes { result.copyMemory(from: $0) }
+                guard case .reduced(_, _, _, _, let payload) = message, payload.count == resultWidth * element.size else { continue }
+                take(payload)
                 return
             case .abandon, .exit:
                 throw Abandoned()

@@ -263,7 +263,7 @@ public final class Simulation {
     func describe(_ bytes: [UInt8]) -> String {
         guard let m = try? Message.decode(bytes) else { return "garbage(\(bytes.count))" }
         switch m {
-        case .partials(let s, let r, _, _, _, _, _): return "partials s\(s) \(short(r))"
+        case .partials(let s, let r, _, _, _, _, _, _): return "partials s\(s) \(short(r))"
         case .reduced(let s, let r, _, _, _): return "reduced s\(s) \(short(r))"
         case .step(let s, let f, let n, _, _): return "step s\(s) [\(f)+\(n)]"
         case .reject(let why): return "reject (\(why.prefix(40)))"
@@ -275,7 +275,7 @@ public final class Simulation {
     func position(_ bytes: [UInt8]) -> String {
         guard let m = try? Message.decode(bytes) else { return "garbage" }
         switch m {
-        case .partials(_, let r, _, _, _, _, _): return "partials \(short(r))"
+        case .partials(_, let r, _, _, _, _, _, _): return "partials \(short(r))"
         case .reduced(_, let r, _, _, _): return "reduced \(short(r))"
         default: return "\(m.kind)"
         }

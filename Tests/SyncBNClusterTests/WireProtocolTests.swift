@@ -38,7 +38,10 @@ final class WireProtocolTests: XCTestCase {
                               payload: doubles.withUnsafeBytes { Array($0) }[...]),
                     .partials(step: 7, round: .gradients, firstChunk: 2, chunkCount: 2, width: 3, element: .float32,
                               payload: ArraySlice(repeating: 0x3f, count: 2 * 3 * 4)),
-                    .partials(step: 8, round: .metrics, firstChunk: 4, chunkCount: 0, width: 2, element: .float64, payload: [])]
+                    .partials(step: 8, round: .metrics, firstChunk: 4, chunkCount: 0, width: 2, element: .float64, payload: []),
+                    // Backward sums with the gradients riding with them: 2 chunks × (1 Float64 + 2 Float32).
+                    .partials(step: 9, round: .sums(layer: 0), firstChunk: 1, chunkCount: 2, width: 1, element: .float64, gradientWidth: 2,
+                              payload: ArraySlice(repeating: 0x3e, count: 2 * (8 + 2 * 4)))]
         case .reduced:
             return [.reduced(step: 1, round: .moments(layer: 1), width: 2, element: .float64, payload: ArraySlice(repeating: 7, count: 16)),
                     .reduced(step: 2, round: .sums(layer: 0), width: 1, element: .float64, payload: ArraySlice(repeating: 1, count: 8)),
@@ -75,6 +78,23 @@ final class WireProtocolTests: XCTestCase {
                 XCTAssertEqual(UInt16(bytes[4]) | UInt16(bytes[5]) << 8, WireProtocol.version)
                 XCTAssertEqual(UInt16(bytes[6]) | UInt16(bytes[7]) << 8, kind.rawValue)
             }
+        }
+    }
+
+    /// Only a backward-sums round carries riding gradients, and their bytes count in the payload's length.
+    func testRidingGradientsAreChecked() throws {
+        let header = { (round: Round) in
+            Message.partialsHeader(step: 1, round: round, firstChunk: 0, chunkCount: 2, width: 1, element: round == .gradients ? .float32 : .float64,
+                                   gradientWidth: 3)
+        }
+        XCTAssertNoThrow(try Message.decode(header(.sums(layer: 0)) + [UInt8](repeating: 0, count: 2 * (8 + 12))))
+        for wrongLength in [2 * 8, 2 * (8 + 12) - 4, 2 * (8 + 12) + 4] {
+            XCTAssertThrowsError(try Message.decode(header(.sums(layer: 0)) + [UInt8](repeating: 0, count: wrongLength)), "\(wrongLength) bytes")
+        }
+        for round in [Round.moments(layer: 0), .gradients, .metrics, .observations] {
+            let size = round == .gradients ? 4 : 8
+            // The length is right for riding gradients: what is wrong is that this round carries any.
+            XCTAssertThrowsError(try Message.decode(header(round) + [UInt8](repeating: 0, count: 2 * (size + 12))), "\(round)")
         }
     }
 
@@ -115,27 +135,28 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertEqual(WireProtocol.headerSize, 16)
         // hello: description length u16, description, BLAS kernel length u8, kernel, peer endpoint (the rest).
         XCTAssertEqual(Message.hello(peer: "w", peerEndpoint: "e", blasKernel: "K").encoded(),
-                       Array("SYBN".utf8) + [4, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("w".utf8) + [1] + Array("K".utf8) + Array("e".utf8))
-        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [4, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
+                       Array("SYBN".utf8) + [5, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("w".utf8) + [1] + Array("K".utf8) + Array("e".utf8))
+        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [5, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
 
-        // partials: round kind u16, layer u16, first chunk u32, chunk count u32, width u32, element u8, 0 u8, 0 u16.
+        // partials: round kind u16, layer u16, first chunk u32, chunk count u32, width u32, element u8, 0 u8, 0 u16,
+        // riding gradient width u32.
         let partials = Message.partialsHeader(step: 0x0102_0304_0506_0708, round: .sums(layer: 2), firstChunk: 3, chunkCount: 4,
-                                              width: 0x0102, element: .float32)
-        XCTAssertEqual(partials, Array("SYBN".utf8) + [4, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
-                       + [2, 0, 2, 0] + [3, 0, 0, 0] + [4, 0, 0, 0] + [2, 1, 0, 0] + [1, 0, 0, 0])
+                                              width: 0x0102, element: .float32, gradientWidth: 0x0304)
+        XCTAssertEqual(partials, Array("SYBN".utf8) + [5, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
+                       + [2, 0, 2, 0] + [3, 0, 0, 0] + [4, 0, 0, 0] + [2, 1, 0, 0] + [1, 0, 0, 0] + [4, 3, 0, 0])
         // reduced: round kind u16, layer u16, width u32, element u8, 0 u8, 0 u16. Round kinds 1–5.
         for (round, code) in [(Round.moments(layer: 5), [1, 0, 5, 0]), (.sums(layer: 0), [2, 0, 0, 0]), (.gradients, [3, 0, 0, 0]), (.metrics, [4, 0, 0, 0]),
                               (.observations, [5, 0, 0, 0])] as [(Round, [UInt8])] {
             XCTAssertEqual(Message.reducedHeader(step: 1, round: round, width: 2, element: .float64),
-                           Array("SYBN".utf8) + [4, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
+                           Array("SYBN".utf8) + [5, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
         }
         // welcome: rank u32, worker count u32, config length u32, config, model.
         XCTAssertEqual(Message.welcome(rank: 1, workerCount: 2, config: [9, 9], model: [5]).encoded(),
-                       Array("SYBN".utf8) + [4, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
+                       Array("SYBN".utf8) + [5, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
         // step: first chunk u32, chunk count u32, metrics u8, feature type u8, 0 u16, rows u32, features u32, labels, features.
         let slice = BatchData(rows: 1, featureSize: 2, labels: [6], element: .unsignedByte, features: [10, 20])
         XCTAssertEqual(Message.step(step: 2, firstChunk: 1, chunkCount: 1, computeMetrics: true, batch: slice).encoded(),
-                       Array("SYBN".utf8) + [4, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
+                       Array("SYBN".utf8) + [5, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
                        + [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 6, 10, 20])
     }
 
@@ -234,7 +255,7 @@ final class WireProtocolTests: XCTestCase {
     }
 
     func testAnotherVersionIsAVersionMismatchWhateverFollows() {
-        for version: UInt16 in [0, 1, 2, 3, 5, 99, .max] {  // 3: the previous release
+        for version: UInt16 in [0, 1, 2, 3, 4, 6, 99, .max] {  // 4: the previous release
             for (kind, body) in [(UInt16(1), Array("hello".utf8)), (2, []), (42, [1, 2, 3])] {
                 let frame = Self.frame(version: version, kind: kind, body: body)
                 XCTAssertThrowsError(try Message.decode(frame)) { error in

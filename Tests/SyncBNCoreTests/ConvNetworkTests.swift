@@ -25,7 +25,8 @@ final class ImageHubCollective: Collective {
         self.valuesPerRow = valuesPerRow
     }
 
-    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
         let plan = inner.hub.plan, width = result.count
         var scale = 1
         if case .moments(let layer) = round { scale = valuesPerRow[layer] }
@@ -35,10 +36,12 @@ final class ImageHubCollective: Collective {
             }
         }
         for i in 0..<width { result[i] = reduced[i] }
+        if let riding { inner.combineGradients(riding.partials, exchange: riding.exchange, into: riding.result, logged: false) }
     }
 
-    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
-        try inner.allGather(round, partials: partials, width: width, into: result)
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
+        try inner.allGather(round, partials: partials, width: width, into: result, riding: riding)
     }
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {

@@ -15,24 +15,31 @@ final class RecordingCollective: Collective {
     var doubles: [(Round, [Double])] = []
     var floats: [(Round, [Float])] = []
     var order: [Round] = []
+    /// Results of the gradients that rode with backward rounds this step: recorded with the gradient round's.
+    private var ridden: [Float] = []
 
     init(plan: ChunkPlan) { inner = LocalCollective(plan: plan, valuesPerRow: flatScales) }
 
-    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
-        try inner.allReduce(round, partials: partials, into: result)
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
+        try inner.allReduce(round, partials: partials, into: result, riding: riding)
+        if let riding { ridden += riding.result }
         doubles.append((round, Array(result)))
         order.append(round)
     }
 
-    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
-        try inner.allGather(round, partials: partials, width: width, into: result)
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
+        try inner.allGather(round, partials: partials, width: width, into: result, riding: riding)
+        if let riding { ridden += riding.result }
         doubles.append((round, Array(result)))
         order.append(round)
     }
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         try inner.exchangeGradients(partials, exchange: exchange, into: result)
-        floats.append((.gradients, Array(result)))
+        floats.append((.gradients, ridden + Array(result)))
+        ridden = []
         order.append(.gradients)
     }
 
@@ -75,9 +82,11 @@ final class DeterminismTests: XCTestCase {
     }
 
 
-    /// Trains one process on the whole batch; returns its state and the per-step losses.
-    private func trainAlone(_ mode: BatchNormMode, _ plan: ChunkPlan) throws -> (ReplicaState, [UInt64]) {
+    /// Trains one process on the whole batch; returns its state and the per-step losses. `riding`: whether
+    /// gradients ride with the backward rounds (`Network.gradientsRideWithBatchNorm`).
+    private func trainAlone(_ mode: BatchNormMode, _ plan: ChunkPlan, riding: Bool = true) throws -> (ReplicaState, [UInt64]) {
         let network = makeNetwork(mode, plan)
+        network.gradientsRideWithBatchNorm = riding
         var losses: [UInt64] = []
         for step in 0..<steps {
             load(network, step: step, rows: 0..<plan.batchSize)
@@ -108,6 +117,18 @@ final class DeterminismTests: XCTestCase {
         XCTAssertEqual(hub.problems, [])
         XCTAssertEqual(hub.log, Array((0..<steps).map { _ in networks[0].rounds(computeMetrics: true) }.joined()))
         return networks.enumerated().map { (ReplicaState($0.element), results.losses[$0.offset]) }
+    }
+
+    /// The segments change where gradients travel, not one bit of the model: both layouts, both kinds of
+    /// plan (factors everywhere; sums above the first layer), and the riding layout does cut the gradients.
+    func testGradientsRidingWithBackwardRoundsChangeNoBit() throws {
+        for plan in plans {
+            XCTAssertGreaterThan(makeNetwork(.sync, plan).gradientSegments.count, 1)
+            let (riding, ridingLosses) = try trainAlone(.sync, plan, riding: true)
+            let (whole, wholeLosses) = try trainAlone(.sync, plan, riding: false)
+            XCTAssertTrue(riding == whole, "chunk size \(plan.chunkSize)")
+            XCTAssertEqual(ridingLosses, wholeLosses)
+        }
     }
 
     func testSyncTrainingGivesTheSameBitsForOneToFiveWorkers() throws {
@@ -153,7 +174,13 @@ final class DeterminismTests: XCTestCase {
                 try network.trainStep(slice: .whole(plan), collective: recorder, computeMetrics: computeMetrics)
                 XCTAssertEqual(recorder.order, network.rounds(computeMetrics: computeMetrics), "\(mode)")
             }
-            XCTAssertEqual(network.width(of: .gradients), network.exchange.chunkWidth)
+            // Gradients above a synchronized BatchNorm layer ride with its backward round; the gradient round
+            // carries the rest, and the segments together are the whole exchange.
+            let segments = network.gradientSegments
+            XCTAssertEqual(segments.map(\.ridesWith), mode == .sync ? [1, 0, nil] : [nil], "\(mode)")
+            XCTAssertEqual(network.width(of: .gradients), segments.last!.exchange.chunkWidth)
+            XCTAssertEqual(segments.map(\.exchange.chunkWidth).reduce(0, +), network.exchange.chunkWidth)
+            XCTAssertEqual(segments.map(\.exchange.resultWidth).reduce(0, +), network.exchange.resultWidth)
             XCTAssertEqual(network.width(of: .metrics), 2)
             for norm in network.norms {
                 XCTAssertEqual(network.width(of: .moments(layer: norm.index)), 2 * norm.features)

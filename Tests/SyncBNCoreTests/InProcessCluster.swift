@@ -26,7 +26,9 @@ final class InProcessHub: @unchecked Sendable {
         roundsSeen = Array(repeating: nil, count: workers)
     }
 
-    func exchange<T>(rank: Int, round: Round, partials: [T], width: Int, combine: ([T]) -> [T]) -> [T] {
+    /// `logged`: whether the round goes in `log` (the gradients riding with a backward round do not: they are
+    /// part of that round).
+    func exchange<T>(rank: Int, round: Round, partials: [T], width: Int, logged: Bool = true, combine: ([T]) -> [T]) -> [T] {
         condition.lock()
         defer { condition.unlock() }
         let mine = generation
@@ -40,7 +42,7 @@ final class InProcessHub: @unchecked Sendable {
                 problems.append("\(round): \(all.count) partial values for \(plan.chunkCount) chunks of width \(width)")
             }
             result = combine(all)
-            log.append(round)
+            if logged { log.append(round) }
             arrived = 0
             generation += 1
             condition.broadcast()
@@ -72,7 +74,9 @@ final class HubCollective: Collective {
         self.rank = rank
     }
 
-    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
+    /// The gradients riding with a round are combined right after it, as the coordinator does.
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
         let plan = hub.plan, width = result.count
         let reduced = hub.exchange(rank: rank, round: round, partials: Array(partials), width: width) { all in
             withDoubles(width) { out in
@@ -80,16 +84,23 @@ final class HubCollective: Collective {
             }
         }
         for i in 0..<width { result[i] = reduced[i] }
+        if let riding { combineGradients(riding.partials, exchange: riding.exchange, into: riding.result, logged: false) }
     }
 
-    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
         let all = hub.exchange(rank: rank, round: round, partials: Array(partials), width: width) { $0 }
         for i in 0..<result.count { result[i] = all[i] }
+        if let riding { combineGradients(riding.partials, exchange: riding.exchange, into: riding.result, logged: false) }
     }
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
+        combineGradients(partials, exchange: exchange, into: result, logged: true)
+    }
+
+    func combineGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>, logged: Bool) {
         let width = result.count
-        let combined = hub.exchange(rank: rank, round: .gradients, partials: Array(partials), width: exchange.chunkWidth) { all in
+        let combined = hub.exchange(rank: rank, round: .gradients, partials: Array(partials), width: exchange.chunkWidth, logged: logged) { all in
             var out = [Float](repeating: .nan, count: width)
             all.withUnsafeBufferPointer { p in out.withUnsafeMutableBufferPointer { exchange.reduce(p, into: $0) } }
             return out

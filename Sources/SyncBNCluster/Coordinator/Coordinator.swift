@@ -163,6 +163,7 @@ public final class Coordinator: StepRunner {
                 }
                 actions = closed.flatMap { machine.handle(.unreachable($0), now: now()) }
             }
+            machine.doDeferredWork()
             if let outcome { return outcome }
             if let frames = try receive(until: machine.wakeup) {
                 if frames == 2 {

@@ -29,6 +29,7 @@ extension CoordinatorMachine {
         phase = .collecting
         early.removeAll()
         gradientsPending = false
+        ridingToReduce.removeAll()
         if gradientExchange == .peers { sendPeerTableIfChanged(&actions) }
         // Sent at the end of the previous step to the same members: nothing to send again.
         if !members.elementsEqual(current!.alreadySent, by: { $0.identity == $1 }) {
@@ -110,32 +111,61 @@ extension CoordinatorMachine {
     /// workers' are still being collected; with `.peers`, workers finish the gradient round among themselves
     /// and send their metrics at once.
     func keepForLater(_ message: Message) -> Bool {
-        guard case .partials(let s, _, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
+        guard case .partials(let s, _, _, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
         return peersRound || !currentRound.isAnswered
     }
 
-    /// Stores one member's partials of the round in the chunk-major buffer, if they are the round's.
+    /// The gradient segment of the current round: the one riding with a backward-sums round, or the gradient
+    /// round's own (the last); nil for other rounds.
+    var segmentOfCurrentRound: GradientSegment? {
+        switch currentRound {
+        case .gradients: network.gradientSegments.last
+        case .sums(let layer): network.gradientSegments.first { $0.ridesWith == layer }
+        default: nil
+        }
+    }
+
+    /// Stores one member's partials of the round in the chunk-major buffers, if they are the round's: the round's
+    /// own values, and the gradients riding with it in their segment's place.
     func acceptPartials(rank: Int, _ message: Message) -> Acceptance {
-        guard case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let payload) = message else { return .rejected }
+        guard case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let gw, let payload) = message else { return .rejected }
         let round = currentRound, step = UInt64(current!.step)
+        let segment = segmentOfCurrentRound
         let width = network.width(of: round)
         let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
+        let gradientWidth = round == .gradients ? 0 : segment?.exchange.chunkWidth ?? 0
         let expected = config.plan.chunks(forRank: rank, of: members.count)
         guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
-              Int(w) == width, e == element, payload.count == expected.count * width * element.size else {
+              Int(w) == width, e == element, Int(gw) == gradientWidth,
+              payload.count == expected.count * (width * element.size + gradientWidth * 4) else {
             // Left over from an abandoned try of this step, or wrong: either way not this round's.
-            logger.debug("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w): expected step \(step + 1), \(round), chunks \(expected), width \(width)")
+            logger.debug("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w)+\(gw): expected step \(step + 1), \(round), chunks \(expected), width \(width)+\(gradientWidth)")
             return .rejected
         }
-        let finite = payload.withUnsafeBytes { raw -> Bool in
-            let byteOffset = expected.lowerBound * width * element.size
-            let base = element == .float32 ? UnsafeMutableRawPointer(floatPartials.baseAddress!) : UnsafeMutableRawPointer(doublePartials.baseAddress!)
-            if raw.count > 0 { (base + byteOffset).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
-            return element == .float32
-                ? allFinite(UnsafeBufferPointer(start: floatPartials.baseAddress! + byteOffset / 4, count: raw.count / 4))
-                : allFinite(UnsafeBufferPointer(start: doublePartials.baseAddress! + byteOffset / 8, count: raw.count / 8))
+        return payload.withUnsafeBytes { raw -> Acceptance in
+            let own = expected.count * width * element.size
+            var finite: Bool
+            if element == .float32 {
+                // The gradient round's own segment.
+                let target = floatPartials.baseAddress! + segment!.partialsOffset + expected.lowerBound * width
+                finite = store(UnsafeRawBufferPointer(rebasing: raw[0..<own]), into: target)
+            } else {
+                let target = doublePartials.baseAddress! + expected.lowerBound * width
+                if own > 0 { UnsafeMutableRawPointer(target).copyMemory(from: raw.baseAddress!, byteCount: own) }
+                finite = allFinite(UnsafeBufferPointer(start: target, count: own / 8))
+            }
+            if gradientWidth > 0 {
+                let target = floatPartials.baseAddress! + segment!.partialsOffset + expected.lowerBound * gradientWidth
+                finite = store(UnsafeRawBufferPointer(rebasing: raw[own...]), into: target) && finite
+            }
+            return finite ? .accepted : .nonFinite
         }
-        return finite ? .accepted : .nonFinite
+    }
+
+    /// Copies Float32 values from the wire into `target`; whether they are all finite.
+    private func store(_ raw: UnsafeRawBufferPointer, into target: UnsafeMutablePointer<Float>) -> Bool {
+        if raw.count > 0 { UnsafeMutableRawPointer(target).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+        return allFinite(UnsafeBufferPointer(start: target, count: raw.count / 4))
     }
 
     /// A member sent NaN or infinity: stop the job, or drop the step (`nonFinitePolicy`).
@@ -218,14 +248,15 @@ extension CoordinatorMachine {
         }
         outbox.removeAll(keepingCapacity: true)
         if round == .gradients {
-            let exchange = network.exchange
-            let partials = UnsafeBufferPointer(rebasing: floatPartials[0..<(plan.chunkCount * width)])
-            let result = UnsafeMutableBufferPointer(rebasing: floatResult[0..<exchange.resultWidth])
-            exchange.reduce(partials, into: result)
-            Message.reduced(step: step, round: round, width: UInt32(exchange.resultWidth), element: .float32, payload: []).encode(appendingTo: &outbox)
+            // Every segment's result, those that rode with the backward rounds first.
+            ridingToReduce.append(network.gradientSegments.last!)
+            doDeferredWork()
+            let result = UnsafeBufferPointer(rebasing: floatResult[0..<network.exchange.resultWidth])
+            Message.reduced(step: step, round: round, width: UInt32(result.count), element: .float32, payload: []).encode(appendingTo: &outbox)
             outbox += UnsafeRawBufferPointer(result)
             gradientsPending = true
         } else {
+            if let segment = segmentOfCurrentRound { ridingToReduce.append(segment) }
             let partials = UnsafeBufferPointer(rebasing: doublePartials[0..<(plan.chunkCount * width)])
             var result = UnsafeBufferPointer(rebasing: doubleResult[0..<width])
             if network.gathers(round) {
@@ -241,6 +272,19 @@ extension CoordinatorMachine {
         // After the step's final round the step is done for whoever received the result, so it is not
         // redone: a member that cannot be reached then is dropped between steps.
         for peer in members { actions.append(.send(to: peer.identity, bytes: outbox)) }
+    }
+
+    /// Combines the gradient segments that rode with backward rounds and are all in. Work that need not delay
+    /// the sends just returned: a driver calls it once they are out, while workers go on with the backward pass
+    /// (otherwise the gradient round does it).
+    public func doDeferredWork() {
+        let plan = config.plan
+        for segment in ridingToReduce {
+            let exchange = segment.exchange
+            let partials = UnsafeBufferPointer(rebasing: floatPartials[segment.partialsOffset..<(segment.partialsOffset + plan.chunkCount * exchange.chunkWidth)])
+            exchange.reduce(partials, into: UnsafeMutableBufferPointer(rebasing: floatResult[segment.resultOffset..<(segment.resultOffset + exchange.resultWidth)]))
+        }
+        ridingToReduce.removeAll(keepingCapacity: true)
     }
 
     /// The step's last round is done: send the next step at once (workers start it while this replica

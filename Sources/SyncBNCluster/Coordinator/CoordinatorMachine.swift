@@ -136,6 +136,9 @@ public final class CoordinatorMachine {
     /// The completed step waiting for `commitStep()`.
     var completed: (step: Int, metrics: StepMetrics?)?
     var gradientsPending = false
+    /// Gradient segments that rode with this step's backward rounds and are all in, not yet combined
+    /// (`doDeferredWork`).
+    var ridingToReduce: [GradientSegment] = []
     /// A round's result message, encoded into the same storage every round (the send actions share it; by the
     /// next round the driver has let go of them, so nothing is copied or allocated).
     var outbox: [UInt8] = []
@@ -171,6 +174,9 @@ public final class CoordinatorMachine {
         self.logger = logger
         peerEpoch = initialPeerEpoch
         network = config.makeNetwork()
+        // Among workers the gradient round takes all the gradients; through this coordinator they ride with the
+        // backward rounds.
+        network.gradientsRideWithBatchNorm = gradientExchange == .star
         let chunks = config.plan.chunkCount
         let widestDouble = Self.widestDouble(network)
         doublePartials = .allocate(capacity: chunks * widestDouble)
@@ -192,7 +198,7 @@ public final class CoordinatorMachine {
 
     /// The largest message a worker may send: its partials when it owns every chunk.
     public var largestWorkerMessage: Int {
-        WireProtocol.headerSize + 64 + config.plan.chunkCount * max(network.exchange.chunkWidth * 4, Self.widestDouble(network) * 8)
+        WireProtocol.headerSize + 64 + config.plan.chunkCount * (network.exchange.chunkWidth * 4 + Self.widestDouble(network) * 8)
     }
 
     public var liveWorkers: Int { members.count }

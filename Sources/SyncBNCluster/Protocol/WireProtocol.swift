@@ -11,7 +11,7 @@ import SyncBNCore
 ///     header: magic "SYBN" (4) | version u16 | kind u16 | step u64
 public enum WireProtocol {
     /// Bumped on any change to a message's layout or meaning.
-    public static let version: UInt16 = 4
+    public static let version: UInt16 = 5
     public static let magic: [UInt8] = Array("SYBN".utf8)
     public static let headerSize = 16
     /// The largest message a peer may send (libzmq cuts off a peer that exceeds it): a step's gradient
@@ -26,7 +26,7 @@ public enum WireProtocol {
     /// Element type of a partials or reduced payload.
     public enum Element: UInt8, Sendable {
         case float64 = 0, float32 = 1
-        var size: Int { self == .float64 ? 8 : 4 }
+        public var size: Int { self == .float64 ? 8 : 4 }
     }
 }
 
@@ -44,8 +44,11 @@ public enum Message: Equatable {
     /// Coordinator → worker: run step `step` on chunks [firstChunk, firstChunk + chunkCount) of the global
     /// batch, all of whose rows are in `batch`.
     case step(step: UInt64, firstChunk: UInt32, chunkCount: UInt32, computeMetrics: Bool, batch: BatchData)
-    /// Worker → coordinator: this worker's per-chunk partials for one round.
-    case partials(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element, payload: ArraySlice<UInt8>)
+    /// Worker → coordinator: this worker's per-chunk partials for one round: `width` values of `element` per
+    /// chunk, then (a backward-sums round only) the parameter gradients riding with it, `gradientWidth` Float32
+    /// values per chunk (`RidingGradients`). `payload` holds both parts, in that order.
+    case partials(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element,
+                  gradientWidth: UInt32 = 0, payload: ArraySlice<UInt8>)
     /// Coordinator → worker: the reduction of a round over the global batch.
     case reduced(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element, payload: ArraySlice<UInt8>)
     /// Coordinator → worker: training is over; exit cleanly.
@@ -181,7 +184,7 @@ extension Message {
         out.u16(WireProtocol.version)
         out.u16(kind.rawValue)
         switch self {
-        case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _), .reduced(let step, _, _, _, _),
+        case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _, _), .reduced(let step, _, _, _, _),
              .gradientTiles(let step, _, _, _, _, _, _, _, _, _), .gradientShard(let step, _, _, _, _, _):
             out.u64(step)
         default:
@@ -202,10 +205,11 @@ extension Message {
             out.u8(computeMetrics ? 1 : 0); out.u8(batch.element.rawValue); out.u16(0)
             out.u32(UInt32(batch.rows)); out.u32(UInt32(batch.featureSize))
             out.bytes(batch.labels); out.bytes(batch.features)
-        case .partials(_, let round, let firstChunk, let chunkCount, let width, let element, let payload):
+        case .partials(_, let round, let firstChunk, let chunkCount, let width, let element, let gradientWidth, let payload):
             out.round(round)
             out.u32(firstChunk); out.u32(chunkCount); out.u32(width)
             out.u8(element.rawValue); out.u8(0); out.u16(0)
+            out.u32(gradientWidth)
             out.bytes(payload)
         case .reduced(_, let round, let width, let element, let payload):
             out.round(round)
@@ -240,8 +244,10 @@ extension Message {
 
     /// Header and fixed fields of a partials message, for senders that append the payload themselves
     /// (straight from a tensor buffer, without an intermediate array).
-    public static func partialsHeader(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
-        Message.partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element, payload: []).encoded()
+    public static func partialsHeader(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element,
+                                      gradientWidth: UInt32 = 0) -> [UInt8] {
+        Message.partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element,
+                         gradientWidth: gradientWidth, payload: []).encoded()
     }
 
     public static func reducedHeader(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
@@ -338,11 +344,17 @@ extension Message {
             let firstChunk = try reader.u32(), chunkCount = try reader.u32(), width = try reader.u32()
             let element = try reader.element()
             try reader.reserved(3)
-            let (expected, overflow) = Int(chunkCount).multipliedReportingOverflow(by: Int(width) * element.size)
-            guard !overflow, reader.remaining == expected else {
-                throw ProtocolError.malformed("partials for \(chunkCount) chunks of \(width) values carry \(reader.remaining) bytes")
+            let gradientWidth = try reader.u32()
+            if gradientWidth > 0 && !round.carriesGradients {
+                throw ProtocolError.malformed("partials of the \(round) carry riding gradients; only backward sums do")
             }
-            return .partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element, payload: reader.rest())
+            // Both widths are below 2³², so a chunk's bytes fit an Int; the count of chunks may not.
+            let (expected, overflow) = Int(chunkCount).multipliedReportingOverflow(by: Int(width) * element.size + Int(gradientWidth) * 4)
+            guard !overflow, reader.remaining == expected else {
+                throw ProtocolError.malformed("partials for \(chunkCount) chunks of \(width) values and \(gradientWidth) gradients carry \(reader.remaining) bytes")
+            }
+            return .partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element,
+                             gradientWidth: gradientWidth, payload: reader.rest())
         case .reduced:
             let round = try reader.round()
             let width = try reader.u32()

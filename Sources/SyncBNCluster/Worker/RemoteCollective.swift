@@ -44,6 +44,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// The next step, received while this one's gradients were still coming from other workers; the worker
     /// runs it next (`takeDeferred()`).
     private var deferred: Message?
+    /// This step's partials messages, and where the gradients that rode with backward rounds come back.
+    private var messages = WorkerRoundMessages()
 
     func takeDeferred() -> Message? {
         defer { deferred = nil }
@@ -63,20 +65,24 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         self.slice = slice
         waitingNanoseconds = 0
         waitingCPUNanoseconds = 0
+        messages.beginStep()
     }
 
-    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
+    func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
         try roundTrip(round, element: .float64, width: result.count, resultWidth: result.count,
-                      partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
+                      partials: UnsafeRawBufferPointer(partials), riding: riding, result: UnsafeMutableRawBufferPointer(result))
     }
 
-    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>) throws {
+    func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>,
+                   riding: RidingGradients?) throws {
         try roundTrip(round, element: .float64, width: width, resultWidth: result.count,
-                      partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
+                      partials: UnsafeRawBufferPointer(partials), riding: riding, result: UnsafeMutableRawBufferPointer(result))
     }
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         if let mesh, mesh.epoch != nil {
+            precondition(messages.ridingResultWidth == 0, "gradients rode with a backward round although the workers exchange them among themselves")
             try timed {
                 if peerExchange == nil {
                     peerExchange = PeerGradientExchange(layout: GradientLayout(exchange))
@@ -88,16 +94,17 @@ final class RemoteCollective: Collective, ExchangeUpstream {
             guard allFinite(UnsafeBufferPointer(result)) else { throw Interruption.nonFiniteGradients }
             return
         }
-        try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, resultWidth: exchange.resultWidth,
-                      partials: UnsafeRawBufferPointer(partials), result: UnsafeMutableRawBufferPointer(result))
+        // The coordinator answers with every segment's result: those that rode with the backward rounds, then this one.
+        try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, resultWidth: messages.ridingResultWidth + exchange.resultWidth,
+                      partials: UnsafeRawBufferPointer(partials), riding: nil, result: nil) { [self] payload in
+            messages.takeGradientResult(payload, own: result)
+        }
     }
 
     /// Sends the partials and goes on: the coordinator keeps them for its logs and sends nothing back.
     func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
-        outbox.removeAll(keepingCapacity: true)
-        Message.partials(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound), chunkCount: UInt32(slice.chunks.count),
-                         width: UInt32(width), element: .float64, payload: []).encode(appendingTo: &outbox)
-        outbox += UnsafeRawBufferPointer(partials)
+        messages.encodePartials(round, step: step, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
+                                riding: nil, into: &outbox)
         try connection.socket.send(outbox)
     }
 
@@ -111,15 +118,14 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         try body()
     }
 
-    /// Sends `width` values per chunk and waits for the `resultWidth` values of the reduction.
+    /// Sends `width` values per chunk (and the gradients `riding` with them) and waits for the `resultWidth`
+    /// values of the reduction, which go into `result` or to `take`.
     private func roundTrip(_ round: Round, element: WireProtocol.Element, width: Int, resultWidth: Int,
-                           partials: UnsafeRawBufferPointer, result: UnsafeMutableRawBufferPointer) throws {
+                           partials: UnsafeRawBufferPointer, riding: RidingGradients?, result: UnsafeMutableRawBufferPointer?,
+                           take: ((ArraySlice<UInt8>) -> Void)? = nil) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
-        outbox.removeAll(keepingCapacity: true)
-        Message.partials(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound), chunkCount: UInt32(slice.chunks.count),
-                         width: UInt32(width), element: element, payload: []).encode(appendingTo: &outbox)
-        outbox += partials
+        messages.encodePartials(round, step: step, slice: slice, width: width, element: element, partials: partials, riding: riding, into: &outbox)
         try connection.socket.send(outbox)
         _ = machine.handle(.awaiting(step: step, round: round, resultWidth: resultWidth, element: element), now: now())
         // A step that arrived during this step's peer exchange means the coordinator will send no more results
@@ -133,7 +139,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                 throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it stuck?")
             }
             if case .reduced(_, _, _, _, let payload)? = try handle(message) {
-                payload.withUnsafeBytes { result.copyMemory(from: $0) }
+                if let result { payload.withUnsafeBytes { result.copyMemory(from: $0) } }
+                take?(payload)
                 return
             }
         }

@@ -186,6 +186,9 @@ public final class Worker {
             network.labels[row] = Int32(label)
         }
         collective.beginStep(step, slice: slice)
+        // Among workers the gradient round takes all the gradients; through the coordinator they ride with the
+        // backward rounds (same bits either way).
+        network.gradientsRideWithBatchNorm = collective.mesh?.epoch == nil
         network.optimizer.learningRate = config.learningRate(atStep: Int(step))
         try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics, step: Int(step))
     }

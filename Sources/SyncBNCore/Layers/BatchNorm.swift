@@ -301,7 +301,7 @@ public final class BatchNorm: Layer {
             }
         }
         if step.batchNorm == .sync && step.batchNormGroupChunks == nil {
-            try step.collective.allReduce(.sums(layer: index), partials: mine, into: reduced)
+            try step.collective.allReduce(.sums(layer: index), partials: mine, into: reduced, riding: step.takeRiding())
             setParameterGradients(sums: UnsafeBufferPointer(reduced), store: step.store)
             for c in 0..<chunks.count { setCoefficients(chunk: c, sums: UnsafeBufferPointer(reduced), count: plan.batchSize * s) }
         } else {
@@ -315,7 +315,7 @@ public final class BatchNorm: Layer {
             }
             if let groupChunks = step.batchNormGroupChunks {
                 let all = UnsafeMutableBufferPointer(rebasing: gathered[0..<(plan.chunkCount * width)])
-                try step.collective.allGather(.sums(layer: index), partials: mine, width: width, into: all)
+                try step.collective.allGather(.sums(layer: index), partials: mine, width: width, into: all, riding: step.takeRiding())
                 var summed: Range<Int>?  // the group whose sums `localReduced` holds: summed once per group
                 for c in 0..<chunks.count {
                     let group = Self.group(ofChunk: step.slice.chunks.lowerBound + c, groupChunks: groupChunks, plan: plan)

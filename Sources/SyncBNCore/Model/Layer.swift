@@ -100,6 +100,16 @@ public final class StepContext {
     @inline(__always)
     public func chunkGradient(_ c: Int) -> UnsafeMutablePointer<Float> { chunkGradients + c * gradientWidth }
 
+    /// Gradients to send with the next backward-sums round (`GradientSegment`): the network sets them before
+    /// the backward pass of the layer that issues that round, whose first BatchNorm takes them (`takeRiding`).
+    var riding: RidingGradients?
+
+    /// The gradients riding with this backward-sums round, if any; a BatchNorm layer calls it once per round.
+    public func takeRiding() -> RidingGradients? {
+        defer { riding = nil }
+        return riding
+    }
+
     /// Set on logged steps: BatchNorm and activation layers hand it their input (`observe`).
     var observer: StepObserver?
     /// Whether BatchNorm's backward pass goes through the batch statistics (the default) or treats them as

@@ -39,9 +39,42 @@ public final class Network {
     /// gradient when it travels as factors; the caller fills them before `trainStep` (and before
     /// `apply(gradients:)` on a coordinator).
     public let batchInput: Matrix
-    /// How the gradient round's values are laid out and combined. ∂γ, ∂β are in it only when BatchNorm is
-    /// not synchronized (synchronized, they come global out of the backward-sums rounds).
+    /// How the step's parameter gradients are laid out and combined, all of them as one segment (what the
+    /// exchange among workers uses). ∂γ, ∂β are in it only when BatchNorm is not synchronized (synchronized,
+    /// they come global out of the backward-sums rounds).
     public let exchange: GradientExchange
+    /// How the gradients travel now: the segments that ride with backward-sums rounds, then the gradient
+    /// round's (`GradientSegment`); or one segment, `exchange`'s layout, when `gradientsRideWithBatchNorm` is
+    /// off. The partials and the result have the same size either way.
+    public private(set) var gradientSegments: [GradientSegment]
+    /// Whether gradients of layers above a BatchNorm layer travel with its backward-sums round (the default)
+    /// or all in the gradient round (what the exchange among workers needs). The model's bits are the same
+    /// either way. Set it between steps.
+    public var gradientsRideWithBatchNorm = true {
+        didSet {
+            guard gradientsRideWithBatchNorm != oldValue else { return }
+            gradientSegments = gradientsRideWithBatchNorm ? ridingSegments : [wholeSegment]
+            indexSegments()
+        }
+    }
+    private let ridingSegments: [GradientSegment]
+    private let wholeSegment: GradientSegment
+    /// The segment whose factor rows each top-level layer packs before its backward pass, and the segment
+    /// whose partials are packed before a top-level layer's backward pass issues the round they ride with.
+    private var factorSegmentOfLayer: [(segment: Int, factor: GradientExchange.FactorLayer)?] = []
+    private var ridingSegmentOfLayer: [Int?] = []
+
+    private func indexSegments() {
+        factorSegmentOfLayer = Array(repeating: nil, count: layers.count)
+        ridingSegmentOfLayer = Array(repeating: nil, count: layers.count)
+        for (k, segment) in gradientSegments.enumerated() {
+            for factor in segment.exchange.factorLayers {
+                factorSegmentOfLayer[linearPositions[segment.linearIndices[factor.layer]]] = (k, factor)
+            }
+            // The layer just below the segment issues the round it rides with.
+            if segment.ridesWith != nil { ridingSegmentOfLayer[segment.layers.lowerBound - 1] = k }
+        }
+    }
 
     private let context: StepContext
     /// Each top-level layer's input in the last forward pass.
@@ -106,15 +139,25 @@ public final class Network {
         if let first = layers.first as? Linear { first.computesInputGradient = false }
         if let first = layers.first as? Conv2d { first.computesInputGradient = false }
 
-        let candidates = zip(linears, positions).map { (linear: $0.0, inputIsBatch: $0.1 == 0) }
         let candidateSet = Set(linears.map(ObjectIdentifier.init))
-        var otherRanges: [Range<Int>] = []
-        for (_, layer) in namedLayers {
-            if candidateSet.contains(ObjectIdentifier(layer)) { continue }
-            if layer is BatchNorm && spec.batchNorm == .sync && batchNormGroupChunks == nil { continue }
-            otherRanges += layer.parameters.map(\.range)
+        let synchronizedSums = spec.batchNorm == .sync && batchNormGroupChunks == nil
+        let layerList = layers
+        func ownParameters(_ i: Int) -> [Range<Int>] {
+            layerList[i].flattened(name: "").flatMap { _, layer -> [Range<Int>] in
+                if candidateSet.contains(ObjectIdentifier(layer)) { return [] }
+                if layer is BatchNorm && synchronizedSums { return [] }
+                return layer.parameters.map(\.range)
+            }
         }
-        exchange = GradientExchange(factorCandidates: candidates, sumRanges: otherRanges, plan: plan)
+        let sync = spec.batchNorm == .sync
+        func segments(riding: Bool) -> [GradientSegment] {
+            GradientSegment.cut(layers: layerList, linearPositions: positions, ridingWithBatchNorm: riding, plan: plan,
+                                batchNormsIssued: { sync ? Self.backwardOrder([layerList[$0]]) : [] }, ownParameters: ownParameters)
+        }
+        wholeSegment = segments(riding: false)[0]
+        exchange = wholeSegment.exchange
+        ridingSegments = segments(riding: true)
+        gradientSegments = ridingSegments
         for factor in exchange.factorLayers { linears[factor.layer].sendsFactors = true }
 
         input = Matrix(capacity: capacity, columns: spec.input.count)
@@ -139,6 +182,8 @@ public final class Network {
                   let bias = pair.layer.parameters.first(where: { $0.name == "bias" }) else { return nil }
             return ("\(pair.name).\(pair.layer is Linear ? "Linear" : "Conv2d")", bias)
         }
+        precondition(ridingSegments.map(\.exchange.resultWidth).reduce(0, +) == exchange.resultWidth
+                     && ridingSegments.map(\.exchange.chunkWidth).reduce(0, +) == exchange.chunkWidth, "segments cut the gradients without adding any")
         gradientPartials = .allocate(capacity: max(1, plan.chunkCount * exchange.chunkWidth))
         gradientPartials.initialize(repeating: 0)
         gradientResult = .allocate(capacity: max(1, exchange.resultWidth))
@@ -150,6 +195,7 @@ public final class Network {
         reducedMetrics = .allocate(capacity: 2)
         reducedMetrics.initialize(repeating: 0)
 
+        indexSegments()
         var random = SplitMix64(seed: seed, stream: 1)
         for layer in layers { layer.initialize(store, random: &random) }
     }
@@ -212,7 +258,7 @@ public final class Network {
     public func width(of round: Round) -> Int {
         switch round {
         case .moments(let layer), .sums(let layer): 2 * norms[layer].features
-        case .gradients: exchange.chunkWidth
+        case .gradients: gradientSegments.last!.exchange.chunkWidth
         case .metrics: 2
         case .observations: observer.layout.width
         }
@@ -258,20 +304,24 @@ public final class Network {
         SoftmaxCrossEntropy.forwardBackward(logits: x, labels: labels, chunks: chunks, batchSize: plan.batchSize,
                                             gradient: logitGradient, metrics: chunkMetrics.baseAddress!, threads: context.threads)
 
-        // Backward.
+        // Backward. A segment's gradients are final before the layer whose backward round they ride with.
         var dy = logitGradient
-        var factorIndex = exchange.factorLayers.count - 1
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
-            if factorIndex >= 0, linearPositions[exchange.factorLayers[factorIndex].layer] == i {
-                packFactors(exchange.factorLayers[factorIndex], x: layerInputs[i], dy: dy, chunks: chunks)
-                factorIndex -= 1
+            if let (segment, factor) = factorSegmentOfLayer[i] {
+                packFactors(factor, of: gradientSegments[segment], x: layerInputs[i], dy: dy, chunks: chunks)
+            }
+            if let segment = ridingSegmentOfLayer[i] {
+                packSums(of: gradientSegments[segment], chunkCount: chunks.count)
+                context.riding = riding(gradientSegments[segment], chunkCount: chunks.count)
             }
             dy = try layers[i].backward(dy, context)
+            precondition(context.riding == nil, "layer \(i)'s backward pass issued no backward round for the gradients riding with it")
         }
 
-        packSums(chunkCount: chunks.count)
-        try collective.exchangeGradients(UnsafeBufferPointer(rebasing: gradientPartials[0..<(chunks.count * exchange.chunkWidth)]),
-                                         exchange: exchange, into: UnsafeMutableBufferPointer(rebasing: gradientResult[0..<exchange.resultWidth]))
+        let last = gradientSegments.last!
+        packSums(of: last, chunkCount: chunks.count)
+        let own = riding(last, chunkCount: chunks.count)
+        try collective.exchangeGradients(own.partials, exchange: last.exchange, into: own.result)
         apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[0..<exchange.resultWidth]))
         var metrics: StepMetrics?
         if computeMetrics {
@@ -317,6 +367,15 @@ public final class Network {
     /// then added to ∂W in chunk order, element by element, the elements shared among the threads.
     public func apply(gradients result: UnsafeBufferPointer<Float>) {
         precondition(result.count == exchange.resultWidth, "the gradient result has \(result.count) values; the exchange expects \(exchange.resultWidth)")
+        for segment in gradientSegments {
+            apply(gradients: UnsafeBufferPointer(rebasing: result[segment.resultOffset..<(segment.resultOffset + segment.exchange.resultWidth)]),
+                  of: segment)
+        }
+    }
+
+    /// `apply(gradients:)` for one segment's part of the result.
+    private func apply(gradients result: UnsafeBufferPointer<Float>, of segment: GradientSegment) {
+        let exchange = segment.exchange
         let values = result.baseAddress!
         var position = 0
         for range in exchange.sumRanges {
@@ -326,7 +385,7 @@ public final class Network {
         let rowWidth = exchange.factorRowWidth, rowsBlock = exchange.chunkSize * rowWidth
         let threads = context.threads, slotWidth = chunkWeightGradient.count / threads.threadCount
         for factor in exchange.factorLayers {
-            let linear = linears[factor.layer]
+            let linear = linears[segment.linearIndices[factor.layer]]
             let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
             let weightCount = linear.inputs * linear.outputs
             let xStride = factor.inputColumn == nil ? linear.inputs : rowWidth
@@ -378,13 +437,23 @@ public final class Network {
         }
     }
 
+    /// This replica's partials of `segment` and where their combination goes.
+    private func riding(_ segment: GradientSegment, chunkCount: Int) -> RidingGradients {
+        let exchange = segment.exchange
+        return RidingGradients(
+            exchange: exchange,
+            partials: UnsafeBufferPointer(rebasing: gradientPartials[segment.partialsOffset..<(segment.partialsOffset + chunkCount * exchange.chunkWidth)]),
+            result: UnsafeMutableBufferPointer(rebasing: gradientResult[segment.resultOffset..<(segment.resultOffset + exchange.resultWidth)]))
+    }
+
     /// Copies this slice's rows of x (unless the layer's x is the input batch) and dy into each chunk's
-    /// factor block, zero past the chunk's last row.
-    private func packFactors(_ factor: GradientExchange.FactorLayer, x: Matrix, dy: Matrix, chunks: [Range<Int>]) {
+    /// factor block of `segment`, zero past the chunk's last row.
+    private func packFactors(_ factor: GradientExchange.FactorLayer, of segment: GradientSegment, x: Matrix, dy: Matrix, chunks: [Range<Int>]) {
+        let exchange = segment.exchange
         let rowWidth = exchange.factorRowWidth, width = exchange.chunkWidth
         context.threads.run(chunks.count, work: chunks.count * exchange.chunkSize * rowWidth) { c, _ in
             let rows = chunks[c]
-            let block = gradientPartials.baseAddress! + c * width + exchange.sumWidth
+            let block = gradientPartials.baseAddress! + segment.partialsOffset + c * width + exchange.sumWidth
             for i in 0..<exchange.chunkSize {
                 let row = block + i * rowWidth
                 let r = rows.lowerBound + i
@@ -398,11 +467,12 @@ public final class Network {
         }
     }
 
-    /// Packs each chunk's store-shaped partial gradients of the summed ranges in front of its factor block.
-    private func packSums(chunkCount: Int) {
+    /// Packs each chunk's store-shaped partial gradients of `segment`'s summed ranges in front of its factor block.
+    private func packSums(of segment: GradientSegment, chunkCount: Int) {
+        let exchange = segment.exchange
         context.threads.run(chunkCount, work: chunkCount * exchange.sumWidth) { c, _ in
             let source = chunkGradients.baseAddress! + c * store.count
-            var target = gradientPartials.baseAddress! + c * exchange.chunkWidth
+            var target = gradientPartials.baseAddress! + segment.partialsOffset + c * exchange.chunkWidth
             for range in exchange.sumRanges {
                 target.update(from: source + range.lowerBound, count: range.count)
                 target += range.count
