@@ -162,6 +162,24 @@ public final class Socket {
         }
     }
 
+    /// Sends `shared`'s bytes as one frame without copying them: libzmq counts the references to the one buffer
+    /// (`zmq_msg_copy`), so that a message broadcast to N peers is copied once, not N times.
+    @discardableResult
+    public func send(_ shared: SharedMessage, more: Bool = false) throws -> Bool {
+        var message = zmq_msg_t()
+        zmq_msg_init(&message)
+        guard zmq_msg_copy(&message, &shared.message) == 0 else { throw ZMQError.last("zmq_msg_copy") }
+        let flags: Int32 = more ? ZMQ_SNDMORE : 0
+        while true {
+            if zmq_msg_send(&message, handle, flags) >= 0 { return true }  // libzmq owns this reference now
+            let error = ZMQError.last("zmq_msg_send")
+            if error.isInterrupted { continue }
+            zmq_msg_close(&message)
+            if error.isAgain { return false }
+            throw error
+        }
+    }
+
     /// Sends all frames as one multipart message.
     @discardableResult
     public func send(frames: [[UInt8]], dontWait: Bool = false) throws -> Bool {
@@ -273,4 +291,17 @@ public final class Socket {
             throw error
         }
     }
+}
+
+/// One message's bytes in a libzmq buffer, sent to several peers without a copy each (`Socket.send(_:more:)`).
+/// Its content must not change once made.
+public final class SharedMessage {
+    fileprivate var message = zmq_msg_t()
+
+    public init(_ bytes: UnsafeRawBufferPointer) throws {
+        guard zmq_msg_init_size(&message, bytes.count) == 0 else { throw ZMQError.last("zmq_msg_init_size") }
+        if bytes.count > 0 { zmq_msg_data(&message)!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+    }
+
+    deinit { zmq_msg_close(&message) }
 }
