@@ -65,6 +65,40 @@ public struct BenchReport: Codable {
         var ratioToTarget: Double?
         /// Peak resident set over the repeats; for launch, the largest of the coordinator and its workers.
         var peakRSSMiB: Double
+        /// launch: each worker's threads (`--threads`), when the row sets them.
+        var threads: Int?
+        /// launch: wake-ups per step of a worker (median over the workers of each one's mean, median over the
+        /// repeats) and of the coordinator (median over the repeats).
+        var workerWakeups: Wakeups?
+        var coordinatorWakeups: Wakeups?
+        /// launch: context switches per step of the coordinator and every worker together (median over the repeats).
+        var allProcessesContextSwitchesPerStep: Double?
+    }
+
+    /// Per step, means over a run (`RunStatus`): ZeroMQ messages a process sent and received, and its context
+    /// switches (the whole process's, libzmq's I/O thread included).
+    struct Wakeups: Codable {
+        var messagesSentPerStep: Double
+        var messagesReceivedPerStep: Double
+        var voluntaryContextSwitchesPerStep: Double
+        var involuntaryContextSwitchesPerStep: Double
+
+        var messagesPerStep: Double { messagesSentPerStep + messagesReceivedPerStep }
+        var contextSwitchesPerStep: Double { voluntaryContextSwitchesPerStep + involuntaryContextSwitchesPerStep }
+    }
+
+    /// The same cores as two single-threaded workers or as one worker of two threads (`launch --workers 2
+    /// --threads 1` against `launch --workers 1 --threads 2`), measured in the same run.
+    struct ThreadsVersusWorkers: Codable {
+        var model: String
+        var twoWorkersOneThreadMs: Double
+        var oneWorkerTwoThreadsMs: Double
+        /// Two workers' step over one worker's: above 1, the one worker of two threads is faster.
+        var stepRatio: Double
+        var twoWorkersOneThreadContextSwitchesPerStep: Double?
+        var oneWorkerTwoThreadsContextSwitchesPerStep: Double?
+        /// Every process's context switches per step, two workers' over one worker's.
+        var contextSwitchRatio: Double?
     }
 
     /// A model's sgemm floor (`BenchFloor`): its step's matrix products, unchunked, on one thread, measured in
@@ -112,6 +146,7 @@ public struct BenchReport: Codable {
     var raw = Raw()
     var allReduce: [AllReduce] = []
     var training: [Training] = []
+    var threadsVersusWorkers: [ThreadsVersusWorkers] = []
     var compute: [Compute] = []
     var floors: [Floor] = []
     var memory: Memory?

@@ -59,14 +59,16 @@ public struct BenchRun {
             ("wide-mlp", ["--model", "wide-mlp", "--batch-size", "512"], 512, quick ? 10 : 30, 900),
             ("bn-cnn", ["--model", "bn-cnn"], 60, quick ? 30 : 100, 900),
         ]
-        // `train` on one thread and on every core (`--threads`); `launch` gives each worker its share of the cores.
+        // `train` on one thread and on every core (`--threads`); `launch` gives each worker its share of the cores,
+        // and then the same two cores as two workers of one thread and as one worker of two threads.
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let trainThreads = cores > 1 ? [1, cores] : [1]
+        let twoWorkersOneThread = "launch --workers 2 --threads 1", oneWorkerTwoThreads = "launch --workers 1 --threads 2"
         for model in models where sections.contains(.training) {
             let commands: [(workers: Int?, threads: Int?)] = trainThreads.map { (nil, $0) }
-                + (model.name == "bn-cnn" ? [2] : [1, 2, 4]).map { ($0, nil) }
+                + (model.name == "bn-cnn" ? [2] : [1, 2, 4]).map { ($0, nil) } + [(2, 1), (1, 2)]
             for (workers, threads) in commands {
-                let command = workers.map { "launch --workers \($0)" } ?? "train --threads \(threads!)"
+                let command = workers.map { "launch --workers \($0)" + (threads.map { " --threads \($0)" } ?? "") } ?? "train --threads \(threads!)"
                 attempt("\(model.name), \(command), \(model.steps) steps × \(repeats)") {
                     var runs: [BenchTraining.Run] = []
                     for _ in 0..<repeats {
@@ -82,9 +84,28 @@ public struct BenchRun {
                         medianStepMs: step, medianComputeMs: compute, medianWaitingMs: waiting,
                         peakRSSMiB: Double(runs.map(\.maxRSSKiB).max() ?? 0) / 1024)
                     row.medianWaitingCPUMicroseconds = waitingCPU
-                    if workers != nil { row.rounds = Self.roundsPerStep(model.name) }
+                    if let workers {
+                        row.rounds = Self.roundsPerStep(model.name)
+                        row.threads = threads
+                        row.workerWakeups = Self.wakeups(runs.map { $0.workerWakeups.isEmpty ? nil : $0.workerWakeups }) { benchMedian($0) }
+                        row.coordinatorWakeups = Self.wakeups(runs.map { $0.coordinatorWakeups.map { [$0] } }) { $0.first }
+                        row.allProcessesContextSwitchesPerStep = benchMedian(runs.compactMap { run in
+                            guard let coordinator = run.coordinatorWakeups, run.workerWakeups.count == workers else { return nil }
+                            return run.workerWakeups.map(\.contextSwitches).reduce(coordinator.contextSwitches, +)
+                        })
+                    }
                     report.training.append(row)
                 }
+            }
+            let rows = (report.training.first { $0.model == model.name && $0.command == twoWorkersOneThread },
+                        report.training.first { $0.model == model.name && $0.command == oneWorkerTwoThreads })
+            if let two = rows.0, let one = rows.1 {
+                let (a, b) = (two.allProcessesContextSwitchesPerStep, one.allProcessesContextSwitchesPerStep)
+                report.threadsVersusWorkers.append(.init(
+                    model: model.name, twoWorkersOneThreadMs: two.medianStepMs, oneWorkerTwoThreadsMs: one.medianStepMs,
+                    stepRatio: two.medianStepMs / one.medianStepMs,
+                    twoWorkersOneThreadContextSwitchesPerStep: a, oneWorkerTwoThreadsContextSwitchesPerStep: b,
+                    contextSwitchRatio: a.flatMap { a in b.map { a / $0 } }))
             }
             attempt("\(model.name), sgemm floor (unchunked, one thread), \(model.steps) rounds × \(repeats)") {
                 var times: [Double] = []
@@ -207,6 +228,19 @@ public struct BenchRun {
 
         report.wallSeconds = Double(benchNow() - start) / 1e9
         return report
+    }
+
+    /// The wake-ups of a row: each field the median over the repeats of `combine` over that repeat's processes
+    /// (the workers' median, or the coordinator alone); nil if a repeat has none.
+    static func wakeups(_ repeats: [[BenchTraining.Wakeups]?], combine: ([Double]) -> Double?) -> BenchReport.Wakeups? {
+        let runs = repeats.compactMap { $0 }
+        guard !runs.isEmpty, runs.count == repeats.count else { return nil }
+        func field(_ key: KeyPath<BenchTraining.Wakeups, Double>) -> Double {
+            benchMedian(runs.compactMap { combine($0.map { $0[keyPath: key] }) }) ?? .nan
+        }
+        return .init(messagesSentPerStep: field(\.messagesSent), messagesReceivedPerStep: field(\.messagesReceived),
+                     voluntaryContextSwitchesPerStep: field(\.voluntaryContextSwitches),
+                     involuntaryContextSwitchesPerStep: field(\.involuntaryContextSwitches))
     }
 
     /// NCCL's bus bandwidth of an all-reduce of `bytes` among `workers` in `seconds`, GB/s.

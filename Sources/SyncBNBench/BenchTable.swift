@@ -52,10 +52,10 @@ extension BenchReport {
             lines.append("")
             lines.append("3. Training step times (--no-shuffle; target = compute + 1.2 × rounds × raw ipc RTT, the transport launch uses;")
             lines.append("   rounds per step: bn-mlp, wide-mlp \(BenchRun.roundsPerStep("bn-mlp") ?? 0), bn-cnn \(BenchRun.roundsPerStep("bn-cnn") ?? 0))")
-            lines.append("   " + pad("model, batch, steps", 26) + pad("command", 18) + lpad("step", 11) + lpad("compute", 11)
+            lines.append("   " + pad("model, batch, steps", 26) + pad("command", 31) + lpad("step", 11) + lpad("compute", 11)
                          + lpad("waiting", 11) + lpad("wait CPU", 10) + lpad("target", 11) + lpad("ratio", 8) + lpad("peak RSS", 11))
             for row in training {
-                lines.append("   " + pad("\(row.model), \(row.batchSize), \(row.steps)", 26) + pad(row.command, 18)
+                lines.append("   " + pad("\(row.model), \(row.batchSize), \(row.steps)", 26) + pad(row.command, 31)
                              + lpad(String(format: "%.3f ms", row.medianStepMs), 11)
                              + lpad(row.medianComputeMs.map { String(format: "%.3f ms", $0) } ?? "", 11)
                              + lpad(row.medianWaitingMs.map { String(format: "%.3f ms", $0) } ?? "", 11)
@@ -63,6 +63,37 @@ extension BenchReport {
                              + lpad(row.targetMs.map { String(format: "%.3f ms", $0) } ?? "", 11)
                              + lpad(row.ratioToTarget.map { String(format: "%.2fx", $0) } ?? "", 8)
                              + lpad(String(format: "%.1f MiB", row.peakRSSMiB), 11))
+            }
+            let launches = training.filter { $0.workerWakeups != nil || $0.coordinatorWakeups != nil }
+            if !launches.isEmpty {
+                lines.append("   wake-ups per step of launch: ZeroMQ messages sent + received, context switches voluntary + involuntary")
+                lines.append("   (whole process, libzmq's I/O thread included); means over each run; worker: median over the workers;")
+                lines.append("   all switches: the coordinator's and every worker's together")
+                lines.append("   " + pad("model, batch, steps", 26) + pad("command", 31) + lpad("worker msgs", 13) + lpad("worker switches", 17)
+                             + lpad("coord msgs", 13) + lpad("coord switches", 17) + lpad("all switches", 14))
+                func pair(_ a: Double?, _ b: Double?) -> String { a.flatMap { a in b.map { String(format: "%.1f+%.1f", a, $0) } } ?? "—" }
+                for row in launches {
+                    let (w, c) = (row.workerWakeups, row.coordinatorWakeups)
+                    lines.append("   " + pad("\(row.model), \(row.batchSize), \(row.steps)", 26) + pad(row.command, 31)
+                                 + lpad(pair(w?.messagesSentPerStep, w?.messagesReceivedPerStep), 13)
+                                 + lpad(pair(w?.voluntaryContextSwitchesPerStep, w?.involuntaryContextSwitchesPerStep), 17)
+                                 + lpad(pair(c?.messagesSentPerStep, c?.messagesReceivedPerStep), 13)
+                                 + lpad(pair(c?.voluntaryContextSwitchesPerStep, c?.involuntaryContextSwitchesPerStep), 17)
+                                 + lpad(f(row.allProcessesContextSwitchesPerStep, "%.1f"), 14))
+                }
+            }
+            if !threadsVersusWorkers.isEmpty {
+                lines.append("   two workers of one thread against one worker of two threads, same run (ratio = 2×1 / 1×2, above 1: 1×2 is")
+                lines.append("   better; switches: all processes' context switches per step)")
+                lines.append("   " + pad("model", 26) + lpad("2×1 step", 11) + lpad("1×2 step", 11) + lpad("ratio", 8)
+                             + lpad("2×1 switches", 14) + lpad("1×2 switches", 14) + lpad("ratio", 8))
+                for row in threadsVersusWorkers {
+                    lines.append("   " + pad(row.model, 26) + lpad(String(format: "%.3f ms", row.twoWorkersOneThreadMs), 11)
+                                 + lpad(String(format: "%.3f ms", row.oneWorkerTwoThreadsMs), 11) + lpad(String(format: "%.2fx", row.stepRatio), 8)
+                                 + lpad(f(row.twoWorkersOneThreadContextSwitchesPerStep, "%.1f"), 14)
+                                 + lpad(f(row.oneWorkerTwoThreadsContextSwitchesPerStep, "%.1f"), 14)
+                                 + lpad(f(row.contextSwitchRatio, "%.2fx"), 8))
+                }
             }
             if !floors.isEmpty {
                 lines.append("   sgemm floor: the step's matrix products, each unchunked (one call over the batch), one OpenBLAS thread, in this")

@@ -9,13 +9,35 @@ enum BenchTraining {
         var workerComputeMs: [Double]
         var workerWaitingMs: [Double]
         var workerWaitingCPUMicroseconds: [Double]
+        /// Per worker (launch only), and the coordinator's: wake-ups per step, from their final statuses.
+        var workerWakeups: [Wakeups]
+        var coordinatorWakeups: Wakeups?
         var maxRSSKiB: Int
         var wallSeconds: Double
     }
 
+    /// Messages and context switches per step of one process (`RunStatus`'s means over its run).
+    struct Wakeups {
+        var messagesSent: Double
+        var messagesReceived: Double
+        var voluntaryContextSwitches: Double
+        var involuntaryContextSwitches: Double
+
+        var messages: Double { messagesSent + messagesReceived }
+        var contextSwitches: Double { voluntaryContextSwitches + involuntaryContextSwitches }
+
+        /// Nil when the status lacks any of them (a process of an older release, or one that ran no step).
+        init?(_ status: RunStatus) {
+            guard let sent = status.messagesSentPerStep, let received = status.messagesReceivedPerStep,
+                  let voluntary = status.voluntaryContextSwitchesPerStep, let involuntary = status.involuntaryContextSwitchesPerStep else { return nil }
+            (messagesSent, messagesReceived, voluntaryContextSwitches, involuntaryContextSwitches) = (sent, received, voluntary, involuntary)
+        }
+    }
+
     /// Runs this executable with `arguments` plus `--out <scratch>/run-N --status-file …`, its output into a
     /// log file (shown on failure), and reads its final status (`RunStatus`: the median step, and for launch
-    /// each worker's compute and waiting times). `workers` nil: one process (`train`); otherwise `launch --workers N`.
+    /// each worker's compute and waiting times, and everyone's wake-ups). `workers` nil: one process (`train`);
+    /// otherwise `launch --workers N`.
     static func run(workers: Int?, model: [String], steps: Int, scratch: String, timeoutSeconds: Double) throws -> Run {
         let name = "run-\(UUID().uuidString.prefix(8))"
         let out = scratch + "/" + name
@@ -46,6 +68,7 @@ enum BenchTraining {
         return Run(medianStepMs: step * 1000, workerComputeMs: finishedWorkers.map { ($0.medianComputeSeconds ?? .nan) * 1000 },
                    workerWaitingMs: finishedWorkers.map { ($0.medianWaitingSeconds ?? .nan) * 1000 },
                    workerWaitingCPUMicroseconds: finishedWorkers.map { ($0.waitingCPUSeconds ?? .nan) * 1e6 },
+                   workerWakeups: finishedWorkers.compactMap(Wakeups.init), coordinatorWakeups: workers == nil ? nil : Wakeups(status),
                    maxRSSKiB: exit.maxRSSKiB, wallSeconds: wall)
     }
 }

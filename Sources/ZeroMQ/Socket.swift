@@ -4,7 +4,7 @@ import CZeroMQ
 ///
 /// Every call checks its C result and throws `ZMQError` carrying `zmq_strerror`. Receives return `nil`
 /// for "nothing yet" (EAGAIN with a timeout or `dontWait`), never an error. Calls interrupted by a
-/// signal (EINTR) are retried.
+/// signal (EINTR) are retried. Every message sent or received is counted in `MessageCounts`.
 public final class Socket {
     public enum Kind {
         case router, dealer, pair, req, rep, push, pull
@@ -129,7 +129,10 @@ public final class Socket {
         if more { flags |= ZMQ_SNDMORE }
         if dontWait { flags |= ZMQ_DONTWAIT }
         while true {
-            if zmq_send(handle, bytes.baseAddress, bytes.count, flags) >= 0 { return true }
+            if zmq_send(handle, bytes.baseAddress, bytes.count, flags) >= 0 {
+                if !more { MessageCounts.noteSent() }
+                return true
+            }
             let error = ZMQError.last("zmq_send")
             if error.isInterrupted { continue }
             if error.isAgain { return false }
@@ -153,7 +156,10 @@ public final class Socket {
         if more { flags |= ZMQ_SNDMORE }
         if dontWait { flags |= ZMQ_DONTWAIT }
         while true {
-            if zmq_msg_send(&message, handle, flags) >= 0 { return true }  // libzmq owns the message now
+            if zmq_msg_send(&message, handle, flags) >= 0 {  // libzmq owns the message now
+                if !more { MessageCounts.noteSent() }
+                return true
+            }
             let error = ZMQError.last("zmq_msg_send")
             if error.isInterrupted { continue }
             zmq_msg_close(&message)
@@ -214,6 +220,7 @@ public final class Socket {
             let data = zmq_msg_data(&message)!
             frames.append([UInt8](UnsafeRawBufferPointer(start: data, count: size)))
         } while zmq_msg_more(&message) != 0
+        MessageCounts.noteReceived()
         return frames
     }
 
@@ -241,6 +248,7 @@ public final class Socket {
             }
             index += 1
         } while zmq_msg_more(&message) != 0
+        MessageCounts.noteReceived()
         return index
     }
 
@@ -257,6 +265,7 @@ public final class Socket {
             if error.isAgain { return nil }
             throw error
         }
+        MessageCounts.noteReceived()
         let result = try body(UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: zmq_msg_size(&message)))
         var frames = 1
         while zmq_msg_more(&message) != 0 {

@@ -73,8 +73,9 @@ struct WorkerCommand: ParsableCommand {
             (finished.rank, finished.step) = (summary.rank, summary.steps)
             (finished.medianComputeSeconds, finished.medianWaitingSeconds, finished.waitingCPUSeconds) =
                 (summary.medianComputeSeconds, summary.medianWaitingSeconds, summary.medianWaitingCPUSeconds)
+            finished.setWakeups(summary.wakeups, steps: summary.steps)
             reporter?.report(finished)
-            logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step, CPU while waiting \(String(format: "%.1f", summary.medianWaitingCPUSeconds * 1e6)) us")
+            logger.info("worker \(summary.rank): \(summary.steps) steps, median compute \(String(format: "%.3f", summary.medianComputeSeconds * 1000)) ms, median waiting \(String(format: "%.3f", summary.medianWaitingSeconds * 1000)) ms per step, CPU while waiting \(String(format: "%.1f", summary.medianWaitingCPUSeconds * 1e6)) us; per step \(summary.wakeups.perStepDescription(steps: summary.steps))")
         }
     }
 }

@@ -4,6 +4,7 @@
 // writes itself (IDX files of 12×12 images with a class-dependent pattern, so that training moves).
 
 import Foundation
+import SyncBNCore
 import XCTest
 
 final class ConvDeterminismTests: SyncBNProcessTestCase {
@@ -129,19 +130,40 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
     }
 
     func testKilledWorkerIsSurvivedByAConvNetWithTheSameModel() throws {
-        let flags = ["--data", Self.dataSet, "--model-file", Self.residualModel, "--steps", "600", "--log-every", "10",
-                     "--batch-size", "8", "--chunk-size", "2", "--no-shuffle"]
-        let expected = try reference(flags).model
+        try checkKilledWorker(["--data", Self.dataSet, "--model-file", Self.residualModel, "--steps", "600", "--log-every", "10",
+                               "--batch-size", "8", "--chunk-size", "2", "--no-shuffle"], workers: 3)
+    }
+
+    func testWorkerKilledWhileItsThreadsComputeIsSurvivedWithTheSameModel() throws {
+        // bn-cnn, each worker a slice of 15 rows in 3 chunks: its second convolution's calls (~0.3 M work units
+        // forward, ~0.6 M backward) are above ChunkThreads' inline threshold (0.26 M), so its 2 threads share them.
+        try checkKilledWorker(["--data", Self.dataSet, "--model", "bn-cnn", "--steps", "12", "--log-every", "1",
+                               "--batch-size", "30", "--chunk-size", "5", "--no-shuffle"],
+                              workers: 2, launchFlags: ["--threads", "2"], whileThreadsCompute: true)
+    }
+
+    /// Runs `launch --workers N flags launchFlags`, SIGKILLs worker process 1 once 3 steps are logged, and checks
+    /// that the job finishes with train's model. `whileThreadsCompute`: the worker is killed only when one of
+    /// its compute threads is caught computing (`killWhileChunkThreadsCompute`), which also proves they run.
+    private func checkKilledWorker(_ flags: [String], workers: Int, launchFlags: [String] = [], whileThreadsCompute: Bool = false,
+                                   file: StaticString = #filePath, line: UInt = #line) throws {
+        let expected = try reference(flags, file: file, line: line).model
         let out = try makeTemporaryDirectory("killed-conv")
-        let launch = try start(["launch", "--workers", "3"] + flags + ["--out", out.path])
-        let pids = try XCTUnwrap(launch.waitForStandardError(containing: "pids ", seconds: 60) ? ProcessLifecycleTests.workerProcessIDs(in: launch.stderr) : nil, launch.transcript)
+        let launch = try start(["launch", "--workers", "\(workers)"] + flags + launchFlags + ["--out", out.path])
+        let pids = try XCTUnwrap(launch.waitForStandardError(containing: "pids ", seconds: 60) ? ProcessLifecycleTests.workerProcessIDs(in: launch.stderr) : nil,
+                                 launch.transcript, file: file, line: line)
         registerForeignProcesses(pids)
-        XCTAssertTrue(waitForLines(out, 3), launch.transcript)
-        XCTAssertEqual(kill(pids[1], SIGKILL), 0)
-        let result = try finish(launch, seconds: 180)
-        XCTAssertTrue(result.succeeded, result.transcript)
-        XCTAssertTrue(result.stderr.contains("declared dead"), result.transcript)
-        XCTAssertEqual(try model(in: out), expected, "the conv run that lost a worker saved a different model")
+        XCTAssertTrue(waitForLines(out, 3), launch.transcript, file: file, line: line)
+        if whileThreadsCompute {
+            XCTAssertTrue(killWhileChunkThreadsCompute(pids[1], seconds: 60),
+                          "never caught a compute thread of worker process 1 (pid \(pids[1])) computing\n\(launch.transcript)", file: file, line: line)
+        } else {
+            XCTAssertEqual(kill(pids[1], SIGKILL), 0, file: file, line: line)
+        }
+        let result = try finish(launch, seconds: 180, file: file, line: line)
+        XCTAssertTrue(result.succeeded, result.transcript, file: file, line: line)
+        XCTAssertTrue(result.stderr.contains("declared dead"), result.transcript, file: file, line: line)
+        XCTAssertEqual(try model(in: out, file: file, line: line), expected, "the conv run that lost a worker saved a different model", file: file, line: line)
     }
 
     func testResNet20OnCIFARFormatSavesTheSameModelForOneToFourWorkersAndEvaluates() throws {
@@ -170,6 +192,40 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
         }
         return false
     }
+}
+
+/// Kills `pid` (SIGKILL) at a moment when one of its `ChunkThreads` helpers (threads named
+/// `ChunkThreads.helperName`) is computing: stops the process (SIGSTOP), waits until every thread is stopped,
+/// and reads each helper's /proc/PID/task/TID/syscall — "-1 …" when it was stopped in user code rather than
+/// in a system call (a helper waiting for work is in futex, 202). Caught computing: killed while stopped;
+/// otherwise let go on (SIGCONT) and looked at again, until `seconds` have passed. Returns whether it killed.
+/// (Reading another process's syscall file takes ptrace access: the test's own descendants have it.)
+func killWhileChunkThreadsCompute(_ pid: pid_t, seconds: Double) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    let tasks = "/proc/\(pid)/task"
+    func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+    /// A thread's state letter, after the last ')' of its stat line ("T"/"t": stopped).
+    func state(_ thread: String) -> Character? {
+        let stat = read("\(tasks)/\(thread)/stat")
+        guard let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
+    }
+    while Date() < deadline {
+        guard SyncBNProcessTestCase.isAlive(pid) else { return false }
+        let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
+        let helpers = threads.filter { read("\(tasks)/\($0)/comm").trimmingCharacters(in: .newlines) == ChunkThreads.helperName }
+        if !helpers.isEmpty {
+            guard kill(pid, SIGSTOP) == 0 else { return false }
+            let stopDeadline = Date().addingTimeInterval(2)
+            while threads.contains(where: { !["T", "t", nil].contains(state($0)) }) && Date() < stopDeadline { sched_yield() }
+            if helpers.contains(where: { read("\(tasks)/\($0)/syscall").hasPrefix("-1 ") }) {
+                return kill(pid, SIGKILL) == 0
+            }
+            kill(pid, SIGCONT)
+        }
+        usleep(2_000)  // let it compute a little further before looking again
+    }
+    return false
 }
 
 /// Removes the data sets and model file this test process wrote (named after its pid) when it exits.

@@ -45,6 +45,18 @@ final class StatusFileTests: SyncBNProcessTestCase {
         XCTAssertEqual(Set(workers.compactMap(\.rank)), [0, 1])
         XCTAssertEqual(workers.compactMap(\.step), [20, 20])
         XCTAssertTrue(workers.allSatisfy { ($0.medianComputeSeconds ?? 0) > 0 }, "\(workers)")
+        // Wake-ups per step, whatever the protocol's rounds: a step costs the coordinator a message to each
+        // worker, and each worker at least that message in and one out; waits block (voluntary switches).
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(final.messagesSentPerStep, "\(final)"), 2)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(final.messagesReceivedPerStep, "\(final)"), 2)
+        XCTAssertGreaterThan(try XCTUnwrap(final.voluntaryContextSwitchesPerStep, "\(final)"), 0)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(final.involuntaryContextSwitchesPerStep, "\(final)"), 0)
+        for worker in workers {
+            XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.messagesSentPerStep, "\(worker)"), 1)
+            XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.messagesReceivedPerStep, "\(worker)"), 1)
+            XCTAssertGreaterThan(try XCTUnwrap(worker.voluntaryContextSwitchesPerStep, "\(worker)"), 0)
+            XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.involuntaryContextSwitchesPerStep, "\(worker)"), 0)
+        }
     }
 
     func testACoordinatorThatCannotBindSaysSoInItsStatus() throws {

@@ -23,6 +23,29 @@ final class SocketTests: XCTestCase {
         router.close()
     }
 
+    func testMessagesAreCountedOnceWhateverTheirFramesAndWhicheverCallMovesThem() throws {
+        let context = try Context()
+        let pull = try Socket(context, .pull)
+        try pull.bind("inproc://counted")
+        let push = try Socket(context, .push)
+        try push.connect("inproc://counted")
+        let (sent, received) = (MessageCounts.sent, MessageCounts.received)
+
+        try push.send(frames: [[1], [2, 3]])  // two frames, one message
+        try push.send([4])
+        try push.send(size: 2) { $0.copyBytes(from: [5, 6]) }
+        XCTAssertEqual(MessageCounts.sent - sent, 3)
+        try pull.setReceiveTimeout(milliseconds: 2000)
+        XCTAssertEqual(try pull.receiveFrames(), [[1], [2, 3]])
+        var buffers: [[UInt8]] = [[]]
+        XCTAssertEqual(try pull.receive(into: &buffers), 1)
+        XCTAssertEqual(try pull.receiveInPlace { Array($0) }?.result, [5, 6])
+        XCTAssertNil(try pull.receiveFrames(dontWait: true), "nothing left: counts nothing")
+        XCTAssertEqual(MessageCounts.received - received, 3)
+        push.close()
+        pull.close()
+    }
+
     func testReceiveTimeoutReturnsNilInsteadOfThrowing() throws {
         let context = try Context()
         let dealer = try Socket(context, .dealer)

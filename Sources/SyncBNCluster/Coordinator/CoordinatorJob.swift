@@ -103,7 +103,10 @@ public struct CoordinatorJob {
             run.status = status
             let summary = try run.run()
             coordinator.finish()
-            status?.report(summary.status(workers: workers))
+            var finished = summary.status(workers: workers)
+            finished.setWakeups(coordinator.stepWakeups, steps: coordinator.wakeupSteps)
+            logger.info("coordinator, per step: \(coordinator.stepWakeups.perStepDescription(steps: coordinator.wakeupSteps))")
+            status?.report(finished)
             return summary
         } catch {
             let wasInterrupted = error is TrainingInterrupted || interrupted()

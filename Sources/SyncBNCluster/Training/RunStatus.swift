@@ -5,11 +5,12 @@ import Foundation
 ///
 ///     {"state":"listening","endpoint":"tcp://10.0.0.1:5555"}                 a coordinator is bound
 ///     {"state":"training","step":0,"steps":1000,"workers":4}                 started; again at each logged step
-///     {"state":"finished","step":1000,"steps":1000,"test_accuracy":0.91,"median_step_seconds":0.034,"model":"…"}
+///     {"state":"finished","step":1000,"steps":1000,"test_accuracy":0.91,"median_step_seconds":0.034,"model":"…",
+///      "messages_sent_per_step":28,"messages_received_per_step":28,"voluntary_context_switches_per_step":41.2,…}  a coordinator
 ///     {"state":"interrupted","step":420,"checkpoint":"…","resume":["syncbn","train","--resume","…"]}
 ///     {"state":"failed","error":"…","error_kind":"cannot-bind"}
 ///     {"state":"joined","rank":0,"workers":4}                                a worker
-///     {"state":"finished","rank":0,"step":1000,"median_compute_seconds":…,"median_waiting_seconds":…}
+///     {"state":"finished","rank":0,"step":1000,"median_compute_seconds":…,"median_waiting_seconds":…,"messages_sent_per_step":7,…}
 public struct RunStatus: Codable, Equatable, Sendable {
     public enum State: String, Codable, Sendable {
         case listening, training, joined, finished, interrupted, failed
@@ -34,6 +35,14 @@ public struct RunStatus: Codable, Equatable, Sendable {
     public var medianComputeSeconds: Double?
     public var medianWaitingSeconds: Double?
     public var waitingCPUSeconds: Double?
+    /// Wake-ups per step, means over the run (`WakeupCounts`): ZeroMQ messages this process sent and received,
+    /// and its context switches (every thread's, libzmq's I/O thread included). A coordinator counts during
+    /// its steps (not its evaluations, checkpoints or logs); a worker from the start of its first step to the
+    /// end of the job, per step it completed (a step cut short by a lost worker costs, but is not counted).
+    public var messagesSentPerStep: Double?
+    public var messagesReceivedPerStep: Double?
+    public var voluntaryContextSwitchesPerStep: Double?
+    public var involuntaryContextSwitchesPerStep: Double?
     public var model: String?
     public var checkpoint: String?
     /// The command that continues an interrupted or failed run, as words.
@@ -50,6 +59,9 @@ public struct RunStatus: Codable, Equatable, Sendable {
         case testAccuracy = "test_accuracy", testLoss = "test_loss", medianStepSeconds = "median_step_seconds"
         case medianComputeSeconds = "median_compute_seconds", medianWaitingSeconds = "median_waiting_seconds"
         case waitingCPUSeconds = "waiting_cpu_seconds", errorKind = "error_kind", workerStatuses = "worker_statuses"
+        case messagesSentPerStep = "messages_sent_per_step", messagesReceivedPerStep = "messages_received_per_step"
+        case voluntaryContextSwitchesPerStep = "voluntary_context_switches_per_step"
+        case involuntaryContextSwitchesPerStep = "involuntary_context_switches_per_step"
     }
 
     /// One line of JSON, keys sorted.

@@ -19,6 +19,9 @@ public final class Worker {
         public var medianWaitingSeconds: Double
         /// Median CPU time burnt per step while waiting (blocking waits: about none).
         public var medianWaitingCPUSeconds: Double
+        /// This process's wake-ups (messages, context switches) from the start of its first step to the end of
+        /// the job: the steps' own, and each wait for the next step's message. Divide by `steps`.
+        public var wakeups: WakeupCounts
     }
 
     fileprivate let endpoint: String
@@ -54,6 +57,7 @@ public final class Worker {
         let mesh = try makeMesh(context)
         defer { mesh?.close() }
         var compute: [Double] = [], waiting: [Double] = [], waitingCPU: [Double] = []
+        var wakeupsAtFirstStep: WakeupCounts?
         var peerDrops = 0
         var rank = 0
         var joinDeadline = Date().addingTimeInterval(timeouts.connectSeconds)
@@ -117,6 +121,7 @@ public final class Worker {
                     for action in machine.handle(.received(message), now: now()) {
                         switch action {
                         case .startStep(let stepMessage):
+                            if wakeupsAtFirstStep == nil { wakeupsAtFirstStep = WakeupCounts.now() }
                             let t0 = DispatchTime.now().uptimeNanoseconds
                             do {
                                 try runStep(stepMessage, config: config, network: network, collective: collective)
@@ -137,9 +142,11 @@ public final class Worker {
                         case .takePeers(let epoch, let peerRank, let endpoints):
                             try collective.takePeers(epoch: epoch, rank: peerRank, endpoints: endpoints)
                         case .finish:
+                            let wakeups = wakeupsAtFirstStep.map { WakeupCounts.now() - $0 } ?? WakeupCounts()
                             logger.info("training finished; worker \(rank) exits")
                             return Summary(rank: rank, steps: compute.count, medianComputeSeconds: median(compute),
-                                           medianWaitingSeconds: median(waiting), medianWaitingCPUSeconds: median(waitingCPU))
+                                           medianWaitingSeconds: median(waiting), medianWaitingCPUSeconds: median(waitingCPU),
+                                           wakeups: wakeups)
                         case .fail(let reason):
                             throw ClusterError(reason)
                         case .connect, .send, .join, .deliver, .abandonStep:

@@ -37,6 +37,10 @@ public final class ChunkThreads: @unchecked Sendable {
         return value
     }()
 
+    /// The helpers' thread name (Linux: in `top -H` and /proc/PID/task/TID/comm, e.g. for a test that must catch
+    /// them computing).
+    public static let helperName = "syncbn-chunks"
+
     /// The team of one: runs everything inline on the caller.
     public static let single = ChunkThreads(threadCount: 1)
 
@@ -53,6 +57,7 @@ public final class ChunkThreads: @unchecked Sendable {
             let context = Unmanaged.passRetained(HelperContext(shared: shared, slot: slot)).toOpaque()
             var thread = pthread_t()
             let status = pthread_create(&thread, nil, { raw in
+                Thread.current.name = ChunkThreads.helperName
                 let context = Unmanaged<HelperContext>.fromOpaque(raw!).takeRetainedValue()
                 context.shared.helperLoop(slot: context.slot)
                 return nil
