@@ -116,7 +116,9 @@ public enum BenchNetwork {
     // MARK: Raw baselines
 
     /// Median round trip (µs) of `size`-byte messages, one value per repeat (each the median of `count` trips).
-    static func roundTrip(transport: String, size: Int = 64, count: Int, warmup: Int = 200, repeats: Int) throws -> [Double] {
+    /// Median round trip (µs) per repeat, and the CPU time (µs) this thread spent per round trip — sending,
+    /// blocking until the reply and receiving it: the floor of what a worker burns waiting for one round.
+    static func roundTrip(transport: String, size: Int = 64, count: Int, warmup: Int = 200, repeats: Int) throws -> (times: [Double], cpu: [Double]) {
         let context = try Context()
         let (router, endpoint) = try makeRouter(context, transport: transport)
         defer { close(router) }
@@ -126,10 +128,12 @@ public enum BenchNetwork {
         _ = try receive(router, into: &buffers, what: "echo helper hello")
         let identity = buffers[0]
         let payload = [UInt8](repeating: 7, count: size)
-        var medians: [Double] = []
+        var medians: [Double] = [], cpu: [Double] = []
         for _ in 0..<repeats {
             var times: [Double] = []
+            var cpu0: UInt64 = 0
             for i in 0..<(warmup + count) {
+                if i == warmup { cpu0 = threadCPUNanoseconds() }
                 let t0 = benchNow()
                 try router.send(frames: [identity, payload])
                 let frames = try receive(router, into: &buffers, what: "echo helper")
@@ -137,10 +141,18 @@ public enum BenchNetwork {
                 if i >= warmup { times.append(Double(benchNow() - t0) / 1e3) }
             }
             medians.append(benchMedian(times)!)
+            cpu.append(Double(threadCPUNanoseconds() - cpu0) / 1e3 / Double(count))
         }
         try router.send(frames: [identity, []])
         child.wait(timeoutSeconds: 5)
-        return medians
+        return (medians, cpu)
+    }
+
+    /// CPU time consumed by the calling thread, in nanoseconds.
+    private static func threadCPUNanoseconds() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 
     /// One-way throughput (GB/s, 1e9 bytes) of `messages` messages of `size` bytes, DEALER → ROUTER, one value per
@@ -263,7 +275,7 @@ public enum BenchNetwork {
         var identities = [[UInt8]](repeating: [], count: workers), endpoints = [String](repeating: "", count: workers)
         for _ in 0..<workers {
             _ = try receive(router, into: &buffers, what: "peer all-reduce helper hello")
-            guard case .hello(let peer, let peerEndpoint, _) = try Message.decode(buffers[1]), let rank = Int(peer), rank < workers else {
+            guard case .hello(let peer, let peerEndpoint, _, _) = try Message.decode(buffers[1]), let rank = Int(peer), rank < workers else {
                 throw BenchError("peer all-reduce: unexpected hello")
             }
             identities[rank] = buffers[0]

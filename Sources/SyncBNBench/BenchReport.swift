@@ -15,6 +15,10 @@ public struct BenchReport: Codable {
         var roundTripsPerRepeat = 2000
         var roundTripTcpMicroseconds: Double?
         var roundTripIpcMicroseconds: Double?
+        /// CPU time of the sending thread per round trip (send, block, receive): what a wait for one round costs
+        /// at least.
+        var roundTripTcpCPUMicroseconds: Double?
+        var roundTripIpcCPUMicroseconds: Double?
         var streamMessageBytes = 4 << 20
         var streamMessagesPerRepeat = 200
         var throughputTcpGBps: Double?

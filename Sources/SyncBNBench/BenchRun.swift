@@ -146,8 +146,14 @@ public struct BenchRun {
         let raw = report.raw
         for transport in ["tcp", "ipc"] where sections.contains(.transport) {
             attempt("raw round trip, \(transport)") {
-                let value = benchMedian(try BenchNetwork.roundTrip(transport: transport, size: raw.roundTripBytes, count: raw.roundTripsPerRepeat, repeats: repeats))
-                if transport == "tcp" { report.raw.roundTripTcpMicroseconds = value } else { report.raw.roundTripIpcMicroseconds = value }
+                let (times, cpu) = try BenchNetwork.roundTrip(transport: transport, size: raw.roundTripBytes, count: raw.roundTripsPerRepeat, repeats: repeats)
+                if transport == "tcp" {
+                    report.raw.roundTripTcpMicroseconds = benchMedian(times)
+                    report.raw.roundTripTcpCPUMicroseconds = benchMedian(cpu)
+                } else {
+                    report.raw.roundTripIpcMicroseconds = benchMedian(times)
+                    report.raw.roundTripIpcCPUMicroseconds = benchMedian(cpu)
+                }
             }
             attempt("raw throughput, \(transport)") {
                 let value = benchMedian(try BenchNetwork.throughput(transport: transport, size: raw.streamMessageBytes, messages: raw.streamMessagesPerRepeat, repeats: repeats))

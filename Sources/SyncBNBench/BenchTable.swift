@@ -23,6 +23,8 @@ extension BenchReport {
             lines.append("   " + pad("measure", 40) + lpad("tcp", 14) + lpad("ipc", 14))
             lines.append("   " + pad("round trip, \(raw.roundTripBytes) B (\(raw.roundTripsPerRepeat) per repeat)", 40)
                          + lpad(f(raw.roundTripTcpMicroseconds, "%.1f us"), 14) + lpad(f(raw.roundTripIpcMicroseconds, "%.1f us"), 14))
+            lines.append("   " + pad("  its CPU time (sending thread)", 40)
+                         + lpad(f(raw.roundTripTcpCPUMicroseconds, "%.1f us"), 14) + lpad(f(raw.roundTripIpcCPUMicroseconds, "%.1f us"), 14))
             lines.append("   " + pad("one-way throughput, \(raw.streamMessagesPerRepeat) × 4 MiB", 40)
                          + lpad(f(raw.throughputTcpGBps, "%.2f GB/s"), 14) + lpad(f(raw.throughputIpcGBps, "%.2f GB/s"), 14))
 

@@ -443,7 +443,8 @@ public final class Simulation {
 
     func startWorker(_ w: Int) {
         while workers.count <= w { workers.append(nil) }
-        let hello = Message.hello(peer: "sim worker \(w)", peerEndpoint: "", blasKernel: BLAS.kernelName).encoded()
+        // Workers say they have 1, 2 or 3 threads, so that the coordinator hands out unequal shares of the batch.
+        let hello = Message.hello(peer: "sim worker \(w)", peerEndpoint: "", blasKernel: BLAS.kernelName, threads: UInt16(1 + w % 3)).encoded()
         let worker = WorkerProcess(machine: WorkerMachine(hello: hello, endpoint: "sim://coordinator", timeouts: timeouts))
         workers[w] = worker
         log("w\(w) starts")

@@ -177,7 +177,10 @@ public final class Socket {
         guard zmq_msg_copy(&message, &shared.message) == 0 else { throw ZMQError.last("zmq_msg_copy") }
         let flags: Int32 = more ? ZMQ_SNDMORE : 0
         while true {
-            if zmq_msg_send(&message, handle, flags) >= 0 { return true }  // libzmq owns this reference now
+            if zmq_msg_send(&message, handle, flags) >= 0 {  // libzmq owns this reference now
+                if !more { MessageCounts.noteSent() }
+                return true
+            }
             let error = ZMQError.last("zmq_msg_send")
             if error.isInterrupted { continue }
             zmq_msg_close(&message)

@@ -140,7 +140,7 @@ final class VersionMismatchTests: XCTestCase {
 
         let hello = try receive(router, file: file, line: line)
         XCTAssertEqual(hello.count, 2, "identity + one frame", file: file, line: line)
-        guard case .hello(let peer, _, _)? = try hello.last.map(Message.decode) else {
+        guard case .hello(let peer, _, _, _)? = try hello.last.map(Message.decode) else {
             XCTFail("the worker's first message is not a hello", file: file, line: line)
             return nil
         }

@@ -14,7 +14,7 @@ final class WireProtocolTests: XCTestCase {
     static func samples(of kind: WireProtocol.Kind) -> [Message] {
         switch kind {
         case .hello:
-            return [.hello(peer: "host-a pid 42", peerEndpoint: "tcp://10.0.0.2:40001", blasKernel: "Haswell"), .hello(peer: "", peerEndpoint: ""),
+            return [.hello(peer: "host-a pid 42", peerEndpoint: "tcp://10.0.0.2:40001", blasKernel: "Haswell", threads: 32), .hello(peer: "", peerEndpoint: ""),
                     .hello(peer: "ünïcødé ✓", peerEndpoint: "ipc:///tmp/p")]
         case .welcome:
             return [.welcome(rank: 0, workerCount: 1, config: [], model: []),
@@ -133,9 +133,10 @@ final class WireProtocolTests: XCTestCase {
 
     func testHeaderAndFieldsSitWhereTheProtocolDocumentSays() {
         XCTAssertEqual(WireProtocol.headerSize, 16)
-        // hello: description length u16, description, BLAS kernel length u8, kernel, peer endpoint (the rest).
-        XCTAssertEqual(Message.hello(peer: "w", peerEndpoint: "e", blasKernel: "K").encoded(),
-                       Array("SYBN".utf8) + [5, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("w".utf8) + [1] + Array("K".utf8) + Array("e".utf8))
+        // hello: description length u16, description, BLAS kernel length u8, kernel, threads u16, peer endpoint (the rest).
+        XCTAssertEqual(Message.hello(peer: "w", peerEndpoint: "e", blasKernel: "K", threads: 0x0102).encoded(),
+                       Array("SYBN".utf8) + [5, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("w".utf8) + [1] + Array("K".utf8) + [2, 1]
+                       + Array("e".utf8))
         XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [5, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
 
         // partials: round kind u16, layer u16, first chunk u32, chunk count u32, width u32, element u8, 0 u8, 0 u16,

@@ -117,6 +117,28 @@ final class ChunkPlanTests: XCTestCase {
         }
     }
 
+    /// Shares in proportion to the workers' threads: contiguous, covering every chunk once, each within one
+    /// chunk of its exact share, in rank order.
+    func testWeightedSharesCoverTheBatchInProportion() {
+        for weights in [[1, 1], [2, 1], [1, 3], [4, 1, 1], [1, 2, 3, 4], [7], [1, 1, 1, 1, 1, 1, 1, 1, 1]] {
+            for chunkCount in [0, 1, 3, 4, 8, 13, 64] {
+                let total = weights.reduce(0, +)
+                var next = 0
+                for (rank, weight) in weights.enumerated() {
+                    let chunks = ChunkPlan.chunks(forRank: rank, weights: weights, chunkCount: chunkCount)
+                    XCTAssertEqual(chunks.lowerBound, next, "weights \(weights), \(chunkCount) chunks: rank \(rank) is not contiguous")
+                    let exact = Double(chunkCount * weight) / Double(total)
+                    XCTAssertLessThan(abs(Double(chunks.count) - exact), 1, "weights \(weights), \(chunkCount) chunks: rank \(rank) gets \(chunks)")
+                    next = chunks.upperBound
+                }
+                XCTAssertEqual(next, chunkCount, "weights \(weights): the shares do not cover the batch")
+            }
+        }
+        // A worker with twice the threads gets twice the chunks.
+        XCTAssertEqual(ChunkPlan.chunks(forRank: 0, weights: [2, 1], chunkCount: 12), 0..<8)
+        XCTAssertEqual(ChunkPlan.chunks(forRank: 1, weights: [2, 1], chunkCount: 12), 8..<12)
+    }
+
     private func partials(of x: [Float], slice: BatchSlice, features: Int) -> [Double] {
         let chunks = slice.localChunkRows
         var out = [Double](repeating: 0, count: chunks.count * 2 * features)

@@ -63,6 +63,24 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertEqual(m.memberIdentities, [a, c])
     }
 
+    /// The step message's chunk assignment follows the threads each worker's hello announced.
+    func testWorkersGetSharesOfTheBatchInProportionToTheirThreads() throws {
+        let m = makeMachine()
+        _ = m.admit(now: 0)
+        for (id, threads) in [(a, 1), (b, 2), (c, 1)] {
+            _ = m.handle(.received(from: id, frame: Message.hello(peer: "w", peerEndpoint: "", threads: UInt16(threads)).encoded()), now: 0)
+        }
+        var assigned: [PeerIdentity: Range<Int>] = [:]
+        for case .send(let to, let bytes) in m.beginStep(stepInput(0), next: nil, now: 1) {
+            if case .step(_, let first, let count, _, _) = try Message.decode(bytes) { assigned[to] = Int(first)..<Int(first + count) }
+        }
+        let chunks = SimulationJob.config(steps: 4).plan.chunkCount
+        XCTAssertEqual(assigned[a], ChunkPlan.chunks(forRank: 0, weights: [1, 2, 1], chunkCount: chunks))
+        XCTAssertEqual(assigned[b], ChunkPlan.chunks(forRank: 1, weights: [1, 2, 1], chunkCount: chunks))
+        XCTAssertEqual(assigned[c], ChunkPlan.chunks(forRank: 2, weights: [1, 2, 1], chunkCount: chunks))
+        XCTAssertEqual(assigned[b]!.count, 2 * assigned[a]!.count, "\(chunks) chunks: \(assigned)")
+    }
+
     func testGarbageFromAStrangerIsCountedAndCutOff() {
         let m = makeMachine()
         _ = m.admit(now: 0)

@@ -63,16 +63,16 @@ extension CoordinatorMachine {
     func handleOutOfRound(_ identity: PeerIdentity, _ frame: [UInt8], now: Double, _ actions: inout [CoordinatorAction]) {
         guard let message = decode(frame, from: identity, &actions) else { return }
         if let rank = members.firstIndex(where: { $0.identity == identity }) {
-            if case .hello(let description, let peerEndpoint, _) = message {
+            if case .hello(let description, let peerEndpoint, _, let threads) = message {
                 members.remove(at: rank)
-                joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: now))
+                joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, threads: Int(threads), lastHeard: now))
                 logger.warning("worker \(rank) (\(description)) restarted its session; it rejoins with the next step")
             } else {
                 logger.debug("dropped a late \(message.kind) message from worker \(rank) between rounds")
             }
             return
         }
-        guard case .hello(let description, let peerEndpoint, let blasKernel) = message else {
+        guard case .hello(let description, let peerEndpoint, let blasKernel, let threads) = message else {
             noteMalformed(identity, "a \(message.kind) message from \(hex(identity)), which has not joined")
             return
         }
@@ -80,8 +80,8 @@ extension CoordinatorMachine {
         if !blasKernel.isEmpty && blasKernel != BLAS.kernelName {
             logger.warning("worker \(description) uses OpenBLAS kernels \(blasKernel), this coordinator \(BLAS.kernelName): the model will not be bit-identical to a one-process run; set OPENBLAS_CORETYPE=\(BLAS.kernelName) for every process")
         }
-        joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: now))
-        logger.info("worker \(description) (OpenBLAS \(blasKernel.isEmpty ? "kernels unknown" : blasKernel)) asked to join; it starts with the next step")
+        joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, threads: Int(threads), lastHeard: now))
+        logger.info("worker \(description) (\(threads) thread(s), OpenBLAS \(blasKernel.isEmpty ? "kernels unknown" : blasKernel)) asked to join; it starts with the next step")
     }
 
     /// Decodes a frame, answering a peer on another protocol version and counting anything malformed.

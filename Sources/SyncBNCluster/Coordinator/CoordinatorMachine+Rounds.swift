@@ -95,9 +95,9 @@ extension CoordinatorMachine {
             if keepForLater(message) { early.append((identity, frame)) }
         case .failure(let reason):
             lose(rank: rank, reason: "it failed: \(reason)", now: now, &actions)
-        case .hello(let description, let peerEndpoint, _):
+        case .hello(let description, let peerEndpoint, _, let threads):
             // The same connection says hello again: the worker lost track of us and rejoins.
-            joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, lastHeard: now))
+            joining.append(Peer(identity: identity, description: description, peerEndpoint: peerEndpoint, threads: Int(threads), lastHeard: now))
             lose(rank: rank, reason: "it restarted its session and rejoins", now: now, &actions)
         default:
             noteMalformed(identity, "an unexpected \(message.kind) message from worker \(rank)")
@@ -134,7 +134,7 @@ extension CoordinatorMachine {
         let width = network.width(of: round)
         let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
         let gradientWidth = round == .gradients ? 0 : segment?.exchange.chunkWidth ?? 0
-        let expected = config.plan.chunks(forRank: rank, of: members.count)
+        let expected = chunks(forRank: rank)
         guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
               Int(w) == width, e == element, Int(gw) == gradientWidth,
               payload.count == expected.count * (width * element.size + gradientWidth * 4) else {
@@ -325,10 +325,21 @@ extension CoordinatorMachine {
         return Message.step(step: UInt64(input.step), firstChunk: 0, chunkCount: 0, computeMetrics: input.computeMetrics, batch: batch).encoded()
     }
 
+    /// The chunks member `rank` computes: a share of the batch in proportion to its threads (equal shares
+    /// when they are all alike, or when the workers exchange gradients among themselves, which work out each
+    /// other's chunks from their ranks). Whoever computes a chunk, its partials are the same bits.
+    func chunks(forRank rank: Int) -> Range<Int> {
+        let threads = members.map(\.threads)
+        if gradientExchange == .peers || threads.allSatisfy({ $0 == threads[0] }) {
+            return config.plan.chunks(forRank: rank, of: members.count)
+        }
+        return ChunkPlan.chunks(forRank: rank, weights: threads, chunkCount: config.plan.chunkCount)
+    }
+
     /// Sends each member `message` with its chunk assignment.
     func sendStepMessages(_ message: inout [UInt8], _ actions: inout [CoordinatorAction]) {
         for (rank, peer) in members.enumerated() {
-            let chunks = config.plan.chunks(forRank: rank, of: members.count)
+            let chunks = chunks(forRank: rank)
             Message.setStepAssignment(&message, firstChunk: UInt32(chunks.lowerBound), chunkCount: UInt32(chunks.count))
             actions.append(.send(to: peer.identity, bytes: message))
         }

@@ -91,6 +91,8 @@ public final class CoordinatorMachine {
         let description: String
         /// Where it receives from other workers (empty: it cannot take part in peer exchanges).
         let peerEndpoint: String
+        /// How many threads compute its chunks (its hello says): its share of the batch.
+        var threads = 1
         /// When the coordinator last received anything from it.
         var lastHeard: Double
     }

@@ -246,7 +246,7 @@ public final class PeerGradientExchange {
     private func send(_ fields: Message, payloadBytes: Int, to socket: Socket, writePayload: (UnsafeMutableRawPointer) -> Void) throws {
         header.removeAll(keepingCapacity: true)
         fields.encode(appendingTo: &header)
-        try header.withUnsafeBytes { head in
+        _ = try header.withUnsafeBytes { head in
             try socket.send(size: head.count + payloadBytes) { buffer in
                 buffer.baseAddress!.copyMemory(from: head.baseAddress!, byteCount: head.count)
                 writePayload(buffer.baseAddress! + head.count)

@@ -36,7 +36,9 @@ public enum Message: Equatable {
     /// `peerEndpoint` is where it receives from other workers (empty: it does not take part in peer exchanges);
     /// `blasKernel` names its OpenBLAS kernels (`BLAS.kernelName`; empty: unknown), which the coordinator
     /// compares with its own: other kernels, other bits.
-    case hello(peer: String, peerEndpoint: String, blasKernel: String = "")
+    /// `threads` is how many threads compute its chunks: the coordinator gives it a share of the batch in
+    /// proportion (`ChunkPlan.chunks(forRank:weights:chunkCount:)`).
+    case hello(peer: String, peerEndpoint: String, blasKernel: String = "", threads: UInt16 = 1)
     /// Coordinator → worker: its rank, the job's settings (JSON) and the initial model (safetensors).
     case welcome(rank: UInt32, workerCount: UInt32, config: [UInt8], model: [UInt8])
     /// Coordinator → worker: refused, with the reason.
@@ -191,9 +193,10 @@ extension Message {
             out.u64(0)
         }
         switch self {
-        case .hello(let peer, let peerEndpoint, let blasKernel):
+        case .hello(let peer, let peerEndpoint, let blasKernel, let threads):
             out.u16(UInt16(clamping: peer.utf8.count)); out.bytes(Array(peer.utf8).prefix(Int(UInt16.max)))
             out.u8(UInt8(clamping: blasKernel.utf8.count)); out.bytes(Array(blasKernel.utf8).prefix(Int(UInt8.max)))
+            out.u16(threads)
             out.bytes(Array(peerEndpoint.utf8))
         case .welcome(let rank, let workerCount, let config, let model):
             out.u32(rank); out.u32(workerCount); out.u32(UInt32(config.count))
@@ -307,7 +310,9 @@ extension Message {
             guard let peer = String(validating: try reader.bytes(length), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }
             let kernelLength = Int(try reader.u8())
             guard let kernel = String(validating: try reader.bytes(kernelLength), as: UTF8.self) else { throw ProtocolError.malformed("text is not UTF-8") }
-            return .hello(peer: peer, peerEndpoint: try reader.string(), blasKernel: kernel)
+            let threads = try reader.u16()
+            guard threads >= 1 else { throw ProtocolError.malformed("hello from a worker with 0 threads") }
+            return .hello(peer: peer, peerEndpoint: try reader.string(), blasKernel: kernel, threads: threads)
         case .welcome:
             let rank = try reader.u32(), workerCount = try reader.u32(), configLength = try reader.u32()
             guard workerCount > 0, rank < workerCount else { throw ProtocolError.malformed("welcome gives rank \(rank) of \(workerCount) workers") }

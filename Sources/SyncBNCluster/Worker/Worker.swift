@@ -66,7 +66,8 @@ public final class Worker {
         // The protocol decisions (welcome, steps, preemption, results, the end) are the machine's; this loop
         // is its ZeroMQ driver, with the compute (`Network.trainStep`) and the connection's errors.
         let machine = WorkerMachine(hello: Message.hello(peer: "\(ProcessInfo.processInfo.hostName) pid \(getpid())",
-                                                         peerEndpoint: mesh?.endpoint ?? "", blasKernel: BLAS.kernelName).encoded(),
+                                                         peerEndpoint: mesh?.endpoint ?? "", blasKernel: BLAS.kernelName,
+                                                         threads: UInt16(clamping: threads)).encoded(),
                                     endpoint: endpoint, timeouts: timeouts)
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         while true {

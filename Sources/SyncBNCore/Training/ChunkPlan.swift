@@ -44,6 +44,17 @@ public struct ChunkPlan: Equatable, Sendable, Codable {
         Self.chunks(forRank: rank, of: workerCount, chunkCount: chunkCount)
     }
 
+    /// The contiguous chunks worker `rank` processes when each worker's share of the batch is in proportion
+    /// to its weight (its threads): worker r starts at chunk ⌊chunkCount · Σ_{i<r} wᵢ / Σ wᵢ⌋. Deterministic
+    /// for given weights; a worker of small weight may get none.
+    /// - Precondition: every weight is at least 1.
+    public static func chunks(forRank rank: Int, weights: [Int], chunkCount: Int) -> Range<Int> {
+        precondition(rank >= 0 && rank < weights.count && weights.allSatisfy { $0 >= 1 })
+        let total = weights.reduce(0, +)
+        func boundary(_ r: Int) -> Int { chunkCount * weights[..<r].reduce(0, +) / total }
+        return boundary(rank)..<boundary(rank + 1)
+    }
+
     /// `chunks(forRank:of:)` for a plan of `chunkCount` chunks.
     public static func chunks(forRank rank: Int, of workerCount: Int, chunkCount: Int) -> Range<Int> {
         precondition(rank >= 0 && rank < workerCount)
