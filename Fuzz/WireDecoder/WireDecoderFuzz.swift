@@ -7,8 +7,8 @@ import FuzzDriver
 ///
 /// Built with `-sanitize=fuzzer -D FUZZING` (Scripts/fuzz.sh) it is a libFuzzer target; built normally it
 /// replays the files or directories given as arguments (the committed corpus), for the test suite.
-/// The in-place decoder of peer frames must agree with `decode`: the same verdict, the same fields, and the
-/// payload where `decode` found it.
+/// The in-place decoders of peer frames and of results must agree with `decode`: the same verdict, the same
+/// fields, and the payload where `decode` found it.
 func checkDecoder(_ bytes: [UInt8]) {
     // The same bytes as a command-line address: parsed or refused with EndpointError, and what parses prints
     // back to an address that parses to the same endpoint.
@@ -31,6 +31,15 @@ func checkDecoder(_ bytes: [UInt8]) {
         if withPayload != message.encoded() {
             fatalError("decodePeerFrame read different fields or payload offset than decode: \(message.kind)")
         }
+    }
+    // The worker's in-place decoder of results agrees with `decode` on every frame: the same verdict, and the
+    // same message once its payload is put back.
+    let result = try? bytes.withUnsafeBytes { try Message.decodeResultInPlace($0) }
+    if (result != nil) != (message != nil) {
+        fatalError("decode and decodeResultInPlace disagree on \(bytes.count) bytes: \(String(describing: message?.kind))")
+    }
+    if let (fields, offset) = result, let message, fields.encoded() + bytes[offset...] != message.encoded() {
+        fatalError("decodeResultInPlace read different fields or payload offset than decode: \(message.kind)")
     }
     guard let message else { return }
     let encoded = message.encoded()

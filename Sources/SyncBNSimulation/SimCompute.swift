@@ -102,7 +102,9 @@ final class SimCompute: Collective {
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
         try roundTrip(.gradients, element: .float32, width: exchange.chunkWidth, partials: UnsafeRawBufferPointer(partials), riding: nil,
-                      resultWidth: messages.ridingResultWidth + exchange.resultWidth) { [self] payload in messages.takeGradientResult(payload, own: result) }
+                      resultWidth: messages.ridingResultWidth + exchange.resultWidth) { [self] payload in
+            payload.withUnsafeBytes { messages.takeGradientResult($0, own: result) }
+        }
     }
 
     func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {

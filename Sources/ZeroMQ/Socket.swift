@@ -152,20 +152,7 @@ public final class Socket {
         var message = zmq_msg_t()
         guard zmq_msg_init_size(&message, size) == 0 else { throw ZMQError.last("zmq_msg_init_size") }
         fill(UnsafeMutableRawBufferPointer(start: zmq_msg_data(&message), count: size))
-        var flags: Int32 = 0
-        if more { flags |= ZMQ_SNDMORE }
-        if dontWait { flags |= ZMQ_DONTWAIT }
-        while true {
-            if zmq_msg_send(&message, handle, flags) >= 0 {  // libzmq owns the message now
-                if !more { MessageCounts.noteSent() }
-                return true
-            }
-            let error = ZMQError.last("zmq_msg_send")
-            if error.isInterrupted { continue }
-            zmq_msg_close(&message)
-            if error.isAgain { return false }
-            throw error
-        }
+        return try send(message: &message, more: more, dontWait: dontWait)
     }
 
     /// Sends `shared`'s bytes as one frame without copying them: libzmq counts the references to the one buffer
@@ -175,9 +162,16 @@ public final class Socket {
         var message = zmq_msg_t()
         zmq_msg_init(&message)
         guard zmq_msg_copy(&message, &shared.message) == 0 else { throw ZMQError.last("zmq_msg_copy") }
-        let flags: Int32 = more ? ZMQ_SNDMORE : 0
+        return try send(message: &message, more: more, dontWait: false)
+    }
+
+    /// Hands `message` to libzmq, which owns it once sent; closes it if the send fails.
+    private func send(message: inout zmq_msg_t, more: Bool, dontWait: Bool) throws -> Bool {
+        var flags: Int32 = 0
+        if more { flags |= ZMQ_SNDMORE }
+        if dontWait { flags |= ZMQ_DONTWAIT }
         while true {
-            if zmq_msg_send(&message, handle, flags) >= 0 {  // libzmq owns this reference now
+            if zmq_msg_send(&message, handle, flags) >= 0 {
                 if !more { MessageCounts.noteSent() }
                 return true
             }
@@ -281,6 +275,33 @@ public final class Socket {
         return (result, frames)
     }
 
+    /// Receives one message; if it is one frame, hands it to `body` in libzmq's own buffer, without copying it
+    /// (the buffer is valid only during the call) and returns `body`'s result. A message of several frames is
+    /// read to its end and its frame count thrown as `MultipartMessage`. Nil if nothing arrived before the
+    /// receive timeout (or at once, with `dontWait`).
+    public func receiveSingleFrameInPlace<R>(dontWait: Bool = false, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
+        var message = zmq_msg_t()
+        zmq_msg_init(&message)
+        defer { zmq_msg_close(&message) }
+        while zmq_msg_recv(&message, handle, dontWait ? ZMQ_DONTWAIT : 0) < 0 {
+            let error = ZMQError.last("zmq_msg_recv")
+            if error.isInterrupted { continue }
+            if error.isAgain { return nil }
+            throw error
+        }
+        MessageCounts.noteReceived()
+        var frames = 1
+        while zmq_msg_more(&message) != 0 {
+            while zmq_msg_recv(&message, handle, 0) < 0 {
+                let error = ZMQError.last("zmq_msg_recv")
+                if !error.isInterrupted { throw error }
+            }
+            frames += 1
+        }
+        guard frames == 1 else { throw MultipartMessage(frames: frames) }
+        return try body(UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: zmq_msg_size(&message)))
+    }
+
     // MARK: Polling
 
     /// Waits until the socket has a message to read, at most `timeoutMilliseconds` (-1: forever).
@@ -316,4 +337,9 @@ public final class SharedMessage {
     }
 
     deinit { zmq_msg_close(&message) }
+}
+
+/// A message of several frames where one was expected (`Socket.receiveSingleFrameInPlace`).
+public struct MultipartMessage: Error, Equatable {
+    public let frames: Int
 }

@@ -108,6 +108,24 @@ final class WireProtocolTests: XCTestCase {
                        .reduced(step: 9, round: .gradients, width: 6, element: .float32, payload: payload[...]))
     }
 
+    /// A worker reads results in libzmq's buffer: every kind decodes in place as it does whole, a result's
+    /// payload is where `decode` found it, and a result one byte too long or short is as malformed in place.
+    func testResultsDecodeInPlaceLikeTheWholeMessage() throws {
+        for kind in WireProtocol.Kind.allCases {
+            for message in Self.samples(of: kind) {
+                let bytes = message.encoded()
+                let (fields, offset) = try bytes.withUnsafeBytes { try Message.decodeResultInPlace($0) }
+                XCTAssertEqual(fields.encoded() + bytes[offset...], bytes, "\(kind)")
+                if kind == .reduced {
+                    XCTAssertEqual(offset, 28)
+                    for wrong in [bytes + [0], Array(bytes.dropLast())] {
+                        XCTAssertThrowsError(try wrong.withUnsafeBytes { try Message.decodeResultInPlace($0) }, "a result of \(wrong.count) bytes")
+                    }
+                }
+            }
+        }
+    }
+
     func testPeerFramesDecodeInPlaceLikeTheWholeMessage() throws {
         for message in Self.samples(of: .gradientTiles) + Self.samples(of: .gradientShard) {
             let bytes = message.encoded()

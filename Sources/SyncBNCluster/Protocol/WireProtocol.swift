@@ -287,7 +287,19 @@ extension Message {
         return (message, fieldsEnd)
     }
 
-    /// `payloadLeftOut` bytes of a gradient payload are not in `frame` (`decodePeerFrame`); 0 for every other kind.
+    /// Decodes a frame from the coordinator in place: a `reduced` result without copying its values (the message
+    /// has an empty payload, and the values are at `payloadOffset` in `frame`), any other kind as `decode` does
+    /// (`payloadOffset` is then the frame's end). Checks exactly what `decode` checks.
+    public static func decodeResultInPlace(_ frame: UnsafeRawBufferPointer) throws -> (message: Message, payloadOffset: Int) {
+        // A result's fields end 28 bytes in (round u16, layer u16, width u32, element u8, 0 u8, 0 u16); kind at byte 6.
+        let kind = frame.count >= 8 ? UInt16(frame[6]) | UInt16(frame[7]) << 8 : 0
+        guard kind == WireProtocol.Kind.reduced.rawValue else { return (try decode(Array(frame), payloadLeftOut: 0), frame.count) }
+        let fieldsEnd = min(frame.count, WireProtocol.headerSize + 12)
+        return (try decode(Array(frame[0..<fieldsEnd]), payloadLeftOut: frame.count - fieldsEnd), fieldsEnd)
+    }
+
+    /// `payloadLeftOut` bytes of a gradient payload or a result are not in `frame` (`decodePeerFrame`,
+    /// `decodeResultInPlace`); 0 for every other kind.
     private static func decode(_ frame: [UInt8], payloadLeftOut: Int) throws -> Message {
         var reader = ByteReader(frame[...])
         guard frame.count >= WireProtocol.headerSize else {
@@ -298,8 +310,8 @@ extension Message {
         guard version == WireProtocol.version else { throw ProtocolError.versionMismatch(peer: version) }
         let rawKind = try reader.u16()
         guard let kind = WireProtocol.Kind(rawValue: rawKind) else { throw ProtocolError.malformed("unknown message kind \(rawKind)") }
-        guard payloadLeftOut == 0 || kind == .gradientTiles || kind == .gradientShard else {
-            throw ProtocolError.malformed("a \(kind) message where gradient tiles or a shard belong")
+        guard payloadLeftOut == 0 || kind == .gradientTiles || kind == .gradientShard || kind == .reduced else {
+            throw ProtocolError.malformed("a \(kind) message where gradient tiles, a shard or a result belong")
         }
         let step = try reader.u64()
         let carriesStep = [.step, .partials, .reduced, .gradientTiles, .gradientShard].contains(kind)
@@ -365,8 +377,8 @@ extension Message {
             let width = try reader.u32()
             let element = try reader.element()
             try reader.reserved(3)
-            guard reader.remaining == Int(width) * element.size else {
-                throw ProtocolError.malformed("reduced result of \(width) values carries \(reader.remaining) bytes")
+            guard reader.remaining + payloadLeftOut == Int(width) * element.size else {
+                throw ProtocolError.malformed("reduced result of \(width) values carries \(reader.remaining + payloadLeftOut) bytes")
             }
             return .reduced(step: step, round: round, width: width, element: element, payload: reader.rest())
         case .peers:

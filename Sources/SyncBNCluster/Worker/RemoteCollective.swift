@@ -122,7 +122,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// values of the reduction, which go into `result` or to `take`.
     private func roundTrip(_ round: Round, element: WireProtocol.Element, width: Int, resultWidth: Int,
                            partials: UnsafeRawBufferPointer, riding: RidingGradients?, result: UnsafeMutableRawBufferPointer?,
-                           take: ((ArraySlice<UInt8>) -> Void)? = nil) throws {
+                           take: ((UnsafeRawBufferPointer) -> Void)? = nil) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
         messages.encodePartials(round, step: step, slice: slice, width: width, element: element, partials: partials, riding: riding, into: &outbox)
@@ -135,14 +135,17 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         defer { waitingCPUNanoseconds += threadCPUNanoseconds() - cpu0 }
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         while true {
-            guard let message = try connection.next(until: deadline) else {
+            // The result's values go from libzmq's buffer straight to their place.
+            let delivered = try connection.next(until: deadline) { message, payload -> Bool in
+                guard case .reduced? = try handle(message) else { return false }
+                if let result { result.copyMemory(from: payload) }
+                take?(payload)
+                return true
+            }
+            guard let delivered else {
                 throw ClusterError("step \(step + 1), \(round): the coordinator sent no result within \(Int(timeoutSeconds)) s; is it stuck?")
             }
-            if case .reduced(_, _, _, _, let payload)? = try handle(message) {
-                if let result { payload.withUnsafeBytes { result.copyMemory(from: $0) } }
-                take?(payload)
-                return
-            }
+            if delivered { return }
         }
     }
 
@@ -207,7 +210,6 @@ final class CoordinatorConnection {
     let monitor: SocketMonitor
     /// Set when the monitor reported a closed connection or a failed handshake.
     private(set) var lastHandshakeFailure: SocketMonitor.Event?
-    private var inbox: [[UInt8]] = [[]]
 
     init(context: Context, endpoint: String, security: WorkerSecurity?, timeouts: ClusterTimeouts) throws {
         socket = try Socket(context, .dealer)
@@ -239,6 +241,21 @@ final class CoordinatorConnection {
     /// - Throws: `Interruption.coordinatorLost` when the connection closes, `.handshakeFailed` when it closes
     ///   after a failed handshake, `.notAuthorized` for a refused key; `ProtocolError` for an undecodable message.
     func next(until deadline: Date) throws -> Message? {
+        try receive(until: deadline) { try Message.decode(Array($0)) }
+    }
+
+    /// The next message from the coordinator, handed to `body` while libzmq still holds it: a result's values are
+    /// not copied out (`Message.decodeResultInPlace`: the message has an empty payload and `payload` the values,
+    /// valid only during the call; for other kinds `payload` is empty). Nil at the deadline; throws as `next(until:)`.
+    func next<R>(until deadline: Date, _ body: (_ message: Message, _ payload: UnsafeRawBufferPointer) throws -> R) throws -> R? {
+        try receive(until: deadline) { frame in
+            let (message, offset) = try Message.decodeResultInPlace(frame)
+            return try body(message, UnsafeRawBufferPointer(rebasing: frame[offset...]))
+        }
+    }
+
+    /// Waits for the next frame until `deadline` and hands it to `body` in libzmq's buffer.
+    private func receive<R>(until deadline: Date, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
         while true {
             try checkMonitor()
             let left = deadline.timeIntervalSinceNow
@@ -248,9 +265,12 @@ final class CoordinatorConnection {
                 try socket.setReceiveTimeout(milliseconds: timeout)
                 receiveTimeout = timeout
             }
-            guard let frames = try socket.receive(into: &inbox) else { continue }
-            guard frames == 1 else { throw ClusterError("the coordinator sent a message of \(frames) frames; SyncBN messages are one frame") }
-            return try Message.decode(inbox[0])
+            do {
+                guard let result = try socket.receiveSingleFrameInPlace(body) else { continue }
+                return result
+            } catch let multipart as MultipartMessage {
+                throw ClusterError("the coordinator sent a message of \(multipart.frames) frames; SyncBN messages are one frame")
+            }
         }
     }
 

@@ -34,17 +34,15 @@ public struct WorkerRoundMessages {
     /// Copies the gradient round's result (`payload`, `ridingResultWidth` + `own.count` Float32 values) to the
     /// riding segments' targets, then to `own`.
     /// - Precondition: the payload has that size (the worker's machine checks the result's width).
-    public mutating func takeGradientResult(_ payload: ArraySlice<UInt8>, own: UnsafeMutableBufferPointer<Float>) {
+    public mutating func takeGradientResult(_ payload: UnsafeRawBufferPointer, own: UnsafeMutableBufferPointer<Float>) {
         precondition(payload.count == (ridingResultWidth + own.count) * 4, "a gradient result of \(payload.count) bytes")
-        payload.withUnsafeBytes { raw in
-            var offset = 0
-            func take(_ target: UnsafeMutableBufferPointer<Float>) {
-                UnsafeMutableRawBufferPointer(target).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + target.count * 4)]))
-                offset += target.count * 4
-            }
-            for target in ridingResults { take(target) }
-            take(own)
+        var offset = 0
+        func take(_ target: UnsafeMutableBufferPointer<Float>) {
+            UnsafeMutableRawBufferPointer(target).copyMemory(from: UnsafeRawBufferPointer(rebasing: payload[offset..<(offset + target.count * 4)]))
+            offset += target.count * 4
         }
+        for target in ridingResults { take(target) }
+        take(own)
         ridingResults.removeAll(keepingCapacity: true)
     }
 }
