@@ -294,6 +294,7 @@ public final class Network {
         context.collective = collective
         context.step = step
         context.observer = computeMetrics ? observer : nil
+        context.riding = nil  // nothing left over from a step abandoned mid-way
 
         // Forward.
         var x = input
