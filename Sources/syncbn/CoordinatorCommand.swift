@@ -29,12 +29,16 @@ struct CoordinatorCommand: ParsableCommand {
     @Flag(help: "Allow binding a non-loopback address without keys (unauthenticated, unencrypted traffic).")
     var insecure = false
 
+    @Option(help: "Threads that apply each step to this coordinator's own replica (default: every core of this host); the model's bytes do not depend on it.")
+    var threads: Int?
+
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var options: TrainingOptions
     @OptionGroup var status: StatusOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        try ThreadCount.check(threads)
         _ = try parseEndpoint(bind, flag: "--bind", forBinding: true)
         guard (secretKey == nil) == (authorizedKeys == nil) else {
             throw ValidationError("--secret-key and --authorized-keys go together: give both to require keys, or neither")
@@ -65,9 +69,11 @@ struct CoordinatorCommand: ParsableCommand {
     private func train(logger: Logger, interrupted: InterruptFlag, status: StatusReporter?) throws {
         let security = try secretKey.map { try CoordinatorSecurity(secretKeyFile: $0, authorizedKeysFile: authorizedKeys!) }
         let bind = try parseEndpoint(self.bind, flag: "--bind", forBinding: true).description
+        let threads = self.threads ?? ThreadCount.cores
         try runCoordinator(bind: bind, workers: workers, options: options, cluster: cluster, security: security,
                            allowInsecure: insecure, status: status, logger: logger, interrupted: { interrupted.isSet },
-                           resumeCommand: { ["syncbn", "coordinator", "--bind", bind, "--workers", "\(workers)", "--resume", $0] + options.dataArguments })
+                           resumeCommand: { ["syncbn", "coordinator", "--bind", bind, "--workers", "\(workers)", "--resume", $0] + options.dataArguments },
+                           prepare: { $0.network.threads = ChunkThreads(threadCount: threads) })
     }
 }
 

@@ -63,19 +63,22 @@ final class FaultToleranceTests: SyncBNProcessTestCase {
         XCTAssertFalse(Self.isAlive(victim))
     }
 
+    /// Also: workers of 1, 2 and 3 threads get unequal shares of the batch (the last joiner's make the first
+    /// worker's share empty), and the coordinator updates its replica on 2 threads; the model is the same.
     func testLateWorkerJoinsAtAStepBoundaryAndTheModelIsUnchanged() throws {
         try requireDataSet()
         let expected = try reference()
         let out = try makeTemporaryDirectory("late")
         let endpoint = "tcp://127.0.0.1:\(try Self.freeLoopbackPort())"
-        let coordinator = try start(["coordinator", "--bind", endpoint, "--workers", "2"] + flags + ["--out", out.path])
-        let workers = try (0..<2).map { _ in try start(["worker", "--connect", endpoint]) }
+        let coordinator = try start(["coordinator", "--bind", endpoint, "--workers", "2", "--threads", "2"] + flags + ["--out", out.path])
+        let workers = try (1...2).map { threads in try start(["worker", "--connect", endpoint, "--threads", "\(threads)"]) }
         XCTAssertTrue(waitForMetrics(in: out, lines: 1), coordinator.transcript)
-        let late = try start(["worker", "--connect", endpoint])
+        let late = try start(["worker", "--connect", endpoint, "--threads", "3"])
         XCTAssertTrue(late.waitForStandardError(containing: "joined as worker 2", seconds: 30), late.transcript)
         let run = try finish(coordinator, seconds: 120)
         XCTAssertTrue(run.succeeded, run.transcript)
         XCTAssertTrue(run.stderr.contains("worker 2 joined at step"), run.transcript)
+        XCTAssertTrue(run.stderr.contains("(3 thread(s)"), run.transcript)
         for worker in workers + [late] { XCTAssertTrue(try finish(worker, seconds: 30).succeeded, worker.transcript) }
         XCTAssertEqual(try model(in: out), expected, "a late worker changed the model")
     }
