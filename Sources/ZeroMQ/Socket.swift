@@ -256,23 +256,9 @@ public final class Socket {
         var message = zmq_msg_t()
         zmq_msg_init(&message)
         defer { zmq_msg_close(&message) }
-        while zmq_msg_recv(&message, handle, dontWait ? ZMQ_DONTWAIT : 0) < 0 {
-            let error = ZMQError.last("zmq_msg_recv")
-            if error.isInterrupted { continue }
-            if error.isAgain { return nil }
-            throw error
-        }
-        MessageCounts.noteReceived()
+        guard try receiveFirstFrame(&message, dontWait: dontWait) else { return nil }
         let result = try body(UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: zmq_msg_size(&message)))
-        var frames = 1
-        while zmq_msg_more(&message) != 0 {
-            while zmq_msg_recv(&message, handle, 0) < 0 {
-                let error = ZMQError.last("zmq_msg_recv")
-                if !error.isInterrupted { throw error }
-            }
-            frames += 1
-        }
-        return (result, frames)
+        return (result, 1 + (try dropRemainingFrames(&message)))
     }
 
     /// Receives one message; if it is one frame, hands it to `body` in libzmq's own buffer, without copying it
@@ -283,14 +269,27 @@ public final class Socket {
         var message = zmq_msg_t()
         zmq_msg_init(&message)
         defer { zmq_msg_close(&message) }
+        guard try receiveFirstFrame(&message, dontWait: dontWait) else { return nil }
+        if zmq_msg_more(&message) != 0 { throw MultipartMessage(frames: 1 + (try dropRemainingFrames(&message))) }
+        return try body(UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: zmq_msg_size(&message)))
+    }
+
+    /// Receives a message's first frame into `message` (and counts the message); false if none arrived before
+    /// the receive timeout (or at once, with `dontWait`).
+    private func receiveFirstFrame(_ message: inout zmq_msg_t, dontWait: Bool) throws -> Bool {
         while zmq_msg_recv(&message, handle, dontWait ? ZMQ_DONTWAIT : 0) < 0 {
             let error = ZMQError.last("zmq_msg_recv")
             if error.isInterrupted { continue }
-            if error.isAgain { return nil }
+            if error.isAgain { return false }
             throw error
         }
         MessageCounts.noteReceived()
-        var frames = 1
+        return true
+    }
+
+    /// Reads and drops the frames that follow the one in `message`; how many there were.
+    private func dropRemainingFrames(_ message: inout zmq_msg_t) throws -> Int {
+        var frames = 0
         while zmq_msg_more(&message) != 0 {
             while zmq_msg_recv(&message, handle, 0) < 0 {
                 let error = ZMQError.last("zmq_msg_recv")
@@ -298,8 +297,7 @@ public final class Socket {
             }
             frames += 1
         }
-        guard frames == 1 else { throw MultipartMessage(frames: frames) }
-        return try body(UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: zmq_msg_size(&message)))
+        return frames
     }
 
     // MARK: Polling

@@ -46,6 +46,26 @@ final class SocketTests: XCTestCase {
         pull.close()
     }
 
+    /// One frame is handed over in place; a message of several is read whole and refused with its frame count;
+    /// a shared message goes out to two receivers as the same bytes.
+    func testSingleFrameReceiveAndSharedSend() throws {
+        let context = try Context()
+        let pull = try Socket(context, .pull)
+        try pull.bind("inproc://single")
+        let push = try Socket(context, .push)
+        try push.connect("inproc://single")
+        try pull.setReceiveTimeout(milliseconds: 2000)
+        try push.send(frames: [[1], [2, 3], [4]])
+        XCTAssertThrowsError(try pull.receiveSingleFrameInPlace { Array($0) }) { XCTAssertEqual(($0 as? MultipartMessage)?.frames, 3) }
+        let shared = try [UInt8](repeating: 9, count: 5000).withUnsafeBytes { try SharedMessage($0) }
+        try push.send(shared)
+        try push.send(shared)
+        for _ in 0..<2 { XCTAssertEqual(try pull.receiveSingleFrameInPlace { Array($0) }, [UInt8](repeating: 9, count: 5000)) }
+        XCTAssertNil(try pull.receiveSingleFrameInPlace(dontWait: true) { Array($0) })
+        push.close()
+        pull.close()
+    }
+
     func testReceiveTimeoutReturnsNilInsteadOfThrowing() throws {
         let context = try Context()
         let dealer = try Socket(context, .dealer)
