@@ -329,8 +329,8 @@ extension CoordinatorMachine {
     /// when they are all alike, or when the workers exchange gradients among themselves, which work out each
     /// other's chunks from their ranks). Whoever computes a chunk, its partials are the same bits.
     func chunks(forRank rank: Int) -> Range<Int> {
-        let threads = members.map(\.threads)
-        if gradientExchange == .peers || threads.allSatisfy({ $0 == threads[0] }) {
+        let threads = members.lazy.map(\.threads)  // no array: this runs for every message of a round
+        if gradientExchange == .peers || threads.allSatisfy({ $0 == threads.first }) {
             return config.plan.chunks(forRank: rank, of: members.count)
         }
         return ChunkPlan.chunks(forRank: rank, weights: threads, chunkCount: config.plan.chunkCount)

@@ -48,10 +48,11 @@ public struct ChunkPlan: Equatable, Sendable, Codable {
     /// to its weight (its threads): worker r starts at chunk ⌊chunkCount · Σ_{i<r} wᵢ / Σ wᵢ⌋. Deterministic
     /// for given weights; a worker of small weight may get none.
     /// - Precondition: every weight is at least 1.
-    public static func chunks(forRank rank: Int, weights: [Int], chunkCount: Int) -> Range<Int> {
+    public static func chunks<Weights: RandomAccessCollection<Int>>(forRank rank: Int, weights: Weights, chunkCount: Int) -> Range<Int>
+    where Weights.Index == Int {
         precondition(rank >= 0 && rank < weights.count && weights.allSatisfy { $0 >= 1 })
         let total = weights.reduce(0, +)
-        func boundary(_ r: Int) -> Int { chunkCount * weights[..<r].reduce(0, +) / total }
+        func boundary(_ r: Int) -> Int { chunkCount * weights[weights.startIndex..<(weights.startIndex + r)].reduce(0, +) / total }
         return boundary(rank)..<boundary(rank + 1)
     }
 
