@@ -137,7 +137,7 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
     func testWorkerKilledWhileItsThreadsComputeIsSurvivedWithTheSameModel() throws {
         // bn-cnn, each worker a slice of 15 rows in 3 chunks: its second convolution's calls (~0.3 M work units
         // forward, ~0.6 M backward) are above ChunkThreads' inline threshold (0.26 M), so its 2 threads share them.
-        try checkKilledWorker(["--data", Self.dataSet, "--model", "bn-cnn", "--steps", "12", "--log-every", "1",
+        try checkKilledWorker(["--data", Self.dataSet, "--model", "bn-cnn", "--steps", "30", "--log-every", "1",
                                "--batch-size", "30", "--chunk-size", "5", "--no-shuffle"],
                               workers: 2, launchFlags: ["--threads", "2"], whileThreadsCompute: true)
     }
