@@ -98,6 +98,20 @@ public enum BenchNetwork {
         }
     }
 
+    /// Starts `workers` helpers of `role` (`--rank 0…`), plus `arguments`; if one fails to start, stops the others.
+    private static func spawnHelpers(_ role: String, workers: Int, endpoint: String, arguments: [String]) throws -> [BenchChild] {
+        var children: [BenchChild] = []
+        do {
+            for rank in 0..<workers {
+                children.append(try spawnHelper(["--helper", role, "--connect", endpoint, "--rank", "\(rank)"] + arguments))
+            }
+        } catch {
+            for child in children { child.stop(graceSeconds: 2) }
+            throw error
+        }
+        return children
+    }
+
     /// Tells each helper to stop and checks that every one exits cleanly.
     private static func stopHelpers(_ children: [BenchChild], at identities: [[UInt8]], on router: Socket, what: String) throws {
         let stop = Message.stop.encoded()
@@ -197,12 +211,9 @@ public enum BenchNetwork {
         let context = try Context()
         let (router, endpoint) = try makeRouter(context, transport: "tcp")
         defer { close(router) }
-        var children: [BenchChild] = []
+        let children = try spawnHelpers("allreduce", workers: workers, endpoint: endpoint,
+                                        arguments: ["--width", "\(width)", "--element", element == .float64 ? "f64" : "f32"])
         defer { for child in children { child.stop(graceSeconds: 2) } }
-        for rank in 0..<workers {
-            children.append(try spawnHelper(["--helper", "allreduce", "--connect", endpoint, "--rank", "\(rank)",
-                                             "--width", "\(width)", "--element", element == .float64 ? "f64" : "f32"]))
-        }
         let valueSize = element == .float64 ? 8 : 4
         let rowBytes = width * valueSize
         var chunks = [UInt8](repeating: 0, count: workers * rowBytes)
@@ -266,11 +277,8 @@ public enum BenchNetwork {
         let context = try Context()
         let (router, endpoint) = try makeRouter(context, transport: "tcp")
         defer { close(router) }
-        var children: [BenchChild] = []
+        let children = try spawnHelpers("peerallreduce", workers: workers, endpoint: endpoint, arguments: ["--width", "\(width)"])
         defer { for child in children { child.stop(graceSeconds: 2) } }
-        for rank in 0..<workers {
-            children.append(try spawnHelper(["--helper", "peerallreduce", "--connect", endpoint, "--rank", "\(rank)", "--width", "\(width)"]))
-        }
         var buffers: [[UInt8]] = [[], []]
         var identities = [[UInt8]](repeating: [], count: workers), endpoints = [String](repeating: "", count: workers)
         for _ in 0..<workers {

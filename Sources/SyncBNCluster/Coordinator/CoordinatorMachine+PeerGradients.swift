@@ -14,7 +14,7 @@ extension CoordinatorMachine {
         let range: Range<Int>, payload: ArraySlice<UInt8>
         switch message {
         case .gradientTiles(_, _, let from, _, let shardWidth, let tiles, let rowsFirst, let rowsCount, let rowsWidth, let bytes):
-            let chunks = config.plan.chunks(forRank: rank, of: n)
+            let chunks = chunks(forRank: rank)
             guard Int(from) == rank, !current!.gotRows[rank], shardWidth == 0, tiles.isEmpty, Int(rowsFirst) == chunks.lowerBound,
                   Int(rowsCount) == chunks.count, Int(rowsWidth) == layout.rowsPerChunk else { return .rejected }
             range = (layout.sumWidth + chunks.lowerBound * layout.rowsPerChunk)..<(layout.sumWidth + chunks.upperBound * layout.rowsPerChunk)

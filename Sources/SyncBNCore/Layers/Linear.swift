@@ -89,6 +89,8 @@ public final class Linear: Layer {
     /// Verdicts of `RowwiseProducts` for the runs of global chunks this layer has met, per kind.
     private var forwardVerdicts: [Range<Int>: Bool] = [:]
     private var inputGradientVerdicts: [Range<Int>: Bool] = [:]
+    /// The verdicts of the runs of the call in progress (reused storage: no array per call).
+    private var runAgrees: [Bool] = []
 
     /// Calls `product(rows)` for the local rows of every run of chunks that agrees (`RowwiseProducts`), and for
     /// every chunk of the runs that do not, in parallel over the runs.
@@ -96,13 +98,18 @@ public final class Linear: Layer {
         let runs = step.chunkRuns(work: work)
         let (n, k) = kind == .forward ? (outputs, inputs) : (inputs, outputs)
         let first = step.slice.chunks.lowerBound
-        let agree = runs.map { run -> Bool in
+        runAgrees.removeAll(keepingCapacity: true)
+        for run in runs {
             let global = (first + run.lowerBound)..<(first + run.upperBound)
-            if let known = kind == .forward ? forwardVerdicts[global] : inputGradientVerdicts[global] { return known }
+            if let known = kind == .forward ? forwardVerdicts[global] : inputGradientVerdicts[global] {
+                runAgrees.append(known)
+                continue
+            }
             let verdict = RowwiseProducts.agree(kind, n: n, k: k, chunkRows: global.map { step.plan.rows(ofChunk: $0).count })
             if kind == .forward { forwardVerdicts[global] = verdict } else { inputGradientVerdicts[global] = verdict }
-            return verdict
+            runAgrees.append(verdict)
         }
+        let agree = runAgrees
         step.threads.run(runs.count, work: work) { r, _ in
             let run = runs[r]
             if agree[r] {

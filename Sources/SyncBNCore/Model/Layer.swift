@@ -136,7 +136,8 @@ public final class StepContext {
     public func chunkRuns(work: Int) -> [Range<Int>] {
         let count = chunks.count
         let parts = count > 1 && threads.threadCount > 1 && work >= threads.inlineWork ? min(count, threads.threadCount) : 1
-        guard parts > 1 else { return [0..<count] }
+        // Cut once per slice size and thread count: the layers ask several times a step.
+        if let cached = runsCache[parts], cached.last?.upperBound ?? 0 == count { return cached }
         let base = count / parts, extra = count % parts
         var runs: [Range<Int>] = [], start = 0
         for p in 0..<parts {
@@ -144,8 +145,11 @@ public final class StepContext {
             runs.append(start..<end)
             start = end
         }
+        runsCache[parts] = runs
         return runs
     }
+    /// `chunkRuns` by the number of runs, for the slice size they were cut for.
+    private var runsCache: [Int: [Range<Int>]] = [:]
 
     /// Local rows of the local chunks `run`.
     public func rows(ofChunkRun run: Range<Int>) -> Range<Int> {

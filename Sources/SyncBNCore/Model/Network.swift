@@ -195,6 +195,9 @@ public final class Network {
         reducedMetrics = .allocate(capacity: 2)
         reducedMetrics.initialize(repeating: 0)
 
+        let observes = !observer.layout.layers.isEmpty
+        roundsWithMetrics = Self.rounds(norms: norms, layers: layers, batchNorm: spec.batchNorm, observes: observes, computeMetrics: true)
+        roundsWithoutMetrics = Self.rounds(norms: norms, layers: layers, batchNorm: spec.batchNorm, observes: observes, computeMetrics: false)
         indexSegments()
         var random = SplitMix64(seed: seed, stream: 1)
         for layer in layers { layer.initialize(store, random: &random) }
@@ -214,11 +217,15 @@ public final class Network {
     /// of every BatchNorm layer in forward order, backward sums (synchronized BatchNorm) in the order the
     /// backward pass reaches them, the gradients, and the metrics when wanted. With BatchNorm groups, moments
     /// and sums are gathered rather than reduced (`gathers(_:)`).
-    public func rounds(computeMetrics: Bool) -> [Round] {
+    /// Listed once, at init: a coordinator asks at every step.
+    public func rounds(computeMetrics: Bool) -> [Round] { computeMetrics ? roundsWithMetrics : roundsWithoutMetrics }
+    private let roundsWithMetrics: [Round], roundsWithoutMetrics: [Round]
+
+    private static func rounds(norms: [BatchNorm], layers: [Layer], batchNorm: BatchNormMode, observes: Bool, computeMetrics: Bool) -> [Round] {
         var rounds: [Round] = norms.map { .moments(layer: $0.index) }
-        if spec.batchNorm == .sync { rounds += Self.backwardOrder(layers).map { .sums(layer: $0.index) } }
+        if batchNorm == .sync { rounds += backwardOrder(layers).map { .sums(layer: $0.index) } }
         rounds.append(.gradients)
-        if computeMetrics && !observer.layout.layers.isEmpty { rounds.append(.observations) }
+        if computeMetrics && observes { rounds.append(.observations) }
         if computeMetrics { rounds.append(.metrics) }
         return rounds
     }
