@@ -72,10 +72,7 @@ public final class Activation: Layer {
     static func apply(_ kind: Kind, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
         switch kind {
         case .sigmoid:
-            // e^(−x) first (a call per element), then 1/(1 + e) over the whole block, which vectorizes: the same
-            // operations on every element as 1/(1 + expf(−x)) in one loop.
-            for i in 0..<count { y[i] = expf(-x[i]) }
-            for i in 0..<count { y[i] = 1 / (1 + y[i]) }
+            VectorExp.sigmoid(x, y, count: count)
         case .relu:
             VectorKernels.relu(x, y, count: count)
         case .tanh:
