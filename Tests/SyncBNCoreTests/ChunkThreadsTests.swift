@@ -101,6 +101,31 @@ final class ChunkThreadsTests: XCTestCase {
         return try XCTUnwrap(Int(line.dropFirst("Threads:".count).trimmingCharacters(in: .whitespaces)))
     }
 
+    /// The runs a layer multiplies in one call each are cut by rows: batch 512 in chunks of 15 (34 × 15 + 2) on
+    /// two threads is 255 + 257 rows, not 270 + 242; on any number, each run within a chunk of its share; every chunk
+    /// in exactly one run.
+    func testChunkRunsShareTheRowsNotJustTheChunks() {
+        let plan = ChunkPlan(batchSize: 512, chunkSize: 15)
+        let context = StepContext.forTest(slice: .whole(plan), store: ParameterStore(count: 1))
+        for threads in [2, 3, 5] {
+            context.threads = ChunkThreads(threadCount: threads, inlineWork: 0)
+            let runs = context.chunkRuns(work: 1)
+            XCTAssertEqual(runs.count, threads)
+            XCTAssertEqual(runs.first?.lowerBound, 0)
+            XCTAssertEqual(runs.last?.upperBound, plan.chunkCount)
+            for (a, b) in zip(runs, runs.dropFirst()) { XCTAssertEqual(a.upperBound, b.lowerBound, "runs must be consecutive") }
+            let rows = runs.map { context.rows(ofChunkRun: $0).count }
+            XCTAssertEqual(rows.reduce(0, +), 512)
+            for count in rows { XCTAssertLessThanOrEqual(abs(Double(count) - 512 / Double(threads)), 15, "\(threads) threads: \(rows)") }
+            if threads == 2 { XCTAssertEqual(rows, [255, 257]) }
+        }
+        context.threads = ChunkThreads(threadCount: 4, inlineWork: 0)
+        let small = ChunkPlan(batchSize: 7, chunkSize: 2)  // 2, 2, 2, 1: four runs of one chunk each
+        let smallContext = StepContext.forTest(slice: .whole(small), store: ParameterStore(count: 1))
+        smallContext.threads = context.threads
+        XCTAssertEqual(smallContext.chunkRuns(work: 1), [0..<1, 1..<2, 2..<3, 3..<4])
+    }
+
     // MARK: Training bits do not depend on the threads
 
     /// Every layer kind, on 6×6 inputs.

@@ -129,6 +129,43 @@ final class RowwiseProductsTests: XCTestCase {
         print("β = 1 accumulation on \(BLAS.kernelName): " + report.joined(separator: ", "))
     }
 
+    /// A chunk's ∂W = dyᵀ·x formed block of rows by block of rows (one block per thread, as `Network` shares a
+    /// factor layer's ∂W) where the probe says that gives the one call's bits: checked on other data for the
+    /// presets' factor shapes and the cuts of 2 and 3 threads; a cut that does not start at 0 or end at m is refused.
+    func testRowBlocksOfAWeightGradientAgreeWhereTheProbeSaysSo() {
+        var report: [String] = [], agreed = 0
+        for (inputs, outputs) in shapes where outputs >= 32 {
+            let cuts: [[Range<Int>]] = [[0..<(outputs / 32 * 16), (outputs / 32 * 16)..<outputs],
+                                        [0..<16, 16..<32, 32..<outputs]]
+            for blocks in cuts {
+                for rows in [15, 2] {
+                    let rowWidth = inputs + outputs
+                    let verdict = RowwiseProducts.rowBlocksAgree(m: outputs, n: inputs, k: rows, lda: rowWidth, ldb: rowWidth, blocks: blocks)
+                    report.append("k=\(rows) \(inputs)→\(outputs) \(blocks.map(\.upperBound)): \(verdict)")
+                    guard verdict else { continue }
+                    agreed += 1
+                    let block = randomFloats(rows * rowWidth, seed: 31)
+                    var whole = [Float](repeating: 0, count: outputs * inputs), blockwise = whole
+                    block.withUnsafeBufferPointer { block in
+                        let x = block.baseAddress!, dy = block.baseAddress! + inputs
+                        BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows, a: dy, lda: rowWidth, b: x, ldb: rowWidth,
+                                  c: &whole, ldc: inputs)
+                        blockwise.withUnsafeMutableBufferPointer { c in
+                            for part in blocks {
+                                BLAS.gemm(transposeA: true, transposeB: false, m: part.count, n: inputs, k: rows, a: dy + part.lowerBound, lda: rowWidth,
+                                          b: x, ldb: rowWidth, c: c.baseAddress! + part.lowerBound * inputs, ldc: inputs)
+                            }
+                        }
+                    }
+                    XCTAssertEqual(bits(blockwise), bits(whole), "k=\(rows) \(inputs)→\(outputs) \(blocks): the probe agreed but the blocks differ")
+                }
+            }
+        }
+        XCTAssertFalse(RowwiseProducts.rowBlocksAgree(m: 64, n: 8, k: 4, lda: 64, ldb: 8, blocks: [1..<32, 32..<64]), "a cut must start at row 0")
+        XCTAssertFalse(RowwiseProducts.rowBlocksAgree(m: 64, n: 8, k: 4, lda: 64, ldb: 8, blocks: [0..<32, 32..<60]), "a cut must end at row m")
+        print("row blocks of ∂W on \(BLAS.kernelName) (\(agreed) agreed): " + report.joined(separator: ", "))
+    }
+
     // MARK: Training
 
     private func trainBnMLP(rowwise: Bool, threads: Int = 1, workers: Int = 1) throws -> ReplicaState {

@@ -130,18 +130,26 @@ public final class StepContext {
     @inline(__always)
     public func forEachChunk(work: Int, _ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, work: work, body) }
 
-    /// The local chunks cut into runs of consecutive chunks, one run per thread that `forEachChunk(work:)` would
-    /// use: the whole slice when the call would run inline. For per-sample products done a run at a time
+    /// The local chunks cut into runs of consecutive chunks of about equal rows, one run per thread that
+    /// `forEachChunk(work:)` would use: the whole slice when the call would run inline. For per-sample products done a run at a time
     /// (`RowwiseProducts`); a run's rows must not depend on anything but the chunks it holds.
     public func chunkRuns(work: Int) -> [Range<Int>] {
         let count = chunks.count
         let parts = count > 1 && threads.threadCount > 1 && work >= threads.inlineWork ? min(count, threads.threadCount) : 1
         // Cut once per slice size and thread count: the layers ask several times a step.
         if let cached = runsCache[parts], cached.last?.upperBound ?? 0 == count { return cached }
-        let base = count / parts, extra = count % parts
-        var runs: [Range<Int>] = [], start = 0
+        // Cut by rows, not by chunks: a short last chunk (512 = 34 × 15 + 2) would otherwise leave one run a
+        // chunk longer than the other.
+        let total = chunks.reduce(0) { $0 + $1.count }
+        var runs: [Range<Int>] = [], start = 0, rowsSoFar = 0
         for p in 0..<parts {
-            let end = start + base + (p < extra ? 1 : 0)
+            var end = start + 1
+            rowsSoFar += chunks[start].count
+            let target = total * (p + 1) / parts, latest = count - (parts - 1 - p)
+            while end < latest, abs(rowsSoFar + chunks[end].count - target) < abs(rowsSoFar - target) || p == parts - 1 {
+                rowsSoFar += chunks[end].count
+                end += 1
+            }
             runs.append(start..<end)
             start = end
         }

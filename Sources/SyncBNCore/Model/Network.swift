@@ -398,6 +398,11 @@ public final class Network {
             let weightCount = linear.inputs * linear.outputs
             let xStride = factor.inputColumn == nil ? linear.inputs : rowWidth
             let scratchBase = chunkWeightGradient.baseAddress!
+            if let blocks = weightRowBlocks(linear, rowWidth: rowWidth, xStride: xStride) {
+                applyByRowBlocks(blocks, factor, linear, values: values + exchange.sumWidth, rowsBlock: rowsBlock, rowWidth: rowWidth,
+                                 xStride: xStride, scratch: scratchBase, slotWidth: slotWidth)
+                continue
+            }
             for first in stride(from: 0, to: plan.chunkCount, by: threads.threadCount) {
                 let wave = first..<min(first + threads.threadCount, plan.chunkCount)
                 // A wave's first chunk (after chunk 0) adds its product straight onto ∂W where OpenBLAS's β = 1 gives
@@ -440,6 +445,62 @@ public final class Network {
                 for k in added {
                     let scratch = scratchBase + k * slotWidth + weightCount
                     for o in 0..<linear.outputs { bias[o] += scratch[o] }
+                }
+            }
+        }
+    }
+
+    /// The rows of a factor layer's ∂W (its outputs) cut into one block per thread at multiples of 16 rows, when
+    /// OpenBLAS gives every element the same bits block by block as in one call (`RowwiseProducts.rowBlocksAgree`,
+    /// for every chunk's row count); nil on one thread, for too few rows, or when it does not.
+    private func weightRowBlocks(_ linear: Linear, rowWidth: Int, xStride: Int) -> [Range<Int>]? {
+        let parts = min(context.threads.threadCount, linear.outputs / 16)
+        guard parts > 1 else { return nil }
+        let units = (linear.outputs + 15) / 16
+        var blocks: [Range<Int>] = [], start = 0
+        for p in 0..<parts {
+            let end = p == parts - 1 ? linear.outputs : min(linear.outputs, units * (p + 1) / parts * 16)
+            blocks.append(start..<end)
+            start = end
+        }
+        for k in Set((0..<plan.chunkCount).map { plan.rows(ofChunk: $0).count }) {
+            guard RowwiseProducts.rowBlocksAgree(m: linear.outputs, n: linear.inputs, k: k, lda: rowWidth, ldb: xStride, blocks: blocks) else { return nil }
+        }
+        return blocks
+    }
+
+    /// A factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c with the rows of ∂W shared among the threads,
+    /// one block each: a block goes through every chunk in order, each chunk's product added onto it (β = 1 where
+    /// `RowwiseProducts.accumulates` says that equals adding it afterwards, else through the thread's scratch).
+    /// Every element gets the bits `apply(gradients:of:)`'s waves give it on one thread — chunk 0's product, then
+    /// each chunk's product added in chunk order — with no scratch pass over all of ∂W per chunk and no barrier
+    /// per wave.
+    private func applyByRowBlocks(_ blocks: [Range<Int>], _ factor: GradientExchange.FactorLayer, _ linear: Linear,
+                                  values: UnsafePointer<Float>, rowsBlock: Int, rowWidth: Int, xStride: Int,
+                                  scratch scratchBase: UnsafeMutablePointer<Float>, slotWidth: Int) {
+        let n = linear.inputs, chunkCount = plan.chunkCount
+        let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
+        let rowCounts = Set((0..<chunkCount).map { plan.rows(ofChunk: $0).count })
+        let accumulates = blocks.map { rows in
+            Dictionary(uniqueKeysWithValues: rowCounts.map { ($0, RowwiseProducts.accumulates(m: rows.count, n: n, k: $0, lda: rowWidth, ldb: xStride)) })
+        }
+        let batchInput = self.batchInput
+        context.threads.run(blocks.count, work: plan.batchSize * linear.inputs * linear.outputs / 32) { p, slot in
+            let rows = blocks[p], target = weight + rows.lowerBound * n, scratch = scratchBase + slot * slotWidth
+            for c in 0..<chunkCount {
+                let chunkRows = plan.rows(ofChunk: c)
+                let block = values + c * rowsBlock
+                let dy = block + factor.outputColumn
+                let x = factor.inputColumn.map { block + $0 } ?? UnsafePointer(batchInput.row(chunkRows.lowerBound))
+                let accumulate = c > 0 && accumulates[p][chunkRows.count]!
+                let direct = c == 0 || accumulate
+                BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: chunkRows.count, a: dy + rows.lowerBound, lda: rowWidth,
+                          b: x, ldb: xStride, beta: accumulate ? 1 : 0, c: direct ? target : scratch, ldc: n)
+                if !direct { for i in 0..<(rows.count * n) { target[i] += scratch[i] } }
+                for o in rows {
+                    var sum: Float = 0
+                    for r in 0..<chunkRows.count { sum += dy[r * rowWidth + o] }
+                    bias[o] = c == 0 ? sum : bias[o] + sum
                 }
             }
         }

@@ -84,6 +84,43 @@ public enum RowwiseProducts {
         return memcmp(added, accumulated, m * n * MemoryLayout<Float>.stride) == 0
     }
 
+    struct RowBlocksKey: Hashable { let m: Int, n: Int, k: Int, lda: Int, ldb: Int, cuts: [Int] }
+    nonisolated(unsafe) private static var rowBlocksVerdicts: [RowBlocksKey: Bool] = [:]
+
+    /// Whether C = Aᵀ·B (β = 0; A k × m with leading dimension `lda`, B k × n with `ldb`, C m × n contiguous)
+    /// formed block of rows by block of rows — rows `blocks[0]`, `blocks[1]`, …, each block its own call on A's
+    /// columns — gives every element the bits of the one call over all m rows. OpenBLAS forms each element as
+    /// one dot product over k, but its edge kernels for a block's last rows might sum differently; the probe
+    /// decides, once per shape and cut (thread-safe), as `agree` does. It lets a weight gradient's rows be shared
+    /// among threads (`Network.apply(gradients:)`).
+    public static func rowBlocksAgree(m: Int, n: Int, k: Int, lda: Int, ldb: Int, blocks: [Range<Int>]) -> Bool {
+        guard enabled, m > 0, n > 0, k > 0, blocks.first?.lowerBound == 0, blocks.last?.upperBound == m else { return false }
+        guard blocks.count > 1 else { return true }
+        let key = RowBlocksKey(m: m, n: n, k: k, lda: lda, ldb: ldb, cuts: blocks.map(\.upperBound))
+        lock.lock()
+        defer { lock.unlock() }
+        if let verdict = rowBlocksVerdicts[key] { return verdict }
+        let verdict = probeRowBlocks(key, blocks: blocks, seed: 1) && probeRowBlocks(key, blocks: blocks, seed: 2)
+        rowBlocksVerdicts[key] = verdict
+        return verdict
+    }
+
+    static func probeRowBlocks(_ key: RowBlocksKey, blocks: [Range<Int>], seed: UInt64) -> Bool {
+        let (m, n, k) = (key.m, key.n, key.k)
+        var random = SplitMix64(seed: 0xB10C_0000 &+ seed, stream: UInt64(m * 7919 + n * 31 + k))
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: k * key.lda), b = UnsafeMutablePointer<Float>.allocate(capacity: k * key.ldb)
+        let whole = UnsafeMutablePointer<Float>.allocate(capacity: m * n), blockwise = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        defer { a.deallocate(); b.deallocate(); whole.deallocate(); blockwise.deallocate() }
+        for i in 0..<(k * key.lda) { a[i] = random.uniform(-1, 1) }
+        for i in 0..<(k * key.ldb) { b[i] = random.uniform(-1, 1) }
+        BLAS.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k, a: a, lda: key.lda, b: b, ldb: key.ldb, c: whole, ldc: n)
+        for rows in blocks where !rows.isEmpty {
+            BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: k, a: a + rows.lowerBound, lda: key.lda, b: b, ldb: key.ldb,
+                      c: blockwise + rows.lowerBound * n, ldc: n)
+        }
+        return memcmp(whole, blockwise, m * n * MemoryLayout<Float>.stride) == 0
+    }
+
     /// The verdicts so far (for reports and tests): layout and whether it agreed.
     public static var knownVerdicts: [(kind: Kind, n: Int, k: Int, chunkRows: [Int], agrees: Bool)] {
         lock.lock()
