@@ -60,6 +60,24 @@ final class ChunkThreadsTests: XCTestCase {
         XCTAssertEqual(met, [true, true], "the two calls did not run at the same time")
     }
 
+    /// Each thread owns a block of indices (two threads, four indices: the caller 0 and 1, the helper 2 and 3);
+    /// a thread that is late has the rest of its block taken over. The caller stays in index 0 until index 1 has
+    /// run, so the helper must run its own 2 and 3 and then take 1 from the caller's block.
+    func testThreadsOwnBlocksOfIndicesAndALateThreadsAreTakenOver() {
+        let team = ChunkThreads(threadCount: 2, inlineWork: 0)
+        let lock = NSLock()
+        var slots = [Int](repeating: -1, count: 4)
+        let indexOneRan = DispatchSemaphore(value: 0)
+        var waited = false
+        team.run(4) { index, slot in
+            lock.withLock { slots[index] = slot }
+            if index == 0 { waited = indexOneRan.wait(timeout: .now() + 10) == .success }
+            if index == 1 { indexOneRan.signal() }
+        }
+        XCTAssertTrue(waited, "index 1 never ran while the caller held index 0")
+        XCTAssertEqual(slots, [0, 1, 1, 1], "slot per index")
+    }
+
     func testATeamOfOneRunsInlineInIndexOrder() {
         let team = ChunkThreads(threadCount: 1)
         let caller = Thread.current

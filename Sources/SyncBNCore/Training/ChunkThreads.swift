@@ -52,7 +52,7 @@ public final class ChunkThreads: @unchecked Sendable {
         precondition(threadCount >= 1 && threadCount <= Self.maximumThreads, "a team has 1 to \(Self.maximumThreads) threads")
         self.threadCount = threadCount
         self.inlineWork = inlineWork
-        shared = Shared()
+        shared = Shared(threadCount: threadCount)
         for slot in 1..<threadCount {
             let context = Unmanaged.passRetained(HelperContext(shared: shared, slot: slot)).toOpaque()
             var thread = pthread_t()
@@ -91,21 +91,28 @@ public final class ChunkThreads: @unchecked Sendable {
         }
     }
 
-    /// What the caller and the helpers share, under one mutex: the posted call, its next unclaimed index, its
-    /// count and how many of its calls have not returned.
+    /// What the caller and the helpers share, under one mutex: the posted call, its unclaimed indices and how
+    /// many of its calls have not returned.
+    ///
+    /// Each slot owns a block of consecutive indices (slot s: s·count/T ..< (s+1)·count/T) and takes them from the
+    /// front; a slot whose block is done takes from the back of another's. So a call with as many indices as the
+    /// previous one gives each thread the same indices as before when none is late — a chunk's rows stay in the
+    /// cache of the core that wrote them in the layer before — and a late thread's indices still get done.
     private final class Shared: @unchecked Sendable {
         private let mutex: UnsafeMutablePointer<pthread_mutex_t> = .allocate(capacity: 1)
         /// Signalled when a call is posted (helpers wait on it) and when a call's last index returns (the caller).
         private let posted: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
         private let finished: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
         private var body: ((Int, Int) -> Void)?
-        private var next = 0
-        private var count = 0
+        /// Per slot: the unclaimed part of its block.
+        private var blocks: [Range<Int>]
+        private var unclaimed = 0
         private var unfinished = 0
         private var stopping = false
         private var running = false
 
-        init() {
+        init(threadCount: Int) {
+            blocks = Array(repeating: 0..<0, count: threadCount)
             pthread_mutex_init(mutex, nil)
             pthread_cond_init(posted, nil)
             pthread_cond_init(finished, nil)
@@ -125,25 +132,38 @@ public final class ChunkThreads: @unchecked Sendable {
             precondition(!running, "ChunkThreads.run is not reentrant")
             running = true
             self.body = body
-            next = 0
-            self.count = count
+            let slots = blocks.count
+            for slot in 0..<slots { blocks[slot] = (slot * count / slots)..<((slot + 1) * count / slots) }
+            unclaimed = count
             unfinished = count
             // Wake only as many helpers as there are indices besides the caller's first.
             for _ in 0..<min(helpers, count - 1) { pthread_cond_signal(posted) }
             work(slot: 0)
             while unfinished > 0 { pthread_cond_wait(finished, mutex) }
             self.body = nil
-            self.count = 0
-            next = 0
             running = false
             pthread_mutex_unlock(mutex)
         }
 
+        /// The next index for `slot`: the front of its own block, else the back of the fullest other block.
+        private func claim(slot: Int) -> Int? {
+            guard unclaimed > 0 else { return nil }
+            unclaimed -= 1
+            if !blocks[slot].isEmpty {
+                let index = blocks[slot].lowerBound
+                blocks[slot] = (index + 1)..<blocks[slot].upperBound
+                return index
+            }
+            var fullest = 0
+            for other in 1..<blocks.count where blocks[other].count > blocks[fullest].count { fullest = other }
+            let index = blocks[fullest].upperBound - 1
+            blocks[fullest] = blocks[fullest].lowerBound..<index
+            return index
+        }
+
         /// Claims and runs indices of the posted call until none is left. Called, and returns, with `mutex` held.
         private func work(slot: Int) {
-            while next < count, let body {
-                let index = next
-                next += 1
+            while let body, let index = claim(slot: slot) {
                 pthread_mutex_unlock(mutex)
                 body(index, slot)
                 pthread_mutex_lock(mutex)
@@ -155,7 +175,7 @@ public final class ChunkThreads: @unchecked Sendable {
         func helperLoop(slot: Int) {
             pthread_mutex_lock(mutex)
             while true {
-                while !stopping && next >= count { pthread_cond_wait(posted, mutex) }
+                while !stopping && unclaimed == 0 { pthread_cond_wait(posted, mutex) }
                 if stopping { break }
                 work(slot: slot)
             }
