@@ -252,9 +252,14 @@ public final class BatchNorm: Layer {
     public func updateRunningStatistics(moments: UnsafeBufferPointer<Double>, count: Int) {
         let m = momentum
         let unbiased = count > 1 ? 1 / Double(count - 1) : 0
-        for f in 0..<features {
-            runningMean[f] = Float((1 - m) * Double(runningMean[f]) + m * moments[f])
-            runningVariance[f] = Float((1 - m) * Double(runningVariance[f]) + m * moments[features + f] * unbiased)
+        // Through buffer pointers: indexing the arrays of a class in the loop costs an exclusivity check each.
+        runningMean.withUnsafeMutableBufferPointer { mean in
+            runningVariance.withUnsafeMutableBufferPointer { variance in
+                for f in 0..<features {
+                    mean[f] = Float((1 - m) * Double(mean[f]) + m * moments[f])
+                    variance[f] = Float((1 - m) * Double(variance[f]) + m * moments[features + f] * unbiased)
+                }
+            }
         }
         batchesTracked += 1
     }

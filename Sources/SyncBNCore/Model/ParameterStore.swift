@@ -44,10 +44,10 @@ public struct SGD: Codable, Equatable, Sendable {
         let lr = learningRate, mu = momentum
         let part = (store.count + threads.threadCount - 1) / threads.threadCount
         threads.run(threads.threadCount, work: store.count) { k, _ in
-            for i in (k * part)..<min((k + 1) * part, store.count) {
-                v[i] = mu * v[i] + g[i]
-                p[i] -= lr * v[i]
-            }
+            let range = (k * part)..<min((k + 1) * part, store.count)
+            guard !range.isEmpty else { return }
+            VectorKernels.momentumStep(values: p + range.lowerBound, gradients: g + range.lowerBound, velocity: v + range.lowerBound,
+                                       count: range.count, learningRate: lr, momentum: mu)
         }
     }
 }
