@@ -142,6 +142,13 @@ final class ChunkThreadsTests: XCTestCase {
         let smallContext = StepContext.forTest(slice: .whole(small), store: ParameterStore(count: 1))
         smallContext.threads = context.threads
         XCTAssertEqual(smallContext.chunkRuns(work: 1), [0..<1, 1..<2, 2..<3, 3..<4])
+        smallContext.chunks = []  // a worker with an empty slice
+        XCTAssertEqual(smallContext.chunkRuns(work: 1), [0..<0])
+        smallContext.chunks = [0..<2, 2..<3]  // the same number of chunks as a cached cut, other rows: cut anew
+        smallContext.threads = ChunkThreads(threadCount: 2, inlineWork: 0)
+        XCTAssertEqual(smallContext.chunkRuns(work: 1), [0..<1, 1..<2])
+        smallContext.chunks = [0..<1, 1..<3]
+        XCTAssertEqual(smallContext.chunkRuns(work: 1), [0..<1, 1..<2])
     }
 
     // MARK: Training bits do not depend on the threads

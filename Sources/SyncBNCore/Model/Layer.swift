@@ -136,8 +136,9 @@ public final class StepContext {
     public func chunkRuns(work: Int) -> [Range<Int>] {
         let count = chunks.count
         let parts = count > 1 && threads.threadCount > 1 && work >= threads.inlineWork ? min(count, threads.threadCount) : 1
-        // Cut once per slice size and thread count: the layers ask several times a step.
-        if let cached = runsCache[parts], cached.last?.upperBound ?? 0 == count { return cached }
+        guard count > 0 else { return [0..<0] }
+        // Cut once per slice and thread count: the layers ask several times a step.
+        if let cached = runsCache[parts], cached.chunks == chunks { return cached.runs }
         // Cut by rows, not by chunks: a short last chunk (512 = 34 × 15 + 2) would otherwise leave one run a
         // chunk longer than the other.
         let total = chunks.reduce(0) { $0 + $1.count }
@@ -153,11 +154,11 @@ public final class StepContext {
             runs.append(start..<end)
             start = end
         }
-        runsCache[parts] = runs
+        runsCache[parts] = (chunks, runs)
         return runs
     }
-    /// `chunkRuns` by the number of runs, for the slice size they were cut for.
-    private var runsCache: [Int: [Range<Int>]] = [:]
+    /// `chunkRuns` by the number of runs, with the slice's chunks they were cut for.
+    private var runsCache: [Int: (chunks: [Range<Int>], runs: [Range<Int>])] = [:]
 
     /// Local rows of the local chunks `run`.
     public func rows(ofChunkRun run: Range<Int>) -> Range<Int> {
