@@ -129,14 +129,15 @@ final class RowwiseProductsTests: XCTestCase {
         print("β = 1 accumulation on \(BLAS.kernelName): " + report.joined(separator: ", "))
     }
 
-    /// A chunk's ∂W = dyᵀ·x formed block of rows by block of rows (one block per thread, as `Network` shares a
-    /// factor layer's ∂W) where the probe says that gives the one call's bits: checked on other data for the
-    /// presets' factor shapes and the cuts of 2 and 3 threads; a cut that does not start at 0 or end at m is refused.
+    /// A chunk's ∂W = dyᵀ·x formed block of rows by block of rows (as `Network` forms a factor layer's ∂W, tile by
+    /// tile) where the probe says that gives the one call's bits: checked on other data for the presets' factor
+    /// shapes, cut in two, in three and in tiles of 64 rows; a cut that does not start at 0 or end at m is refused.
     func testRowBlocksOfAWeightGradientAgreeWhereTheProbeSaysSo() {
         var report: [String] = [], agreed = 0
         for (inputs, outputs) in shapes where outputs >= 32 {
             let cuts: [[Range<Int>]] = [[0..<(outputs / 32 * 16), (outputs / 32 * 16)..<outputs],
-                                        [0..<16, 16..<32, 32..<outputs]]
+                                        [0..<16, 16..<32, 32..<outputs],
+                                        stride(from: 0, to: outputs, by: 64).map { $0..<min($0 + 64, outputs) }]
             for blocks in cuts {
                 for rows in [15, 2] {
                     let rowWidth = inputs + outputs

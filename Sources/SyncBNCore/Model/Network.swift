@@ -370,9 +370,11 @@ public final class Network {
 
     /// Sets the store's gradients from the gradient round's result: the summed ranges are copied; each
     /// factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c are computed chunk by chunk from the
-    /// gathered rows (the first layer's x from `batchInput`) and summed in chunk order. The chunks' products
-    /// run in waves of one per thread, each into its thread's scratch (chunk 0 straight into ∂W); a wave's are
-    /// then added to ∂W in chunk order, element by element, the elements shared among the threads.
+    /// gathered rows (the first layer's x from `batchInput`) and summed in chunk order: tile of ∂W's rows by
+    /// tile, the tiles shared among the threads (`applyByRowTiles`), where OpenBLAS gives a tile's rows the bits
+    /// of the whole product; else in waves of one chunk per thread, each into its thread's scratch (chunk 0
+    /// straight into ∂W), a wave's then added to ∂W in chunk order, element by element, the elements shared
+    /// among the threads.
     public func apply(gradients result: UnsafeBufferPointer<Float>) {
         precondition(result.count == exchange.resultWidth, "the gradient result has \(result.count) values; the exchange expects \(exchange.resultWidth)")
         for segment in gradientSegments {
@@ -398,9 +400,9 @@ public final class Network {
             let weightCount = linear.inputs * linear.outputs
             let xStride = factor.inputColumn == nil ? linear.inputs : rowWidth
             let scratchBase = chunkWeightGradient.baseAddress!
-            if let blocks = weightRowBlocks(linear, rowWidth: rowWidth, xStride: xStride) {
-                applyByRowBlocks(blocks, factor, linear, values: values + exchange.sumWidth, rowsBlock: rowsBlock, rowWidth: rowWidth,
-                                 xStride: xStride, scratch: scratchBase, slotWidth: slotWidth)
+            if let tiling = rowTiling(linear, rowWidth: rowWidth, xStride: xStride) {
+                applyByRowTiles(tiling, factor, linear, values: values + exchange.sumWidth, rowsBlock: rowsBlock, rowWidth: rowWidth,
+                                xStride: xStride, scratch: scratchBase, slotWidth: slotWidth)
                 continue
             }
             for first in stride(from: 0, to: plan.chunkCount, by: threads.threadCount) {
@@ -450,49 +452,59 @@ public final class Network {
         }
     }
 
-    /// The rows of a factor layer's ∂W (its outputs) cut into one block per thread at multiples of 16 rows, when
-    /// OpenBLAS gives every element the same bits block by block as in one call (`RowwiseProducts.rowBlocksAgree`,
-    /// for every chunk's row count); nil on one thread, for too few rows, or when it does not.
-    private func weightRowBlocks(_ linear: Linear, rowWidth: Int, xStride: Int) -> [Range<Int>]? {
-        let parts = min(context.threads.threadCount, linear.outputs / 16)
-        guard parts > 1 else { return nil }
-        let units = (linear.outputs + 15) / 16
-        var blocks: [Range<Int>] = [], start = 0
-        for p in 0..<parts {
-            let end = p == parts - 1 ? linear.outputs : min(linear.outputs, units * (p + 1) / parts * 16)
-            blocks.append(start..<end)
-            start = end
+    /// How a factor layer's ∂W is formed: its rows (the layer's outputs) in tiles, each tile through every chunk
+    /// (`applyByRowTiles`), with OpenBLAS's verdicts for each tile's shape.
+    struct RowTiling {
+        let tiles: [Range<Int>]
+        /// Per tile: chunk row count → whether β = 1 gives the product added afterwards (`RowwiseProducts.accumulates`).
+        let accumulates: [[Int: Bool]]
+    }
+    /// Per factor layer (by identity) and thread count: its tiling, or nil where OpenBLAS's bits forbid one.
+    private var rowTilings: [ObjectIdentifier: (threads: Int, tiling: RowTiling?)] = [:]
+
+    /// A factor layer's ∂W rows cut into tiles of a multiple of 16 rows, each about 256 KiB of ∂W or less (so that
+    /// a tile stays in a core's cache while all the chunks' products are added onto it, instead of the whole ∂W
+    /// going through memory once per chunk) and at least one per thread; nil when OpenBLAS does not give every
+    /// element the same bits tile by tile as in one call (`RowwiseProducts.rowBlocksAgree`, for every chunk's row
+    /// count). Worked out once per layer and thread count.
+    private func rowTiling(_ linear: Linear, rowWidth: Int, xStride: Int) -> RowTiling? {
+        let threadCount = context.threads.threadCount
+        if let known = rowTilings[ObjectIdentifier(linear)], known.threads == threadCount { return known.tiling }
+        let m = linear.outputs, n = linear.inputs
+        let cacheRows = max(16, 65_536 / max(1, n) / 16 * 16)
+        let threadRows = ((m + threadCount - 1) / threadCount + 15) / 16 * 16
+        let rows = max(16, min(cacheRows, threadRows))
+        let tiles = stride(from: 0, to: m, by: rows).map { $0..<min($0 + rows, m) }
+        let rowCounts = Set((0..<plan.chunkCount).map { plan.rows(ofChunk: $0).count })
+        var tiling: RowTiling?
+        if rowCounts.allSatisfy({ RowwiseProducts.rowBlocksAgree(m: m, n: n, k: $0, lda: rowWidth, ldb: xStride, blocks: tiles) }) {
+            tiling = RowTiling(tiles: tiles, accumulates: tiles.map { tile in
+                Dictionary(uniqueKeysWithValues: rowCounts.map { ($0, RowwiseProducts.accumulates(m: tile.count, n: n, k: $0, lda: rowWidth, ldb: xStride)) })
+            })
         }
-        for k in Set((0..<plan.chunkCount).map { plan.rows(ofChunk: $0).count }) {
-            guard RowwiseProducts.rowBlocksAgree(m: linear.outputs, n: linear.inputs, k: k, lda: rowWidth, ldb: xStride, blocks: blocks) else { return nil }
-        }
-        return blocks
+        rowTilings[ObjectIdentifier(linear)] = (threadCount, tiling)
+        return tiling
     }
 
-    /// A factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c with the rows of ∂W shared among the threads,
-    /// one block each: a block goes through every chunk in order, each chunk's product added onto it (β = 1 where
-    /// `RowwiseProducts.accumulates` says that equals adding it afterwards, else through the thread's scratch).
-    /// Every element gets the bits `apply(gradients:of:)`'s waves give it on one thread — chunk 0's product, then
-    /// each chunk's product added in chunk order — with no scratch pass over all of ∂W per chunk and no barrier
-    /// per wave.
-    private func applyByRowBlocks(_ blocks: [Range<Int>], _ factor: GradientExchange.FactorLayer, _ linear: Linear,
-                                  values: UnsafePointer<Float>, rowsBlock: Int, rowWidth: Int, xStride: Int,
-                                  scratch scratchBase: UnsafeMutablePointer<Float>, slotWidth: Int) {
+    /// A factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c tile of rows by tile of rows, the tiles shared
+    /// among the threads: a tile goes through every chunk in order, each chunk's product added onto it (β = 1
+    /// where that equals adding it afterwards, else through the thread's scratch). Every element gets the bits
+    /// `apply(gradients:of:)`'s waves give it on one thread — chunk 0's product, then each chunk's product added
+    /// in chunk order — with no pass over all of ∂W per chunk and no barrier per wave.
+    private func applyByRowTiles(_ tiling: RowTiling, _ factor: GradientExchange.FactorLayer, _ linear: Linear,
+                                 values: UnsafePointer<Float>, rowsBlock: Int, rowWidth: Int, xStride: Int,
+                                 scratch scratchBase: UnsafeMutablePointer<Float>, slotWidth: Int) {
         let n = linear.inputs, chunkCount = plan.chunkCount
         let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
-        let rowCounts = Set((0..<chunkCount).map { plan.rows(ofChunk: $0).count })
-        let accumulates = blocks.map { rows in
-            Dictionary(uniqueKeysWithValues: rowCounts.map { ($0, RowwiseProducts.accumulates(m: rows.count, n: n, k: $0, lda: rowWidth, ldb: xStride)) })
-        }
         let batchInput = self.batchInput
-        context.threads.run(blocks.count, work: plan.batchSize * linear.inputs * linear.outputs / 32) { p, slot in
-            let rows = blocks[p], target = weight + rows.lowerBound * n, scratch = scratchBase + slot * slotWidth
+        context.threads.run(tiling.tiles.count, work: plan.batchSize * linear.inputs * linear.outputs / 32) { t, slot in
+            let rows = tiling.tiles[t], target = weight + rows.lowerBound * n, scratch = scratchBase + slot * slotWidth
             for c in 0..<chunkCount {
                 let chunkRows = plan.rows(ofChunk: c)
                 let block = values + c * rowsBlock
                 let dy = block + factor.outputColumn
                 let x = factor.inputColumn.map { block + $0 } ?? UnsafePointer(batchInput.row(chunkRows.lowerBound))
-                let accumulate = c > 0 && accumulates[p][chunkRows.count]!
+                let accumulate = c > 0 && tiling.accumulates[t][chunkRows.count]!
                 let direct = c == 0 || accumulate
                 BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: chunkRows.count, a: dy + rows.lowerBound, lda: rowWidth,
                           b: x, ldb: xStride, beta: accumulate ? 1 : 0, c: direct ? target : scratch, ldc: n)
