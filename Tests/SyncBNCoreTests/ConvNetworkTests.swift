@@ -139,14 +139,24 @@ final class ConvNetworkTests: XCTestCase {
         Network(spec: try spec(mode), plan: plan, optimizer: SGD(learningRate: 0.1, momentum: 0.9), seed: 3)
     }
 
-    private func trainAlone(_ mode: BatchNormMode) throws -> (ReplicaState, [UInt64]) {
+    /// With `fusedReLUs` set, metrics (and with them the recording of layer inputs, which keeps the ReLU apart)
+    /// only on the last step; nil: the network's own choice with metrics every step.
+    private func trainAlone(_ mode: BatchNormMode, fusedReLUs: Bool? = nil) throws -> (ReplicaState, [UInt64]) {
         let network = try makeNetwork(mode)
+        let norms = network.namedLayers.compactMap { $0.1 as? BatchNorm }
+        XCTAssertEqual(norms.map(\.rectifiesOutput), [true, false], "the first BatchNorm has a ReLU after it, the residual body's last does not")
+        if fusedReLUs == false { for norm in norms { norm.rectifiesOutput = false } }
+        let relu = try XCTUnwrap(network.namedLayers.first { ($0.1 as? Activation)?.kind == .relu }?.1 as? Activation)
         let collective = LocalCollective(plan: plan, valuesPerRow: network.momentScales)
         var losses: [UInt64] = []
         for step in 0..<steps {
             load(network, step: step, rows: 0..<plan.batchSize)
-            let metrics = try network.trainStep(slice: .whole(plan), collective: collective, computeMetrics: true, step: step)
-            losses.append(try XCTUnwrap(metrics).loss.bitPattern)
+            let metrics = try network.trainStep(slice: .whole(plan), collective: collective,
+                                                computeMetrics: fusedReLUs == nil || step == steps - 1, step: step)
+            if let metrics { losses.append(metrics.loss.bitPattern) }
+            if fusedReLUs != nil && step < steps - 1 {
+                XCTAssertEqual(relu.passedOnRectifiedInput, fusedReLUs, "step \(step): whether the ReLU took its BatchNorm's rectified output")
+            }
         }
         return (ReplicaState(network), losses)
     }
@@ -170,6 +180,17 @@ final class ConvNetworkTests: XCTestCase {
         XCTAssertEqual(hub.problems, [])
         XCTAssertEqual(hub.log, Array((0..<steps).map { _ in networks[0].rounds(computeMetrics: true) }.joined()))
         return networks.enumerated().map { (ReplicaState($0.element), results.losses[$0.offset]) }
+    }
+
+    /// A ReLU applied inside the BatchNorm before it (forward: max(y, 0) in the normalizing pass; backward: the
+    /// mask y > 0 taken from γ·x̂ + β in BatchNorm's passes) gives the bits of the two layers run one by one.
+    func testBatchNormWithItsReLUFusedGivesTheBitsOfTheTwoLayers() throws {
+        for mode in [BatchNormMode.sync, .local] {
+            let (fused, fusedLosses) = try trainAlone(mode, fusedReLUs: true)
+            let (apart, apartLosses) = try trainAlone(mode, fusedReLUs: false)
+            XCTAssertEqual(fused, apart, "\(mode): the state differs")
+            XCTAssertEqual(fusedLosses, apartLosses, "\(mode): the losses differ")
+        }
     }
 
     func testSyncTrainingGivesTheSameBitsForOneToFourWorkers() throws {

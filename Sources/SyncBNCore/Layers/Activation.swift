@@ -12,6 +12,10 @@ public final class Activation: Layer {
     public var outputShape: TensorShape { inputShape }
     private let output: Matrix
     private let inputGradient: Matrix
+    /// The forward pass's y: `output`, or the rectified matrix a BatchNorm handed over.
+    private var lastOutput: Matrix?
+    /// Whether the last forward pass took a BatchNorm's rectified output and passed it on (for tests).
+    var passedOnRectifiedInput: Bool { lastOutput.map { $0 !== output } ?? false }
 
     init(_ kind: Kind, shape: TensorShape, capacity: Int) {
         self.kind = kind
@@ -21,7 +25,14 @@ public final class Activation: Layer {
     }
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
+        if kind == .relu, let rectified = step.rectified, rectified === x {  // the BatchNorm before did it
+            step.rectified = nil
+            lastOutput = x
+            return x
+        }
+        step.rectified = nil
         step.observe(self, x)
+        lastOutput = output
         output.rows = x.rows
         let width = x.columns
         step.forEachChunk(work: x.count) { c, _ in
@@ -32,6 +43,7 @@ public final class Activation: Layer {
     }
 
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
+        let output = lastOutput ?? self.output
         inputGradient.rows = dy.rows
         let width = dy.columns
         step.forEachChunk(work: dy.count) { c, _ in

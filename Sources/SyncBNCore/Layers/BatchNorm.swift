@@ -61,6 +61,10 @@ public final class BatchNorm: Layer {
     public var runningMean: [Float]
     public var runningVariance: [Float]
     public var batchesTracked: Int64 = 0
+    /// Set by the network when a ReLU follows this layer: the forward pass then writes max(y, 0) in the same pass
+    /// over the values and hands it to that ReLU (`StepContext.rectified`), which passes it on untouched — one
+    /// pass over the activations fewer, the same bits. Not on a step that records the ReLU's input.
+    public internal(set) var rectifiesOutput = false
 
     let output: Matrix
     let inputGradient: Matrix
@@ -189,21 +193,25 @@ public final class BatchNorm: Layer {
         normalized.rows = x.rows
         let g = step.store.values + gamma.offset, b = step.store.values + beta.offset
         let s = spatialSize
+        // The ReLU that follows is applied here, in the same pass, unless the step records that ReLU's input.
+        let rectify = rectifiesOutput && step.observer == nil
         step.forEachChunk(work: 4 * x.count) { c, _ in
             let statistics = c * features
             for r in chunks[c] {
                 let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
                 if s == 1 {  // BatchNorm1d: one value per feature, a plain loop over the features
                     VectorKernels.normalizeRow(xr, xhat: nr, y: yr, count: features, mean: mean + statistics,
-                                               inverseStd: inverseStd + statistics, gamma: g, beta: b)
+                                               inverseStd: inverseStd + statistics, gamma: g, beta: b, rectify: rectify)
                     continue
                 }
                 for f in 0..<features {
                     VectorKernels.normalize(xr + f * s, xhat: nr + f * s, y: yr + f * s, count: s,
-                                            mean: mean[statistics + f], inverseStd: inverseStd[statistics + f], gamma: g[f], beta: b[f])
+                                            mean: mean[statistics + f], inverseStd: inverseStd[statistics + f], gamma: g[f], beta: b[f],
+                                            rectify: rectify)
                 }
             }
         }
+        if rectify { step.rectified = output }
         return output
     }
 

@@ -110,6 +110,10 @@ public final class StepContext {
         return riding
     }
 
+    /// The output of a BatchNorm layer that has already applied the ReLU after it (`BatchNorm.rectifiesOutput`);
+    /// that ReLU takes it and passes it on.
+    var rectified: Matrix?
+
     /// Set on logged steps: BatchNorm and activation layers hand it their input (`observe`).
     var observer: StepObserver?
     /// Whether BatchNorm's backward pass goes through the batch statistics (the default) or treats them as

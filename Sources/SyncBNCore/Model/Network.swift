@@ -138,6 +138,7 @@ public final class Network {
         linearPositions = positions
         if let first = layers.first as? Linear { first.computesInputGradient = false }
         if let first = layers.first as? Conv2d { first.computesInputGradient = false }
+        Self.fuseReLUs(into: layers)
 
         let candidateSet = Set(linears.map(ObjectIdentifier.init))
         let synchronizedSums = spec.batchNorm == .sync && batchNormGroupChunks == nil
@@ -449,6 +450,18 @@ public final class Network {
                     for o in 0..<linear.outputs { bias[o] += scratch[o] }
                 }
             }
+        }
+    }
+
+    /// Marks every BatchNorm followed directly by a ReLU in a sequence (top level, or a residual block's body or
+    /// shortcut) to apply that ReLU in its own pass (`BatchNorm.rectifiesOutput`).
+    private static func fuseReLUs(into sequence: [Layer]) {
+        for (layer, next) in zip(sequence, sequence.dropFirst()) {
+            if let norm = layer as? BatchNorm, let activation = next as? Activation, activation.kind == .relu { norm.rectifiesOutput = true }
+        }
+        for case let residual as Residual in sequence {
+            fuseReLUs(into: residual.body)
+            fuseReLUs(into: residual.shortcut)
         }
     }
 

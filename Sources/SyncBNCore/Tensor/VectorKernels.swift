@@ -87,10 +87,11 @@ enum VectorKernels {
         return (s, d)
     }
 
-    /// x̂ = Float((Double(x) − mean)·inverseStd), y = γ·x̂ + β, for `count` values.
+    /// x̂ = Float((Double(x) − mean)·inverseStd), y = γ·x̂ + β, for `count` values; with `rectify`, y = max(γ·x̂ + β, 0)
+    /// as `relu` computes it (a ReLU fused into the pass).
     @inline(__always)
     static func normalize(_ x: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int,
-                          mean: Double, inverseStd: Double, gamma: Float, beta: Float) {
+                          mean: Double, inverseStd: Double, gamma: Float, beta: Float, rectify: Bool = false) {
         var i = 0
         let m = SIMD8<Double>(repeating: mean), inv = SIMD8<Double>(repeating: inverseStd)
         let g = SIMD8<Float>(repeating: gamma), b = SIMD8<Float>(repeating: beta)
@@ -98,22 +99,25 @@ enum VectorKernels {
             let xv = SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
             let h = SIMD8<Float>((xv - m) * inv)
             UnsafeMutableRawPointer(xhat + i).storeBytes(of: h, as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(y + i).storeBytes(of: g * h + b, as: SIMD8<Float>.self)
+            let v = g * h + b
+            UnsafeMutableRawPointer(y + i).storeBytes(of: rectify ? v.replacing(with: 0, where: v .< 0) : v, as: SIMD8<Float>.self)
             i += lanes
         }
         while i < count {
             let h = Float((Double(x[i]) - mean) * inverseStd)
             xhat[i] = h
-            y[i] = gamma * h + beta
+            let v = gamma * h + beta
+            y[i] = rectify && v < 0 ? 0 : v
             i += 1
         }
     }
 
     /// BatchNorm1d's row: x̂[f] = Float((Double(x[f]) − mean[f])·inverseStd[f]), y[f] = γ[f]·x̂[f] + β[f], for
-    /// `count` features (the scalar loop's operations, eight features at a time).
+    /// `count` features (the scalar loop's operations, eight features at a time); `rectify` as in `normalize`.
     @inline(__always)
     static func normalizeRow(_ x: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int,
-                             mean: UnsafePointer<Double>, inverseStd: UnsafePointer<Double>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>) {
+                             mean: UnsafePointer<Double>, inverseStd: UnsafePointer<Double>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
+                             rectify: Bool = false) {
         var i = 0
         while i + lanes <= count {
             let xv = SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
@@ -123,13 +127,15 @@ enum VectorKernels {
             let g = UnsafeRawPointer(gamma + i).loadUnaligned(as: SIMD8<Float>.self)
             let b = UnsafeRawPointer(beta + i).loadUnaligned(as: SIMD8<Float>.self)
             UnsafeMutableRawPointer(xhat + i).storeBytes(of: h, as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(y + i).storeBytes(of: g * h + b, as: SIMD8<Float>.self)
+            let v = g * h + b
+            UnsafeMutableRawPointer(y + i).storeBytes(of: rectify ? v.replacing(with: 0, where: v .< 0) : v, as: SIMD8<Float>.self)
             i += lanes
         }
         while i < count {
             let h = Float((Double(x[i]) - mean[i]) * inverseStd[i])
             xhat[i] = h
-            y[i] = gamma[i] * h + beta[i]
+            let v = gamma[i] * h + beta[i]
+            y[i] = rectify && v < 0 ? 0 : v
             i += 1
         }
     }
