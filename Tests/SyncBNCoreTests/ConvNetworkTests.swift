@@ -193,6 +193,32 @@ final class ConvNetworkTests: XCTestCase {
         }
     }
 
+    /// The same for BatchNorm1d (a feature per value, the row kernels) in an MLP, on one and on three threads.
+    func testBatchNorm1dWithItsReLUFusedGivesTheBitsOfTheTwoLayers() throws {
+        let spec = try ModelSpec(name: "mlp-relu", input: TensorShape([1, 6, 6]), layers: [
+            .flatten, .linear(inFeatures: 36, outFeatures: 20, bias: true), .batchNorm1d(numFeatures: 20, eps: 1e-5, momentum: 0.1), .relu,
+            .linear(inFeatures: 20, outFeatures: classes, bias: true),
+        ], batchNorm: .sync)
+        func train(fused: Bool, threads: Int) throws -> ReplicaState {
+            let network = Network(spec: spec, plan: plan, optimizer: SGD(learningRate: 0.1, momentum: 0.9), seed: 3)
+            if threads > 1 { network.threads = ChunkThreads(threadCount: threads, inlineWork: 0) }
+            let norm = try XCTUnwrap(network.namedLayers.compactMap { $0.1 as? BatchNorm }.first)
+            XCTAssertTrue(norm.rectifiesOutput)
+            norm.rectifiesOutput = fused
+            let collective = LocalCollective(plan: plan, valuesPerRow: network.momentScales)
+            for step in 0..<steps {
+                load(network, step: step, rows: 0..<plan.batchSize)
+                try network.trainStep(slice: .whole(plan), collective: collective, computeMetrics: false, step: step)
+            }
+            let relu = try XCTUnwrap(network.namedLayers.compactMap { $0.1 as? Activation }.first)
+            XCTAssertEqual(relu.passedOnRectifiedInput, fused, "whether the ReLU took its BatchNorm's rectified output")
+            return ReplicaState(network)
+        }
+        let apart = try train(fused: false, threads: 1)
+        XCTAssertEqual(try train(fused: true, threads: 1), apart, "one thread")
+        XCTAssertEqual(try train(fused: true, threads: 3), apart, "three threads")
+    }
+
     func testSyncTrainingGivesTheSameBitsForOneToFourWorkers() throws {
         let (alone, losses) = try trainAlone(.sync)
         XCTAssertNotEqual(alone.values, ReplicaState(try makeNetwork(.sync)).values, "the parameters moved")

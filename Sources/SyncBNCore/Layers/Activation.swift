@@ -43,6 +43,10 @@ public final class Activation: Layer {
     }
 
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
+        if kind == .relu, passedOnRectifiedInput {  // the BatchNorm before masks dy in its own passes
+            step.unmaskedReLUGradient = dy
+            return dy
+        }
         let output = lastOutput ?? self.output
         inputGradient.rows = dy.rows
         let width = dy.columns

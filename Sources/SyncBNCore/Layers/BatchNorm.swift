@@ -62,8 +62,10 @@ public final class BatchNorm: Layer {
     public var runningVariance: [Float]
     public var batchesTracked: Int64 = 0
     /// Set by the network when a ReLU follows this layer: the forward pass then writes max(y, 0) in the same pass
-    /// over the values and hands it to that ReLU (`StepContext.rectified`), which passes it on untouched — one
-    /// pass over the activations fewer, the same bits. Not on a step that records the ReLU's input.
+    /// over the values and hands it to that ReLU (`StepContext.rectified`), which passes it on untouched, and the
+    /// ReLU's backward pass hands its gradient on unmasked for this layer's passes to mask (y ≤ 0 exactly where
+    /// γ·x̂ + β ≤ 0) — a pass over the activations fewer each way, the same bits. Not on a step that records the
+    /// ReLU's input.
     public internal(set) var rectifiesOutput = false
 
     let output: Matrix
@@ -283,17 +285,23 @@ public final class BatchNorm: Layer {
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         let chunks = step.chunks
         let width = 2 * features, s = spatialSize
+        // The ReLU after this layer passed its gradient on unmasked (`rectifiesOutput`): mask it here, in both passes.
+        let masksReLU = step.unmaskedReLUGradient === dy
+        step.unmaskedReLUGradient = nil
+        let gammas = UnsafePointer(step.store.values + gamma.offset), betas = UnsafePointer(step.store.values + beta.offset)
+        let rowMask = masksReLU ? (gamma: gammas, beta: betas) : nil
         step.forEachChunk(work: 4 * dy.count) { c, _ in
             let sumDy = partials.baseAddress! + c * width, sumDyXhat = sumDy + features
             for f in 0..<features { sumDy[f] = 0; sumDyXhat[f] = 0 }
             for r in chunks[c] {
                 let g = dy.row(r), xhat = normalized.row(r)
                 if s == 1 {
-                    VectorKernels.accumulateSumAndDot(g, xhat, sums: sumDy, dots: sumDyXhat, count: features)
+                    VectorKernels.accumulateSumAndDot(g, xhat, sums: sumDy, dots: sumDyXhat, count: features, relu: rowMask)
                     continue
                 }
                 for f in 0..<features {
-                    let (dySum, dyXhatSum) = VectorKernels.sumAndDot(g + f * s, xhat + f * s, count: s)
+                    let (dySum, dyXhatSum) = VectorKernels.sumAndDot(g + f * s, xhat + f * s, count: s,
+                                                                     relu: masksReLU ? (gammas[f], betas[f]) : nil)
                     sumDy[f] += dySum
                     sumDyXhat[f] += dyXhatSum
                 }
@@ -351,12 +359,13 @@ public final class BatchNorm: Layer {
                 let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
                 if s == 1 {
                     VectorKernels.batchNormInputGradientRow(gr, xhat: xhat, dx: dx, count: features, scale: scale + o,
-                                                            meanDy: meanDy + o, meanDyXhat: meanDyXhat + o)
+                                                            meanDy: meanDy + o, meanDyXhat: meanDyXhat + o, relu: rowMask)
                     continue
                 }
                 for f in 0..<features {
                     VectorKernels.batchNormInputGradient(gr + f * s, xhat: xhat + f * s, dx: dx + f * s, count: s,
-                                                         scale: scale[o + f], meanDy: meanDy[o + f], meanDyXhat: meanDyXhat[o + f])
+                                                         scale: scale[o + f], meanDy: meanDy[o + f], meanDyXhat: meanDyXhat[o + f],
+                                                         relu: masksReLU ? (gammas[f], betas[f]) : nil)
                 }
             }
         }

@@ -113,6 +113,8 @@ public final class StepContext {
     /// The output of a BatchNorm layer that has already applied the ReLU after it (`BatchNorm.rectifiesOutput`);
     /// that ReLU takes it and passes it on.
     var rectified: Matrix?
+    /// The gradient such a ReLU passed on without its mask, for that BatchNorm's backward pass to mask.
+    var unmaskedReLUGradient: Matrix?
 
     /// Set on logged steps: BatchNorm and activation layers hand it their input (`observe`).
     var observer: StepObserver?

@@ -68,22 +68,40 @@ enum VectorKernels {
         return total
     }
 
-    /// (Σ Double(g[i]), Σ Double(g[i])·Double(h[i])) over `count` values, grouped as `sum`.
+    /// The gradient through a ReLU fused into the BatchNorm before it (`BatchNorm.rectifiesOutput`): g where that
+    /// ReLU's input γ·x̂ + β (recomputed as the forward pass computed it) is above 0, else 0 — what the ReLU's own
+    /// backward pass gives (its y ≤ 0 exactly where γ·x̂ + β ≤ 0; a NaN keeps g, as in its lanes).
     @inline(__always)
-    static func sumAndDot(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, count: Int) -> (Double, Double) {
+    static func reluMasked(_ g: SIMD8<Float>, xhat h: SIMD8<Float>, gamma: SIMD8<Float>, beta: SIMD8<Float>) -> SIMD8<Float> {
+        g.replacing(with: 0, where: gamma * h + beta .<= 0)
+    }
+
+    @inline(__always)
+    static func reluMasked(_ g: Float, xhat h: Float, gamma: Float, beta: Float) -> Float { gamma * h + beta <= 0 ? 0 : g }
+
+    /// (Σ Double(g[i]), Σ Double(g[i])·Double(h[i])) over `count` values, grouped as `sum`; with `relu`, g masked
+    /// first (`reluMasked`, γ and β of the feature).
+    @inline(__always)
+    static func sumAndDot(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, count: Int, relu: (gamma: Float, beta: Float)? = nil) -> (Double, Double) {
         var i = 0, s = 0.0, d = 0.0
         if count >= lanes {
             var sv = SIMD8<Double>(repeating: 0), dv = SIMD8<Double>(repeating: 0)
+            let rg = SIMD8<Float>(repeating: relu?.gamma ?? 0), rb = SIMD8<Float>(repeating: relu?.beta ?? 0)
             while i + lanes <= count {
-                let gv = SIMD8<Double>(UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self))
-                let hv = SIMD8<Double>(UnsafeRawPointer(h + i).loadUnaligned(as: SIMD8<Float>.self))
+                var gf = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
+                let hf = UnsafeRawPointer(h + i).loadUnaligned(as: SIMD8<Float>.self)
+                if relu != nil { gf = reluMasked(gf, xhat: hf, gamma: rg, beta: rb) }
+                let gv = SIMD8<Double>(gf), hv = SIMD8<Double>(hf)
                 sv += gv
                 dv += gv * hv
                 i += lanes
             }
             s = sv.sum(); d = dv.sum()
         }
-        while i < count { s += Double(g[i]); d += Double(g[i]) * Double(h[i]); i += 1 }
+        while i < count {
+            let gi = relu.map { reluMasked(g[i], xhat: h[i], gamma: $0.gamma, beta: $0.beta) } ?? g[i]
+            s += Double(gi); d += Double(gi) * Double(h[i]); i += 1
+        }
         return (s, d)
     }
 
@@ -141,14 +159,21 @@ enum VectorKernels {
     }
 
     /// sums[f] += Double(g[f]), dots[f] += Double(g[f])·Double(h[f]) for `count` features (one row's share of
-    /// BatchNorm1d's backward sums, eight features at a time, each feature's sums in the same order).
+    /// BatchNorm1d's backward sums, eight features at a time, each feature's sums in the same order); with
+    /// `relu`, g masked first (`reluMasked`, per feature).
     @inline(__always)
     static func accumulateSumAndDot(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, sums: UnsafeMutablePointer<Double>,
-                                    dots: UnsafeMutablePointer<Double>, count: Int) {
+                                    dots: UnsafeMutablePointer<Double>, count: Int,
+                                    relu: (gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>)? = nil) {
         var i = 0
         while i + lanes <= count {
-            let gv = SIMD8<Double>(UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self))
-            let hv = SIMD8<Double>(UnsafeRawPointer(h + i).loadUnaligned(as: SIMD8<Float>.self))
+            var gf = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
+            let hf = UnsafeRawPointer(h + i).loadUnaligned(as: SIMD8<Float>.self)
+            if let relu {
+                gf = reluMasked(gf, xhat: hf, gamma: UnsafeRawPointer(relu.gamma + i).loadUnaligned(as: SIMD8<Float>.self),
+                                beta: UnsafeRawPointer(relu.beta + i).loadUnaligned(as: SIMD8<Float>.self))
+            }
+            let gv = SIMD8<Double>(gf), hv = SIMD8<Double>(hf)
             let sv = UnsafeRawPointer(sums + i).loadUnaligned(as: SIMD8<Double>.self)
             let dv = UnsafeRawPointer(dots + i).loadUnaligned(as: SIMD8<Double>.self)
             UnsafeMutableRawPointer(sums + i).storeBytes(of: sv + gv, as: SIMD8<Double>.self)
@@ -156,27 +181,38 @@ enum VectorKernels {
             i += lanes
         }
         while i < count {
-            sums[i] += Double(g[i])
-            dots[i] += Double(g[i]) * Double(h[i])
+            let gi = relu.map { reluMasked(g[i], xhat: h[i], gamma: $0.gamma[i], beta: $0.beta[i]) } ?? g[i]
+            sums[i] += Double(gi)
+            dots[i] += Double(gi) * Double(h[i])
             i += 1
         }
     }
 
-    /// BatchNorm1d's row: dx[f] = scale[f]·(dy[f] − meanDy[f] − x̂[f]·meanDyXhat[f]), for `count` features.
+    /// BatchNorm1d's row: dx[f] = scale[f]·(dy[f] − meanDy[f] − x̂[f]·meanDyXhat[f]), for `count` features; with
+    /// `relu`, dy masked first (`reluMasked`, per feature).
     @inline(__always)
     static func batchNormInputGradientRow(_ dy: UnsafePointer<Float>, xhat: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int,
-                                          scale: UnsafePointer<Float>, meanDy: UnsafePointer<Float>, meanDyXhat: UnsafePointer<Float>) {
+                                          scale: UnsafePointer<Float>, meanDy: UnsafePointer<Float>, meanDyXhat: UnsafePointer<Float>,
+                                          relu: (gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>)? = nil) {
         var i = 0
         while i + lanes <= count {
-            let g = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD8<Float>.self)
+            var g = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD8<Float>.self)
             let h = UnsafeRawPointer(xhat + i).loadUnaligned(as: SIMD8<Float>.self)
+            if let relu {
+                g = reluMasked(g, xhat: h, gamma: UnsafeRawPointer(relu.gamma + i).loadUnaligned(as: SIMD8<Float>.self),
+                               beta: UnsafeRawPointer(relu.beta + i).loadUnaligned(as: SIMD8<Float>.self))
+            }
             let s = UnsafeRawPointer(scale + i).loadUnaligned(as: SIMD8<Float>.self)
             let md = UnsafeRawPointer(meanDy + i).loadUnaligned(as: SIMD8<Float>.self)
             let mx = UnsafeRawPointer(meanDyXhat + i).loadUnaligned(as: SIMD8<Float>.self)
             UnsafeMutableRawPointer(dx + i).storeBytes(of: s * (g - md - h * mx), as: SIMD8<Float>.self)
             i += lanes
         }
-        while i < count { dx[i] = scale[i] * (dy[i] - meanDy[i] - xhat[i] * meanDyXhat[i]); i += 1 }
+        while i < count {
+            let g = relu.map { reluMasked(dy[i], xhat: xhat[i], gamma: $0.gamma[i], beta: $0.beta[i]) } ?? dy[i]
+            dx[i] = scale[i] * (g - meanDy[i] - xhat[i] * meanDyXhat[i])
+            i += 1
+        }
     }
 
     /// sums[f] += Double(x[f]) for `count` features (eight at a time; each feature's sum in the same order).
@@ -205,19 +241,25 @@ enum VectorKernels {
         while i < count { let d = Double(x[i]) - mean[i]; m2[i] += d * d; i += 1 }
     }
 
-    /// dx = scale·(dy − meanDy − x̂·meanDyXhat), for `count` values.
+    /// dx = scale·(dy − meanDy − x̂·meanDyXhat), for `count` values; with `relu`, dy masked first (`reluMasked`).
     @inline(__always)
     static func batchNormInputGradient(_ dy: UnsafePointer<Float>, xhat: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int,
-                                       scale: Float, meanDy: Float, meanDyXhat: Float) {
+                                       scale: Float, meanDy: Float, meanDyXhat: Float, relu: (gamma: Float, beta: Float)? = nil) {
         var i = 0
         let s = SIMD8<Float>(repeating: scale), md = SIMD8<Float>(repeating: meanDy), mx = SIMD8<Float>(repeating: meanDyXhat)
+        let rg = SIMD8<Float>(repeating: relu?.gamma ?? 0), rb = SIMD8<Float>(repeating: relu?.beta ?? 0)
         while i + lanes <= count {
-            let g = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD8<Float>.self)
+            var g = UnsafeRawPointer(dy + i).loadUnaligned(as: SIMD8<Float>.self)
             let h = UnsafeRawPointer(xhat + i).loadUnaligned(as: SIMD8<Float>.self)
+            if relu != nil { g = reluMasked(g, xhat: h, gamma: rg, beta: rb) }
             UnsafeMutableRawPointer(dx + i).storeBytes(of: s * (g - md - h * mx), as: SIMD8<Float>.self)
             i += lanes
         }
-        while i < count { dx[i] = scale * (dy[i] - meanDy - xhat[i] * meanDyXhat); i += 1 }
+        while i < count {
+            let g = relu.map { reluMasked(dy[i], xhat: xhat[i], gamma: $0.gamma, beta: $0.beta) } ?? dy[i]
+            dx[i] = scale * (g - meanDy - xhat[i] * meanDyXhat)
+            i += 1
+        }
     }
 
     /// v ← μ·v + g, p ← p − lr·v for `count` parameters (SGD with momentum), sixteen lanes at a time: the same
