@@ -137,8 +137,8 @@ public final class StepContext {
     public func forEachChunk(work: Int, _ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, work: work, body) }
 
     /// The local chunks cut into runs of consecutive chunks of about equal rows, one run per thread that
-    /// `forEachChunk(work:)` would use: the whole slice when the call would run inline. For per-sample products done a run at a time
-    /// (`RowwiseProducts`); a run's rows must not depend on anything but the chunks it holds.
+    /// `forEachChunk(work:)` would use: the whole slice when the call would run inline. For per-sample products
+    /// done a run at a time (`RowwiseProducts`); a run's rows must not depend on anything but the chunks it holds.
     public func chunkRuns(work: Int) -> [Range<Int>] {
         let count = chunks.count
         let parts = count > 1 && threads.threadCount > 1 && work >= threads.inlineWork ? min(count, threads.threadCount) : 1
