@@ -1,6 +1,7 @@
 /// e^t and the logistic sigmoid sixteen lanes at a time, in plain SIMD adds, multiplies and bit operations, so
 /// that they vectorize on every x86-64 (no call per element, no FMA, no SSE4.1 rounding) and give the same bits
 /// on every CPU — unlike libm's `expf`, which glibc picks per CPU (`__expf_fma` on one, `__expf` on another).
+/// (The loss's softmax and `tanh` still call libm.)
 ///
 /// e^t = 2^n · e^r with n = round(t·log₂e) and r = t − n·ln 2 (ln 2 split in a high part exact in float and a
 /// low part, Cody–Waite), |r| ≤ ½ ln 2; e^r = 1 + r + r²·p(r) with Cephes' degree-5 minimax p; 2^n is built
