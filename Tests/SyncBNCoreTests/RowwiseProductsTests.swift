@@ -131,7 +131,7 @@ final class RowwiseProductsTests: XCTestCase {
 
     /// A chunk's ∂W = dyᵀ·x formed block of rows by block of rows (as `Network` forms a factor layer's ∂W, tile by
     /// tile) where the probe says that gives the one call's bits: checked on other data for the presets' factor
-    /// shapes, cut in two, in three and in tiles of 64 rows; a cut that does not start at 0 or end at m is refused.
+    /// shapes, cut in two, in three and in tiles of 64 rows; a cut that leaves rows out is refused.
     func testRowBlocksOfAWeightGradientAgreeWhereTheProbeSaysSo() {
         var report: [String] = [], agreed = 0
         for (inputs, outputs) in shapes where outputs >= 32 {
@@ -164,6 +164,7 @@ final class RowwiseProductsTests: XCTestCase {
         }
         XCTAssertFalse(RowwiseProducts.rowBlocksAgree(m: 64, n: 8, k: 4, lda: 64, ldb: 8, blocks: [1..<32, 32..<64]), "a cut must start at row 0")
         XCTAssertFalse(RowwiseProducts.rowBlocksAgree(m: 64, n: 8, k: 4, lda: 64, ldb: 8, blocks: [0..<32, 32..<60]), "a cut must end at row m")
+        XCTAssertFalse(RowwiseProducts.rowBlocksAgree(m: 64, n: 8, k: 4, lda: 64, ldb: 8, blocks: [0..<16, 32..<64]), "the blocks must not leave a gap")
         print("row blocks of ∂W on \(BLAS.kernelName) (\(agreed) agreed): " + report.joined(separator: ", "))
     }
 

@@ -91,10 +91,12 @@ public enum RowwiseProducts {
     /// formed block of rows by block of rows — rows `blocks[0]`, `blocks[1]`, …, each block its own call on A's
     /// columns — gives every element the bits of the one call over all m rows. OpenBLAS forms each element as
     /// one dot product over k, but its edge kernels for a block's last rows might sum differently; the probe
-    /// decides, once per shape and cut (thread-safe), as `agree` does. It lets a weight gradient's rows be shared
-    /// among threads (`Network.apply(gradients:)`).
+    /// decides, once per shape and cut (thread-safe), as `agree` does. It lets a weight gradient be formed tile of
+    /// rows by tile, the tiles shared among threads (`Network.apply(gradients:)`). Blocks must be consecutive and
+    /// cover 0..<m, else the answer is no.
     public static func rowBlocksAgree(m: Int, n: Int, k: Int, lda: Int, ldb: Int, blocks: [Range<Int>]) -> Bool {
-        guard enabled, m > 0, n > 0, k > 0, blocks.first?.lowerBound == 0, blocks.last?.upperBound == m else { return false }
+        guard enabled, m > 0, n > 0, k > 0, blocks.first?.lowerBound == 0, blocks.last?.upperBound == m,
+              zip(blocks, blocks.dropFirst()).allSatisfy({ $0.upperBound == $1.lowerBound }) else { return false }
         guard blocks.count > 1 else { return true }
         let key = RowBlocksKey(m: m, n: n, k: k, lda: lda, ldb: ldb, cuts: blocks.map(\.upperBound))
         lock.lock()
