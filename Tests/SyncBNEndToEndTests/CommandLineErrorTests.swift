@@ -227,7 +227,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         var bytes = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { Array($0) }
         bytes += Array(header.utf8)
         let path = try makeTemporaryDirectory("overflow").appendingPathComponent("bad.safetensors").path
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        writeFixture(Data(bytes), to: path)
         let data = ConvDeterminismTests.dataSet
         assertRefused(try run(["train", "--data", data, "--init", path, "--steps", "1", "--out", try makeTemporaryDirectory("o").path], seconds: 60),
                       mentioning: [path, "shape [4611686018427387904, 4] of 0.weight"])
@@ -287,7 +287,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
 
     func testAnOutputDirectoryUnderAFileIsRefusedBeforeTraining() throws {
         let file = try makeTemporaryDirectory("under").appendingPathComponent("a-file")
-        FileManager.default.createFile(atPath: file.path, contents: Data("x".utf8))
+        writeFixture(Data("x".utf8), to: file.path)
         for command in [["train"], ["launch", "--workers", "2"]] {
             let result = try run(command + ["--data", ConvDeterminismTests.dataSet, "--model", "bn-cnn", "--steps", "2",
                                             "--batch-size", "8", "--chunk-size", "2", "--out", file.path + "/run"], seconds: 60)
@@ -324,7 +324,7 @@ final class CommandLineErrorTests: SyncBNProcessTestCase {
         let directory = try makeTemporaryDirectory("models")
         func refused(_ layers: String, _ words: [String], namesFile: Bool = true, line: UInt = #line) throws {
             let path = directory.appendingPathComponent("m\(line).json").path
-            FileManager.default.createFile(atPath: path, contents: Data("{\"input\": [1, 12, 12], \"layers\": [\(layers)]}".utf8))
+            writeFixture(Data("{\"input\": [1, 12, 12], \"layers\": [\(layers)]}".utf8), to: path)
             let out = directory.appendingPathComponent("out\(line)")
             let result = try run(["train", "--data", data, "--model-file", path, "--steps", "1", "--out", out.path], seconds: 60)
             assertRefused(result, mentioning: (namesFile ? [path] : []) + words, line: line)

@@ -47,7 +47,7 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
             return Data(bytes)
         }
         for (name, count) in [("data_batch_1.bin", 24), ("data_batch_2.bin", 24), ("test_batch.bin", 10)] {
-            FileManager.default.createFile(atPath: (directory as NSString).appendingPathComponent(name), contents: records(count))
+            writeFixture(records(count), to: (directory as NSString).appendingPathComponent(name))
         }
         return directory
     }()
@@ -76,7 +76,7 @@ final class ConvDeterminismTests: SyncBNProcessTestCase {
           {"type": "AdaptiveAvgPool2d", "output_size": 1}, {"type": "Flatten"},
           {"type": "Linear", "in_features": 8, "out_features": 10}]}
         """
-        FileManager.default.createFile(atPath: path, contents: Data(json.utf8))
+        writeFixture(Data(json.utf8), to: path)
         return path
     }()
 
@@ -249,5 +249,5 @@ func tensorBytes(_ file: Data) -> Data {
 func writeIDX(_ bytes: [UInt8], shape: [Int], to path: String) {
     var out: [UInt8] = [0, 0, 8, UInt8(shape.count)]
     for d in shape { out += [UInt8(d >> 24 & 0xFF), UInt8(d >> 16 & 0xFF), UInt8(d >> 8 & 0xFF), UInt8(d & 0xFF)] }
-    FileManager.default.createFile(atPath: path, contents: Data(out + bytes))
+    writeFixture(Data(out + bytes), to: path)
 }

@@ -409,3 +409,9 @@ class SyncBNProcessTestCase: XCTestCase {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 }
+
+/// Writes a test's input file; a fixture that cannot be written stops the test run here, with its path, rather
+/// than as a missing file in a command's error later.
+func writeFixture(_ contents: Data, to path: String) {
+    precondition(FileManager.default.createFile(atPath: path, contents: contents), "could not write the test fixture \(path)")
+}
