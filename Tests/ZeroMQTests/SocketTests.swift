@@ -25,10 +25,7 @@ final class SocketTests: XCTestCase {
 
     func testMessagesAreCountedOnceWhateverTheirFramesAndWhicheverCallMovesThem() throws {
         let context = try Context()
-        let pull = try Socket(context, .pull)
-        try pull.bind("inproc://counted")
-        let push = try Socket(context, .push)
-        try push.connect("inproc://counted")
+        let (push, pull) = try inprocPushPull(context, "counted")
         let (sent, received) = (MessageCounts.sent, MessageCounts.received)
 
         try push.send(frames: [[1], [2, 3]])  // two frames, one message
@@ -50,10 +47,7 @@ final class SocketTests: XCTestCase {
     /// a shared message goes out to two receivers as the same bytes.
     func testSingleFrameReceiveAndSharedSend() throws {
         let context = try Context()
-        let pull = try Socket(context, .pull)
-        try pull.bind("inproc://single")
-        let push = try Socket(context, .push)
-        try push.connect("inproc://single")
+        let (push, pull) = try inprocPushPull(context, "single")
         try pull.setReceiveTimeout(milliseconds: 2000)
         try push.send(frames: [[1], [2, 3], [4]])
         XCTAssertThrowsError(try pull.receiveSingleFrameInPlace { Array($0) }) { XCTAssertEqual(($0 as? MultipartMessage)?.frames, 3) }
@@ -107,4 +101,13 @@ final class SocketTests: XCTestCase {
         XCTAssertNotEqual(endpoint, "tcp://127.0.0.1:*")
         socket.close()
     }
+}
+
+/// A PUSH socket connected to a PULL socket bound at `inproc://name`.
+private func inprocPushPull(_ context: Context, _ name: String) throws -> (push: Socket, pull: Socket) {
+    let pull = try Socket(context, .pull)
+    try pull.bind("inproc://\(name)")
+    let push = try Socket(context, .push)
+    try push.connect("inproc://\(name)")
+    return (push, pull)
 }

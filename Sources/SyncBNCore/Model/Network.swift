@@ -371,11 +371,9 @@ public final class Network {
 
     /// Sets the store's gradients from the gradient round's result: the summed ranges are copied; each
     /// factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c are computed chunk by chunk from the
-    /// gathered rows (the first layer's x from `batchInput`) and summed in chunk order: tile of ∂W's rows by
-    /// tile, the tiles shared among the threads (`applyByRowTiles`), where OpenBLAS gives a tile's rows the bits
-    /// of the whole product; else in waves of one chunk per thread, each into its thread's scratch (chunk 0
-    /// straight into ∂W), a wave's then added to ∂W in chunk order, element by element, the elements shared
-    /// among the threads.
+    /// gathered rows (the first layer's x from `batchInput`) and summed in chunk order, tile of ∂W's rows by
+    /// tile, the tiles shared among the threads (`applyByRowTiles`; one tile where OpenBLAS would not give a
+    /// tile's rows the bits of the whole product).
     public func apply(gradients result: UnsafeBufferPointer<Float>) {
         precondition(result.count == exchange.resultWidth, "the gradient result has \(result.count) values; the exchange expects \(exchange.resultWidth)")
         for segment in gradientSegments {
@@ -394,62 +392,12 @@ public final class Network {
             position += range.count
         }
         let rowWidth = exchange.factorRowWidth, rowsBlock = exchange.chunkSize * rowWidth
-        let threads = context.threads, slotWidth = chunkWeightGradient.count / threads.threadCount
+        let slotWidth = chunkWeightGradient.count / context.threads.threadCount
         for factor in exchange.factorLayers {
             let linear = linears[segment.linearIndices[factor.layer]]
-            let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
-            let weightCount = linear.inputs * linear.outputs
             let xStride = factor.inputColumn == nil ? linear.inputs : rowWidth
-            let scratchBase = chunkWeightGradient.baseAddress!
-            if let tiling = rowTiling(linear, rowWidth: rowWidth, xStride: xStride) {
-                applyByRowTiles(tiling, factor, linear, values: values + exchange.sumWidth, rowsBlock: rowsBlock, rowWidth: rowWidth,
-                                xStride: xStride, scratch: scratchBase, slotWidth: slotWidth)
-                continue
-            }
-            for first in stride(from: 0, to: plan.chunkCount, by: threads.threadCount) {
-                let wave = first..<min(first + threads.threadCount, plan.chunkCount)
-                // A wave's first chunk (after chunk 0) adds its product straight onto ∂W where OpenBLAS's β = 1 gives
-                // the same bits as the product added afterwards: no other chunk touches ∂W until the wave is done.
-                let accumulates = first > 0 && RowwiseProducts.accumulates(m: linear.outputs, n: linear.inputs, k: plan.rows(ofChunk: first).count,
-                                                                           lda: rowWidth, ldb: xStride)
-                threads.run(wave.count, work: wave.count * exchange.chunkSize * weightCount / 32) { k, _ in
-                    let c = wave.lowerBound + k, scratch = scratchBase + k * slotWidth
-                    let rows = plan.rows(ofChunk: c)
-                    let block = values + exchange.sumWidth + c * rowsBlock
-                    let dy = block + factor.outputColumn
-                    let x: UnsafePointer<Float>
-                    if let column = factor.inputColumn {
-                        x = UnsafePointer(block + column)
-                    } else {
-                        x = UnsafePointer(batchInput.row(rows.lowerBound))
-                    }
-                    let direct = c == 0 || (k == 0 && accumulates)
-                    let target = direct ? weight : scratch, biasTarget = c == 0 ? bias : scratch + weightCount
-                    BLAS.gemm(transposeA: true, transposeB: false, m: linear.outputs, n: linear.inputs, k: rows.count,
-                              a: dy, lda: rowWidth, b: x, ldb: xStride, beta: c != 0 && direct ? 1 : 0, c: target, ldc: linear.inputs)
-                    for o in 0..<linear.outputs { biasTarget[o] = 0 }
-                    for r in 0..<rows.count {
-                        let g = dy + r * rowWidth
-                        for o in 0..<linear.outputs { biasTarget[o] += g[o] }
-                    }
-                }
-                let added = wave.lowerBound == 0 ? 1..<wave.count : 0..<wave.count  // chunk 0 is in ∂W already
-                let addedWeights = accumulates ? 1..<wave.count : added  // and so is an accumulated first chunk's product
-                let part = (weightCount + threads.threadCount - 1) / threads.threadCount
-                if !addedWeights.isEmpty {
-                    threads.run(threads.threadCount, work: addedWeights.count * weightCount) { p, _ in
-                        let elements = (p * part)..<min((p + 1) * part, weightCount)
-                        for k in addedWeights {
-                            let scratch = scratchBase + k * slotWidth
-                            for i in elements { weight[i] += scratch[i] }
-                        }
-                    }
-                }
-                for k in added {
-                    let scratch = scratchBase + k * slotWidth + weightCount
-                    for o in 0..<linear.outputs { bias[o] += scratch[o] }
-                }
-            }
+            applyByRowTiles(rowTiling(linear, rowWidth: rowWidth, xStride: xStride), factor, linear, values: values + exchange.sumWidth,
+                            rowsBlock: rowsBlock, rowWidth: rowWidth, xStride: xStride, scratch: chunkWeightGradient.baseAddress!, slotWidth: slotWidth)
         }
     }
 
@@ -472,38 +420,35 @@ public final class Network {
         /// Per tile: chunk row count → whether β = 1 gives the product added afterwards (`RowwiseProducts.accumulates`).
         let accumulates: [[Int: Bool]]
     }
-    /// Per factor layer (by identity) and thread count: its tiling, or nil where OpenBLAS's bits forbid one.
-    private var rowTilings: [ObjectIdentifier: (threads: Int, tiling: RowTiling?)] = [:]
+    /// Per factor layer (by identity) and thread count: its tiling.
+    private var rowTilings: [ObjectIdentifier: (threads: Int, tiling: RowTiling)] = [:]
 
     /// A factor layer's ∂W rows cut into tiles of a multiple of 16 rows, each about 256 KiB of ∂W or less (so that
     /// a tile stays in a core's cache while all the chunks' products are added onto it, instead of the whole ∂W
-    /// going through memory once per chunk) and at least one per thread; nil when OpenBLAS does not give every
-    /// element the same bits tile by tile as in one call (`RowwiseProducts.rowBlocksAgree`, for every chunk's row
-    /// count). Worked out once per layer and thread count.
-    private func rowTiling(_ linear: Linear, rowWidth: Int, xStride: Int) -> RowTiling? {
+    /// going through memory once per chunk) and at least one per thread — or one tile of all the rows where
+    /// OpenBLAS does not give every element the same bits tile by tile as in one call
+    /// (`RowwiseProducts.rowBlocksAgree`, for every chunk's row count). Worked out once per layer and thread count.
+    private func rowTiling(_ linear: Linear, rowWidth: Int, xStride: Int) -> RowTiling {
         let threadCount = context.threads.threadCount
         if let known = rowTilings[ObjectIdentifier(linear)], known.threads == threadCount { return known.tiling }
         let m = linear.outputs, n = linear.inputs
         let cacheRows = max(16, 65_536 / max(1, n) / 16 * 16)
         let threadRows = ((m + threadCount - 1) / threadCount + 15) / 16 * 16
         let rows = max(16, min(cacheRows, threadRows))
-        let tiles = stride(from: 0, to: m, by: rows).map { $0..<min($0 + rows, m) }
+        var tiles = stride(from: 0, to: m, by: rows).map { $0..<min($0 + rows, m) }
         let rowCounts = Set((0..<plan.chunkCount).map { plan.rows(ofChunk: $0).count })
-        var tiling: RowTiling?
-        if rowCounts.allSatisfy({ RowwiseProducts.rowBlocksAgree(m: m, n: n, k: $0, lda: rowWidth, ldb: xStride, blocks: tiles) }) {
-            tiling = RowTiling(tiles: tiles, accumulates: tiles.map { tile in
-                Dictionary(uniqueKeysWithValues: rowCounts.map { ($0, RowwiseProducts.accumulates(m: tile.count, n: n, k: $0, lda: rowWidth, ldb: xStride)) })
-            })
-        }
+        if !rowCounts.allSatisfy({ RowwiseProducts.rowBlocksAgree(m: m, n: n, k: $0, lda: rowWidth, ldb: xStride, blocks: tiles) }) { tiles = [0..<m] }
+        let tiling = RowTiling(tiles: tiles, accumulates: tiles.map { tile in
+            Dictionary(uniqueKeysWithValues: rowCounts.map { ($0, RowwiseProducts.accumulates(m: tile.count, n: n, k: $0, lda: rowWidth, ldb: xStride)) })
+        })
         rowTilings[ObjectIdentifier(linear)] = (threadCount, tiling)
         return tiling
     }
 
     /// A factor layer's ∂W = Σ_c dy_cᵀ·x_c and ∂b = Σ_c Σ_rows dy_c tile of rows by tile of rows, the tiles shared
     /// among the threads: a tile goes through every chunk in order, each chunk's product added onto it (β = 1
-    /// where that equals adding it afterwards, else through the thread's scratch). Every element gets the bits
-    /// `apply(gradients:of:)`'s waves give it on one thread — chunk 0's product, then each chunk's product added
-    /// in chunk order — with no pass over all of ∂W per chunk and no barrier per wave.
+    /// where that equals adding it afterwards, else through the thread's scratch). Every element gets the same
+    /// bits on any number of threads and tiles: chunk 0's product, then each chunk's product added in chunk order.
     private func applyByRowTiles(_ tiling: RowTiling, _ factor: GradientExchange.FactorLayer, _ linear: Linear,
                                  values: UnsafePointer<Float>, rowsBlock: Int, rowWidth: Int, xStride: Int,
                                  scratch scratchBase: UnsafeMutablePointer<Float>, slotWidth: Int) {
