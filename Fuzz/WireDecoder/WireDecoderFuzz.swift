@@ -21,7 +21,7 @@ func checkDecoder(_ bytes: [UInt8]) {
     }
     let message = try? Message.decode(bytes)
     let inPlace = try? bytes.withUnsafeBytes { try Message.decodePeerFrame($0) }
-    let isPeerFrame = message?.kind == .gradientTiles || message?.kind == .gradientShard
+    let isPeerFrame = message?.peerTag != nil
     if isPeerFrame != (inPlace != nil) {
         fatalError("decode and decodePeerFrame disagree on \(bytes.count) bytes: \(String(describing: message?.kind)) vs \(String(describing: inPlace?.message.kind))")
     }
@@ -69,7 +69,10 @@ func seedMessages() -> [Message] {
         .reduced(step: 6, round: .metrics, width: 2, element: .float64, payload: ArraySlice([UInt8](repeating: 4, count: 16))),
         .partials(step: 6, round: .observations, firstChunk: 0, chunkCount: 1, width: 2, element: .float64, payload: ArraySlice([UInt8](repeating: 7, count: 16))),
         .stop, .failure(reason: "gave up"), .ping,
-        .peers(epoch: 1, rank: 1, endpoints: ["tcp://127.0.0.1:4000", "tcp://127.0.0.1:4001"]),
+        .peers(epoch: 1, rank: 1, uses: .gradients, endpoints: ["tcp://127.0.0.1:4000", "tcp://127.0.0.1:4001"]),
+        .peers(epoch: 2, rank: 0, uses: .batchNormRounds, endpoints: ["tcp://127.0.0.1:4000", "tcp://127.0.0.1:4001"]),
+        .peerPartials(step: 5, epoch: 2, from: 1, round: .sums(layer: 1), firstChunk: 2, chunkCount: 2, width: 1,
+                      payload: ArraySlice([UInt8](repeating: 9, count: 16))),
         .gradientTiles(step: 5, epoch: 1, from: 1, shardOffset: 2, shardWidth: 1, tiles: [1..<2, 2..<4],
                        rowsFirstChunk: 1, rowsChunkCount: 3, rowsWidth: 1, payload: ArraySlice([UInt8](repeating: 5, count: 20))),
         .gradientShard(step: 5, epoch: 1, from: 0, shardOffset: 0, shardWidth: 2, payload: ArraySlice([UInt8](repeating: 6, count: 8))),

@@ -290,7 +290,7 @@ public enum BenchNetwork {
             endpoints[rank] = peerEndpoint
         }
         for rank in 0..<workers {
-            try router.send(frames: [identities[rank], Message.peers(epoch: 1, rank: UInt32(rank), endpoints: endpoints).encoded()])
+            try router.send(frames: [identities[rank], Message.peers(epoch: 1, rank: UInt32(rank), uses: .gradients, endpoints: endpoints).encoded()])
         }
         let go = Message.ping.encoded()
         let expected = Float(workers * (workers + 1) / 2)
@@ -345,10 +345,10 @@ private final class PeerAllReduceHelper: ExchangeUpstream {
         let mesh = try PeerMesh(context: socket.context, address: "127.0.0.1")
         defer { mesh.close() }
         try socket.send(Message.hello(peer: "\(rank)", peerEndpoint: mesh.endpoint).encoded())
-        guard try socket.receive(into: &buffers) == 1, case .peers(let epoch, let r, let endpoints) = try Message.decode(buffers[0]) else {
+        guard try socket.receive(into: &buffers) == 1, case .peers(let epoch, let r, _, let endpoints) = try Message.decode(buffers[0]) else {
             throw BenchError("peer all-reduce helper \(rank): expected the table of peers")
         }
-        try mesh.update(epoch: epoch, rank: Int(r), endpoints: endpoints)
+        try mesh.update(epoch: epoch, rank: Int(r), uses: .gradients, endpoints: endpoints)
         let n = endpoints.count
         let exchange = PeerGradientExchange(layout: GradientLayout(chunkCount: n, sumWidth: width, rowsPerChunk: 0))
         let partials = [Float](repeating: Float(rank + 1), count: width)

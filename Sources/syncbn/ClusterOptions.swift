@@ -3,6 +3,7 @@ import SyncBNCluster
 
 extension NonFinitePolicy: ExpressibleByArgument {}
 extension GradientExchangeMode: ExpressibleByArgument {}
+extension BatchNormExchangeMode: ExpressibleByArgument {}
 
 /// A command-line address checked by `Endpoint`, its error as the command line's own.
 func parseEndpoint(_ text: String, flag: String, forBinding: Bool) throws -> Endpoint {
@@ -49,6 +50,9 @@ struct ClusterOptions: ParsableArguments {
 
     @Option(help: "How gradients travel: star (through the coordinator) or peers (reduce-scatter + all-gather among the workers, whose coordinator traffic does not grow with the worker count; not with keys).")
     var gradientExchange: GradientExchangeMode = .star
+
+    @Option(help: "How BatchNorm rounds travel: auto (directly between the two workers of a two-worker step when both listen for peers — no keys, and on other hosts --peer-address — with star gradients; else through the coordinator) or star (always through the coordinator).")
+    var bnExchange: BatchNormExchangeMode = .auto
 
     func validate() throws {
         guard minWorkers >= 1 else { throw ValidationError("--min-workers must be at least 1") }

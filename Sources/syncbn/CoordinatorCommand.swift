@@ -84,7 +84,7 @@ func runCoordinator(bind: String, workers: Int, options: TrainingOptions, cluste
                     interrupted: @escaping () -> Bool, resumeCommand: (String) -> [String], prepare: (Coordinator) throws -> Void = { _ in }) throws {
     let job = CoordinatorJob(start: try options.start(resuming: cluster.resume), bind: bind, workers: workers, minWorkers: cluster.minWorkers,
                              timeouts: cluster.timeouts, nonFinitePolicy: cluster.onNonfinite, gradientExchange: cluster.gradientExchange,
-                             security: security, allowInsecure: allowInsecure, checkpointEvery: cluster.checkpointEvery, logger: logger, status: status)
+                             batchNormExchange: cluster.bnExchange, security: security, allowInsecure: allowInsecure, checkpointEvery: cluster.checkpointEvery, logger: logger, status: status)
     let summary = try job.run(initialize: options.loadInitialModel(into:), interrupted: interrupted, resumeCommand: resumeCommand, prepare: prepare)
     logger.info("\(summary.report())")
 }

@@ -54,8 +54,9 @@ final class WireProtocolTests: XCTestCase {
         case .failure:
             return [.failure(reason: "worker 1 failed: out of memory"), .failure(reason: "")]
         case .peers:
-            return [.peers(epoch: 3, rank: 1, endpoints: ["tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001"]),
-                    .peers(epoch: 0, rank: 0, endpoints: [""])]
+            return [.peers(epoch: 3, rank: 1, uses: .gradients, endpoints: ["tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001"]),
+                    .peers(epoch: 4, rank: 0, uses: .batchNormRounds, endpoints: ["ipc:///tmp/a.sock", "ipc:///tmp/b.sock"]),
+                    .peers(epoch: 0, rank: 0, uses: [], endpoints: [""])]
         case .gradientTiles:
             return [.gradientTiles(step: 4, epoch: 2, from: 1, shardOffset: 10, shardWidth: 2, tiles: [2..<4, 4..<5],
                                    rowsFirstChunk: 2, rowsChunkCount: 3, rowsWidth: 1, payload: ArraySlice(repeating: 1, count: (2 * 2 + 3) * 4)),
@@ -63,6 +64,10 @@ final class WireProtocolTests: XCTestCase {
                                    rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 7, payload: [])]
         case .gradientShard:
             return [.gradientShard(step: 4, epoch: 2, from: 3, shardOffset: 6, shardWidth: 2, payload: ArraySlice(repeating: 9, count: 8))]
+        case .peerPartials:
+            return [.peerPartials(step: 6, epoch: 5, from: 1, round: .moments(layer: 2), firstChunk: 3, chunkCount: 2, width: 4,
+                                  payload: ArraySlice(repeating: 0x3f, count: 2 * 4 * 8)),
+                    .peerPartials(step: 6, epoch: 5, from: 0, round: .sums(layer: 0), firstChunk: 0, chunkCount: 0, width: 4, payload: [])]
         }
     }
 
@@ -127,14 +132,14 @@ final class WireProtocolTests: XCTestCase {
     }
 
     func testPeerFramesDecodeInPlaceLikeTheWholeMessage() throws {
-        for message in Self.samples(of: .gradientTiles) + Self.samples(of: .gradientShard) {
+        for message in Self.samples(of: .gradientTiles) + Self.samples(of: .gradientShard) + Self.samples(of: .peerPartials) {
             let bytes = message.encoded()
             let (fields, offset) = try bytes.withUnsafeBytes { try Message.decodePeerFrame($0) }
             XCTAssertEqual(fields.kind, message.kind)
             XCTAssertEqual(fields.peerTag?.step, message.peerTag?.step)
             let payload: ArraySlice<UInt8>
             switch message {
-            case .gradientTiles(_, _, _, _, _, _, _, _, _, let p), .gradientShard(_, _, _, _, _, let p): payload = p
+            case .gradientTiles(_, _, _, _, _, _, _, _, _, let p), .gradientShard(_, _, _, _, _, let p), .peerPartials(_, _, _, _, _, _, _, let p): payload = p
             default: payload = []
             }
             XCTAssertEqual(Array(bytes[offset...]), Array(payload), "\(message.kind): the payload starts at byte \(offset)")
@@ -153,30 +158,39 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertEqual(WireProtocol.headerSize, 16)
         // hello: description length u16, description, BLAS kernel length u8, kernel, threads u16, peer endpoint (the rest).
         XCTAssertEqual(Message.hello(peer: "w", peerEndpoint: "e", blasKernel: "K", threads: 0x0102).encoded(),
-                       Array("SYBN".utf8) + [5, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("w".utf8) + [1] + Array("K".utf8) + [2, 1]
+                       Array("SYBN".utf8) + [6, 0, 1, 0] + [0, 0, 0, 0, 0, 0, 0, 0] + [1, 0] + Array("w".utf8) + [1] + Array("K".utf8) + [2, 1]
                        + Array("e".utf8))
-        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [5, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
+        XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [6, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
 
         // partials: round kind u16, layer u16, first chunk u32, chunk count u32, width u32, element u8, 0 u8, 0 u16,
         // riding gradient width u32.
         let partials = Message.partialsHeader(step: 0x0102_0304_0506_0708, round: .sums(layer: 2), firstChunk: 3, chunkCount: 4,
                                               width: 0x0102, element: .float32, gradientWidth: 0x0304)
-        XCTAssertEqual(partials, Array("SYBN".utf8) + [5, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
+        XCTAssertEqual(partials, Array("SYBN".utf8) + [6, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
                        + [2, 0, 2, 0] + [3, 0, 0, 0] + [4, 0, 0, 0] + [2, 1, 0, 0] + [1, 0, 0, 0] + [4, 3, 0, 0])
         // reduced: round kind u16, layer u16, width u32, element u8, 0 u8, 0 u16. Round kinds 1–5.
         for (round, code) in [(Round.moments(layer: 5), [1, 0, 5, 0]), (.sums(layer: 0), [2, 0, 0, 0]), (.gradients, [3, 0, 0, 0]), (.metrics, [4, 0, 0, 0]),
                               (.observations, [5, 0, 0, 0])] as [(Round, [UInt8])] {
             XCTAssertEqual(Message.reducedHeader(step: 1, round: round, width: 2, element: .float64),
-                           Array("SYBN".utf8) + [5, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
+                           Array("SYBN".utf8) + [6, 0, 6, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + code + [2, 0, 0, 0] + [0, 0, 0, 0], "\(round)")
         }
         // welcome: rank u32, worker count u32, config length u32, config, model.
         XCTAssertEqual(Message.welcome(rank: 1, workerCount: 2, config: [9, 9], model: [5]).encoded(),
-                       Array("SYBN".utf8) + [5, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
+                       Array("SYBN".utf8) + [6, 0, 2, 0] + [UInt8](repeating: 0, count: 8) + [1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 9, 9, 5])
         // step: first chunk u32, chunk count u32, metrics u8, feature type u8, 0 u16, rows u32, features u32, labels, features.
         let slice = BatchData(rows: 1, featureSize: 2, labels: [6], element: .unsignedByte, features: [10, 20])
         XCTAssertEqual(Message.step(step: 2, firstChunk: 1, chunkCount: 1, computeMetrics: true, batch: slice).encoded(),
-                       Array("SYBN".utf8) + [5, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
+                       Array("SYBN".utf8) + [6, 0, 4, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
                        + [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 6, 10, 20])
+        // peers: epoch u32, rank u32, uses u8, 0 u8, 0 u16, count u32, then length u16 + endpoint per worker.
+        XCTAssertEqual(Message.peers(epoch: 3, rank: 1, uses: .batchNormRounds, endpoints: ["a", "bc"]).encoded(),
+                       Array("SYBN".utf8) + [6, 0, 10, 0] + [UInt8](repeating: 0, count: 8)
+                       + [3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0] + [1, 0] + Array("a".utf8) + [2, 0] + Array("bc".utf8))
+        // peerPartials: epoch u32, from u32, round kind u16, layer u16, first chunk u32, chunk count u32, width u32, f64 values.
+        XCTAssertEqual(Message.peerPartials(step: 2, epoch: 7, from: 1, round: .sums(layer: 3), firstChunk: 4, chunkCount: 1, width: 1,
+                                            payload: ArraySlice(repeating: 0xaa, count: 8)).encoded(),
+                       Array("SYBN".utf8) + [6, 0, 13, 0] + [2, 0, 0, 0, 0, 0, 0, 0]
+                       + [7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 3, 0, 4, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0] + [UInt8](repeating: 0xaa, count: 8))
     }
 
     // MARK: Refusals
@@ -215,14 +229,14 @@ final class WireProtocolTests: XCTestCase {
     }
 
     func testUnknownKindsAreMalformed() {
-        for kind: UInt16 in [0, 13, 42, .max] {
+        for kind: UInt16 in [0, 14, 42, .max] {
             assertMalformed(Self.frame(kind: kind), "kind \(kind)")
         }
     }
 
     func testBodiesWhoseLengthDisagreesWithTheirFieldsAreMalformed() {
         for message in Self.samples(of: .partials) + Self.samples(of: .reduced) + Self.samples(of: .step)
-            + Self.samples(of: .peers) + Self.samples(of: .gradientTiles) + Self.samples(of: .gradientShard) {
+            + Self.samples(of: .peers) + Self.samples(of: .gradientTiles) + Self.samples(of: .gradientShard) + Self.samples(of: .peerPartials) {
             let bytes = message.encoded()
             assertMalformed(bytes + [0], "\(message.kind) with one extra byte")
             assertMalformed(Array(bytes.dropLast()), "\(message.kind) one byte short")
@@ -261,8 +275,17 @@ final class WireProtocolTests: XCTestCase {
 
         assertMalformed(Self.frame(kind: 1, body: [3, 0, 0xff, 0xfe, 0xc0]), "hello that is not UTF-8")
         assertMalformed(Self.frame(kind: 1, body: [9, 0, 0x41]), "hello whose description runs past the frame")
-        assertMalformed(Message.peers(epoch: 1, rank: 0, endpoints: ["a"]).encoded().enumerated().map { $0.offset == 20 ? 1 : $0.element },
-                        "peers with rank = endpoint count")
+        let peers = Message.peers(epoch: 1, rank: 0, uses: .batchNormRounds, endpoints: ["a"]).encoded()
+        assertMalformed(peers.enumerated().map { $0.offset == 20 ? 1 : $0.element }, "peers with rank = endpoint count")
+        assertMalformed(peers.enumerated().map { $0.offset == 24 ? 4 : $0.element }, "peers for an unknown use")
+        assertMalformed(peers.enumerated().map { $0.offset == 25 ? 1 : $0.element }, "peers with reserved bytes set")
+        // Only BatchNorm rounds travel between workers as partials.
+        var peerPartials = Message.peerPartials(step: 1, epoch: 1, from: 0, round: .moments(layer: 0), firstChunk: 0, chunkCount: 0, width: 2, payload: []).encoded()
+        peerPartials[24] = 3  // round kind: gradients
+        assertMalformed(peerPartials, "peer partials of the gradient round")
+        // chunk count × width overflowing Int must be refused, not trap.
+        assertMalformed(Self.frame(kind: 13, step: 1, body: [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0] + [0xff, 0xff, 0xff, 0xff] + [0xff, 0xff, 0xff, 0xff]),
+                        "peer partials of 2^32 chunks × 2^32 values")
         let tiles = Message.gradientTiles(step: 1, epoch: 1, from: 0, shardOffset: 0, shardWidth: 1, tiles: [3..<4, 1..<2],
                                           rowsFirstChunk: 0, rowsChunkCount: 0, rowsWidth: 0, payload: ArraySlice(repeating: 0, count: 8))
         assertMalformed(tiles.encoded(), "gradient tiles out of order")
@@ -274,7 +297,7 @@ final class WireProtocolTests: XCTestCase {
     }
 
     func testAnotherVersionIsAVersionMismatchWhateverFollows() {
-        for version: UInt16 in [0, 1, 2, 3, 4, 6, 99, .max] {  // 4: the previous release
+        for version: UInt16 in [0, 1, 2, 3, 4, 5, 7, 99, .max] {  // 5: the previous release
             for (kind, body) in [(UInt16(1), Array("hello".utf8)), (2, []), (42, [1, 2, 3])] {
                 let frame = Self.frame(version: version, kind: kind, body: body)
                 XCTAssertThrowsError(try Message.decode(frame)) { error in

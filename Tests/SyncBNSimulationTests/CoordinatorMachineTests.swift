@@ -87,4 +87,65 @@ final class CoordinatorMachineTests: XCTestCase {
         for i in 0..<30 { XCTAssertEqual(m.handle(.received(from: d, frame: [UInt8](repeating: UInt8(i), count: i)), now: 0), []) }
         XCTAssertEqual(m.handle(.received(from: d, frame: hello("d")), now: 0), [], "cut off after 20 malformed messages")
     }
+
+    /// The tables of peers in `actions`: to whom, in order, with their fields.
+    func peerTables(_ actions: [CoordinatorAction]) -> [(to: PeerIdentity, epoch: UInt32, rank: UInt32, uses: WireProtocol.PeerUses)] {
+        actions.compactMap {
+            guard case .send(let to, let bytes) = $0, case .peers(let epoch, let rank, let uses, _)? = try? Message.decode(bytes) else { return nil }
+            return (to, epoch, rank, uses)
+        }
+    }
+
+    func listeningHello(_ name: String) -> [UInt8] { Message.hello(peer: name, peerEndpoint: "ipc:///tmp/\(name).sock").encoded() }
+
+    /// `--bn-exchange auto`: a table that hands the BatchNorm rounds to the workers goes out before the step
+    /// when a try has two workers that listen for peers; every redo brings a new epoch, even with the same two
+    /// members (one rejoined on its connection), so that no partials of the abandoned try are taken; a loss that
+    /// leaves one worker takes the rounds back.
+    func testBatchNormRoundsGoBetweenTwoListeningWorkersWithANewTableForEveryRedo() throws {
+        let m = CoordinatorMachine(config: SimulationJob.config(steps: 4), data: SimulationJob.data, workerCount: 2, batchNormExchange: .auto,
+                                   endpoint: "test", logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        _ = m.admit(now: 0)
+        for (id, name) in [(a, "a"), (b, "b")] { _ = m.handle(.received(from: id, frame: listeningHello(name)), now: 0) }
+        let first = m.beginStep(stepInput(0), next: stepInput(1), now: 1)
+        let tables = peerTables(first)
+        XCTAssertEqual(tables.map(\.to), [a, b])
+        XCTAssertEqual(tables.map(\.rank), [0, 1])
+        XCTAssertEqual(tables.map(\.uses), [.batchNormRounds, .batchNormRounds])
+        XCTAssertEqual(Set(tables.map(\.epoch)).count, 1)
+        XCTAssertEqual(sends(first, kind: .step), [a, b])
+        let firstStep = try XCTUnwrap(first.firstIndex { if case .send(_, let bytes) = $0 { return bytes[6] == 4 } else { return false } })
+        let lastTable = try XCTUnwrap(first.lastIndex { if case .send(_, let bytes) = $0 { return bytes[6] == 10 } else { return false } })
+        XCTAssertLessThan(lastTable, firstStep, "the table goes before the step")
+
+        _ = m.handle(.received(from: b, frame: listeningHello("b")), now: 2)  // b rejoins on the same connection
+        let redo = m.handle(.tick, now: 2)
+        XCTAssertEqual(m.memberIdentities, [a, b])
+        let again = peerTables(redo)
+        XCTAssertEqual(again.map(\.to), [a, b], "the redo has a table of its own")
+        XCTAssertEqual(again.map(\.uses), [.batchNormRounds, .batchNormRounds])
+        XCTAssertEqual(again.first?.epoch, tables[0].epoch &+ 1)
+        XCTAssertEqual(sends(redo, kind: .step), [a, b])
+
+        let lost = m.handle(.unreachable(b), now: 3)
+        XCTAssertEqual(peerTables(lost).map(\.to), [a])
+        XCTAssertEqual(peerTables(lost).map(\.uses), [[]], "one worker left: every round through the coordinator")
+        XCTAssertEqual(sends(lost, kind: .step), [a])
+    }
+
+    /// A worker that does not listen for peers (keys, or a remote coordinator without --peer-address) keeps the
+    /// BatchNorm rounds with the coordinator, and so do three workers: no table goes out.
+    func testNoTableWhenAWorkerDoesNotListenOrThreeWork() {
+        for (names, listening) in [(["a", "b"], [true, false]), (["a", "b", "c"], [true, true, true])] {
+            let m = CoordinatorMachine(config: SimulationJob.config(steps: 4), data: SimulationJob.data, workerCount: names.count,
+                                       batchNormExchange: .auto, endpoint: "test", logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            _ = m.admit(now: 0)
+            for (index, name) in names.enumerated() {
+                _ = m.handle(.received(from: [UInt8(index + 1)], frame: listening[index] ? listeningHello(name) : hello(name)), now: 0)
+            }
+            let first = m.beginStep(stepInput(0), next: nil, now: 1)
+            XCTAssertEqual(sends(first, kind: .step).count, names.count)
+            XCTAssertTrue(peerTables(first).isEmpty, "\(names.count) workers, listening \(listening)")
+        }
+    }
 }

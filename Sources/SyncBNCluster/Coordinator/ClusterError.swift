@@ -62,6 +62,18 @@ public enum GradientExchangeMode: String, CaseIterable, Sendable {
     case peers
 }
 
+/// How a BatchNorm layer's rounds (moments forward, sums backward) travel.
+public enum BatchNormExchangeMode: String, CaseIterable, Sendable {
+    /// Directly between the two workers of a two-worker step, when both listen for peers (a job without keys;
+    /// on other hosts, workers given `--peer-address`) and the gradients go through the coordinator: each sends
+    /// its partials to the other and both reduce them in chunk order, one hop instead of two per round. The
+    /// coordinator, which needs them for its replica's running statistics, receives them with the gradient
+    /// round. Otherwise through the coordinator.
+    case auto
+    /// Always through the coordinator.
+    case star
+}
+
 /// The coordinator could not bind its address (another program has the port, or the host is not this one's).
 public struct CannotBind: Error, CustomStringConvertible {
     public let description: String

@@ -66,7 +66,7 @@ public final class Coordinator: StepRunner {
     /// - Throws: `SecurityError` for an insecure non-local address, `ClusterError` if the address cannot be bound.
     public init(config: TrainingConfig, data: LabeledImages, bind address: String, workerCount: Int, minWorkers: Int = 1,
                 timeouts: ClusterTimeouts = ClusterTimeouts(), nonFinitePolicy: NonFinitePolicy = .abort,
-                gradientExchange: GradientExchangeMode = .star,
+                gradientExchange: GradientExchangeMode = .star, batchNormExchange: BatchNormExchangeMode = .star,
                 security: CoordinatorSecurity? = nil, allowInsecure: Bool = false, logger: Logger) throws {
         precondition(workerCount > 0 && minWorkers > 0)
         if security != nil && gradientExchange == .peers {
@@ -101,7 +101,8 @@ public final class Coordinator: StepRunner {
         }
         endpoint = try socket.lastEndpoint
         machine = CoordinatorMachine(config: config, data: data, workerCount: workerCount, minWorkers: minWorkers, timeouts: timeouts,
-                                     nonFinitePolicy: nonFinitePolicy, gradientExchange: gradientExchange, endpoint: endpoint,
+                                     nonFinitePolicy: nonFinitePolicy, gradientExchange: gradientExchange,
+                                     batchNormExchange: batchNormExchange, endpoint: endpoint,
                                      initialPeerEpoch: UInt32.random(in: 0 ..< 1 << 31), logger: logger)
         // The largest message a worker may send: its partials when it owns every chunk.
         try socket.setMaximumMessageSize(Int64(max(machine.largestWorkerMessage, 1 << 16)))

@@ -36,6 +36,7 @@ public struct CoordinatorJob {
     public let timeouts: ClusterTimeouts
     public let nonFinitePolicy: NonFinitePolicy
     public let gradientExchange: GradientExchangeMode
+    public let batchNormExchange: BatchNormExchangeMode
     public let security: CoordinatorSecurity?
     public let allowInsecure: Bool
     public let checkpointEvery: Int
@@ -43,7 +44,7 @@ public struct CoordinatorJob {
     public var status: StatusReporter?
 
     public init(start: RunStart, bind: String, workers: Int, minWorkers: Int, timeouts: ClusterTimeouts, nonFinitePolicy: NonFinitePolicy,
-                gradientExchange: GradientExchangeMode, security: CoordinatorSecurity?, allowInsecure: Bool, checkpointEvery: Int,
+                gradientExchange: GradientExchangeMode, batchNormExchange: BatchNormExchangeMode, security: CoordinatorSecurity?, allowInsecure: Bool, checkpointEvery: Int,
                 logger: Logger, status: StatusReporter? = nil) {
         self.start = start
         self.bind = bind
@@ -52,6 +53,7 @@ public struct CoordinatorJob {
         self.timeouts = timeouts
         self.nonFinitePolicy = nonFinitePolicy
         self.gradientExchange = gradientExchange
+        self.batchNormExchange = batchNormExchange
         self.security = security
         self.allowInsecure = allowInsecure
         self.checkpointEvery = checkpointEvery
@@ -73,7 +75,7 @@ public struct CoordinatorJob {
         do {
             coordinator = try Coordinator(config: config, data: start.dataset.train, bind: bind, workerCount: workers, minWorkers: minWorkers,
                                           timeouts: timeouts, nonFinitePolicy: nonFinitePolicy, gradientExchange: gradientExchange,
-                                          security: security, allowInsecure: allowInsecure, logger: logger)
+                                          batchNormExchange: batchNormExchange, security: security, allowInsecure: allowInsecure, logger: logger)
         } catch let error as CannotBind {
             var failed = RunStatus(.failed)
             (failed.error, failed.errorKind) = (error.description, .cannotBind)

@@ -1,8 +1,8 @@
 import Foundation
 import SyncBNCore
 
-/// The gradient round among workers (`--gradient-exchange peers`): the table of peers, the rows and shards
-/// the coordinator receives, and the rescue of survivors after a loss.
+/// Rounds among workers: the table of peers; for the gradient round among workers (`--gradient-exchange
+/// peers`), the rows and shards the coordinator receives, and the rescue of survivors after a loss.
 extension CoordinatorMachine {
     /// Stores one of a member's two gradient messages of the round: its factor rows, or the shard of the sums
     /// it reduced — the sums once and every row once, whatever the worker count.
@@ -46,14 +46,30 @@ extension CoordinatorMachine {
         for peer in members { actions.append(.send(to: peer.identity, bytes: outbox)) }
     }
 
-    /// After a change of membership, sends every member the new table of peers (a new epoch).
-    func sendPeerTableIfChanged(_ actions: inout [CoordinatorAction]) {
-        guard !members.elementsEqual(peerTableMembers, by: { $0.identity == $1 }) else { return }
+    /// What the current members run among themselves: the gradient round with `--gradient-exchange peers`;
+    /// with `--bn-exchange auto`, the BatchNorm rounds of a two-worker step whose workers both listen for peers.
+    var peerUses: WireProtocol.PeerUses {
+        if gradientExchange == .peers { return .gradients }
+        let pair = members.count == 2 && members.allSatisfy { !$0.peerEndpoint.isEmpty }
+        return batchNormExchange == .auto && pair ? .batchNormRounds : []
+    }
+
+    /// Before a try of a step: sends every member that listens for peers a new table (a new epoch) when the
+    /// members or what they run among themselves changed — and, for BatchNorm rounds between two workers, on
+    /// every redo, so that no partials of an abandoned try (a worker rejoined on its connection: the same
+    /// members) are taken for this one's. Workers that never had a table run every round through here.
+    func sendPeerTableIfNeeded(_ actions: inout [CoordinatorAction]) {
+        let uses = peerUses
+        batchNormDirect = uses.contains(.batchNormRounds)
+        let changed = !members.elementsEqual(peerTableMembers, by: { $0.identity == $1 }) || uses != peerTableUses
+        let redo = batchNormDirect && current?.lostAt != nil && peerTableAttempt != attempt
+        guard changed || redo else { return }
+        defer { (peerTableMembers, peerTableUses, peerTableAttempt) = (members.map(\.identity), uses, attempt) }
+        guard !uses.isEmpty || !peerTableUses.isEmpty else { return }
         peerEpoch &+= 1
         let endpoints = members.map(\.peerEndpoint)
-        for (rank, peer) in members.enumerated() {
-            actions.append(.send(to: peer.identity, bytes: Message.peers(epoch: peerEpoch, rank: UInt32(rank), endpoints: endpoints).encoded()))
+        for (rank, peer) in members.enumerated() where !peer.peerEndpoint.isEmpty {
+            actions.append(.send(to: peer.identity, bytes: Message.peers(epoch: peerEpoch, rank: UInt32(rank), uses: uses, endpoints: endpoints).encoded()))
         }
-        peerTableMembers = members.map(\.identity)
     }
 }

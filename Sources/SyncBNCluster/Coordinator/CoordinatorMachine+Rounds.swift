@@ -30,7 +30,7 @@ extension CoordinatorMachine {
         early.removeAll()
         gradientsPending = false
         ridingToReduce.removeAll()
-        if gradientExchange == .peers { sendPeerTableIfChanged(&actions) }
+        sendPeerTableIfNeeded(&actions)
         // Sent at the end of the previous step to the same members: nothing to send again.
         if !members.elementsEqual(current!.alreadySent, by: { $0.identity == $1 }) {
             sendStepMessages(&current!.message, &actions)
@@ -109,11 +109,16 @@ extension CoordinatorMachine {
     /// Messages of a later round of this step, received early: a worker does not wait for the answer to a
     /// round that has none (`Round.isAnswered`: the observations), so its next partials may come while slower
     /// workers' are still being collected; with `.peers`, workers finish the gradient round among themselves
-    /// and send their metrics at once.
+    /// and send their metrics at once; with BatchNorm rounds between two workers, each sends all of its step's
+    /// partials at once.
     func keepForLater(_ message: Message) -> Bool {
         guard case .partials(let s, _, _, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
-        return peersRound || !currentRound.isAnswered
+        return peersRound || !currentRound.isAnswered || directRound
     }
+
+    /// Whether the current round runs between the two workers: they send the coordinator its partials (all of
+    /// the step's, with the gradient round) and wait for no answer.
+    var directRound: Bool { batchNormDirect && currentRound.isBatchNormRound }
 
     /// The gradient segment of the current round: the one riding with a backward-sums round, or the gradient
     /// round's own (the last); nil for other rounds.
@@ -266,6 +271,8 @@ extension CoordinatorMachine {
                              into: UnsafeMutableBufferPointer(mutating: result))
             }
             if let m = network.apply(round, doubles: result) { current!.metrics = m }
+            // The two workers reduced the same partials themselves.
+            if directRound { return }
             Message.reduced(step: step, round: round, width: UInt32(result.count), element: .float64, payload: []).encode(appendingTo: &outbox)
             outbox += UnsafeRawBufferPointer(result)
         }

@@ -46,6 +46,7 @@ public final class CoordinatorMachine {
     public let minWorkers: Int
     public let nonFinitePolicy: NonFinitePolicy
     public let gradientExchange: GradientExchangeMode
+    public let batchNormExchange: BatchNormExchangeMode
     let timeouts: ClusterTimeouts
     let logger: Logger
     let data: LabeledImages
@@ -145,9 +146,15 @@ public final class CoordinatorMachine {
     /// next round the driver has let go of them, so nothing is copied or allocated).
     var outbox: [UInt8] = []
 
-    // Peers mode (CoordinatorMachine+PeerGradients.swift).
+    // Rounds among workers (CoordinatorMachine+PeerGradients.swift).
     var peerEpoch: UInt32
     var peerTableMembers: [PeerIdentity] = []
+    /// What the last table sent was for, and the try it was sent for.
+    var peerTableUses: WireProtocol.PeerUses = []
+    var peerTableAttempt = 0
+    /// Whether the current try's BatchNorm rounds run between its two workers (`BatchNormExchangeMode.auto`):
+    /// their partials come with the gradient round, and nothing is sent back.
+    var batchNormDirect = false
     /// The step whose whole gradient result `floatResult` holds; sent to survivors after a loss.
     var rescue: UInt64?
 
@@ -162,8 +169,8 @@ public final class CoordinatorMachine {
     /// `initialPeerEpoch`: where the epochs of peer tables start (the driver draws it at random, so that
     /// messages left in flight by a previous coordinator never match this one's).
     public init(config: TrainingConfig, data: LabeledImages, workerCount: Int, minWorkers: Int = 1, timeouts: ClusterTimeouts = ClusterTimeouts(),
-                nonFinitePolicy: NonFinitePolicy = .abort, gradientExchange: GradientExchangeMode = .star, endpoint: String,
-                initialPeerEpoch: UInt32 = 0, logger: Logger) {
+                nonFinitePolicy: NonFinitePolicy = .abort, gradientExchange: GradientExchangeMode = .star,
+                batchNormExchange: BatchNormExchangeMode = .star, endpoint: String, initialPeerEpoch: UInt32 = 0, logger: Logger) {
         precondition(workerCount > 0 && minWorkers > 0)
         self.config = config
         self.data = data
@@ -172,6 +179,7 @@ public final class CoordinatorMachine {
         self.timeouts = timeouts
         self.nonFinitePolicy = nonFinitePolicy
         self.gradientExchange = gradientExchange
+        self.batchNormExchange = batchNormExchange
         self.endpoint = endpoint
         self.logger = logger
         peerEpoch = initialPeerEpoch

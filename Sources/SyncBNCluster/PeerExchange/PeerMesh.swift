@@ -1,23 +1,31 @@
 import Foundation
+import SyncBNCore
 import ZeroMQ
 
-/// A worker's direct links to the other workers, for the gradient exchange: one PULL socket bound where the
-/// others send to it, and one PUSH socket connected to each of the others. The coordinator's `peers` message
-/// says who is in the mesh; every change of membership brings a new table with a new epoch.
+/// A worker's direct links to the other workers, for the rounds that run among them (the gradient exchange,
+/// a two-worker step's BatchNorm rounds): one PULL socket bound where the others send to it, and one PUSH
+/// socket connected to each of the others. The coordinator's `peers` message says who is in the mesh and what
+/// it is for; every new table comes with a new epoch.
 ///
 /// Messages to a worker that died stay queued in its PUSH socket until the next table closes that socket.
 public final class PeerMesh {
     public let inbox: Socket
     /// Where the other workers send to this one (the bound address, port filled in).
     public let endpoint: String
-    /// The current table: its epoch, this worker's index in it, and every worker's endpoint.
+    /// The current table: its epoch, what it is for, this worker's index in it, and every worker's endpoint.
     private(set) var epoch: UInt32?
+    private(set) var uses: WireProtocol.PeerUses = []
     private(set) var rank = 0
     private(set) var endpoints: [String] = []
     private var outlets: [String: Socket] = [:]
     private let context: Context
 
-    /// Binds the PULL socket on `address` (an IP address or host name), on a port the kernel picks.
+    /// The Unix socket this mesh listens on (ipc), removed when it closes.
+    private let socketPath: String?
+
+    /// Binds the PULL socket on `address` (an IP address or host name), on a port the kernel picks; or, for
+    /// `PeerMesh.unixSocket`, on a Unix socket of this process in the temporary directory (workers of a
+    /// coordinator reached over a Unix socket are on one host, where ipc costs less per message than tcp).
     public init(context: Context, address: String) throws {
         self.context = context
         inbox = try Socket(context, .pull)
@@ -25,23 +33,36 @@ public final class PeerMesh {
         // sender's queue), so this only caps what a stray sender can pile up.
         try inbox.setHighWaterMarks(send: 0, receive: 1000)
         try inbox.setMaximumMessageSize(WireProtocol.maximumMessageSize)
+        socketPath = address == Self.unixSocket
+            ? (NSTemporaryDirectory() as NSString).appendingPathComponent("syncbn-peer-\(getpid())-\(UInt32.random(in: 0 ... .max)).sock") : nil
         do {
-            try inbox.bind("tcp://\(address):*")
+            try inbox.bind(socketPath.map { "ipc://\($0)" } ?? "tcp://\(address):*")
         } catch let error as ZMQError {
-            throw ClusterError("cannot listen for other workers on \(address): \(error.message); give the address other workers reach this host at with --peer-address")
+            throw ClusterError("cannot listen for other workers on \(socketPath ?? address): \(error.message); give the address other workers reach this host at with --peer-address")
         }
         endpoint = try inbox.lastEndpoint
     }
 
+    /// The `address` that makes a mesh listen on a Unix socket.
+    public static let unixSocket = "ipc"
+
     var workerCount: Int { endpoints.count }
 
-    /// Takes a new table: connects to workers new to it and drops the links to workers no longer in it.
-    public func update(epoch: UInt32, rank: Int, endpoints: [String]) throws {
-        for (endpoint, socket) in outlets where !endpoints.contains(endpoint) {
+    /// Whether the current table runs `round` among the workers (the gradient exchange, or a BatchNorm round
+    /// of a two-worker step).
+    func exchanges(_ round: Round) -> Bool {
+        round == .gradients ? uses.contains(.gradients) : round.isBatchNormRound && uses.contains(.batchNormRounds)
+    }
+
+    /// Takes a new table: connects to workers new to it and drops the links to workers no longer in it (all of
+    /// them for a table used for nothing).
+    public func update(epoch: UInt32, rank: Int, uses: WireProtocol.PeerUses, endpoints: [String]) throws {
+        let linked = uses.isEmpty ? [] : endpoints
+        for (endpoint, socket) in outlets where !linked.contains(endpoint) {
             socket.close()
             outlets[endpoint] = nil
         }
-        for (index, endpoint) in endpoints.enumerated() where index != rank && outlets[endpoint] == nil {
+        for (index, endpoint) in linked.enumerated() where index != rank && outlets[endpoint] == nil {
             let socket = try Socket(context, .push)
             try socket.setHighWaterMarks(send: 0, receive: 0)
             try socket.setReconnectInterval(milliseconds: 100)
@@ -53,8 +74,16 @@ public final class PeerMesh {
             outlets[endpoint] = socket
         }
         self.epoch = epoch
+        self.uses = uses
         self.rank = rank
         self.endpoints = endpoints
+    }
+
+    /// Forgets the table (a new session with a coordinator begins: its tables follow) and drops every link.
+    public func forgetTable() {
+        for socket in outlets.values { socket.close() }
+        outlets.removeAll()
+        (epoch, uses, rank, endpoints) = (nil, [], 0, [])
     }
 
     /// The socket that sends to worker `index` of the current table (not this worker).
@@ -67,13 +96,16 @@ public final class PeerMesh {
         for socket in outlets.values { socket.close() }
         outlets.removeAll()
         inbox.close()
+        if let socketPath { unlink(socketPath) }
     }
 
     /// Where a worker listens for the others, from its `--peer-address` (`requested`): nil (no listener) for a
-    /// remote coordinator unless asked, since the listener is not authenticated; loopback for a local one;
-    /// for `auto`, the local address of the route to the coordinator's host; else the address given.
+    /// remote coordinator unless asked, since the listener is not authenticated; a Unix socket for a coordinator
+    /// reached over one (`unixSocket`), loopback for another local one; for `auto`, the local address of the
+    /// route to the coordinator's host; else the address given.
     static func listeningAddress(requested: String?, coordinator: String) throws -> String? {
         switch requested {
+        case nil where coordinator.hasPrefix("ipc://"): return unixSocket
         case nil: return CoordinatorSecurity.isLocal(coordinator) ? "127.0.0.1" : nil
         case "auto": return try localAddress(towards: coordinator)
         case let address?: return address

@@ -11,7 +11,7 @@ import SyncBNCore
 ///     header: magic "SYBN" (4) | version u16 | kind u16 | step u64
 public enum WireProtocol {
     /// Bumped on any change to a message's layout or meaning.
-    public static let version: UInt16 = 5
+    public static let version: UInt16 = 6
     public static let magic: [UInt8] = Array("SYBN".utf8)
     public static let headerSize = 16
     /// The largest message a peer may send (libzmq cuts off a peer that exceeds it): a step's gradient
@@ -20,7 +20,18 @@ public enum WireProtocol {
 
     public enum Kind: UInt16, CaseIterable, Sendable {
         case hello = 1, welcome = 2, reject = 3, step = 4, partials = 5, reduced = 6, stop = 7, failure = 8, ping = 9
-        case peers = 10, gradientTiles = 11, gradientShard = 12
+        case peers = 10, gradientTiles = 11, gradientShard = 12, peerPartials = 13
+    }
+
+    /// What a table of peers (`Message.peers`) is for: which rounds run among the workers themselves.
+    public struct PeerUses: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The gradient round: reduce-scatter and all-gather among the workers (`--gradient-exchange peers`).
+        public static let gradients = PeerUses(rawValue: 1)
+        /// The BatchNorm rounds of a two-worker step: each sends its partials to the other (`--bn-exchange auto`).
+        public static let batchNormRounds = PeerUses(rawValue: 2)
+        public static let known: PeerUses = [.gradients, .batchNormRounds]
     }
 
     /// Element type of a partials or reduced payload.
@@ -59,10 +70,11 @@ public enum Message: Equatable {
     case failure(reason: String)
     /// Coordinator → worker: a liveness probe, ignored by the worker (a send to a closed connection fails).
     case ping
-    /// Coordinator → worker: exchange parameter gradients with the other workers (reduce-scatter + all-gather)
-    /// from now on. `endpoints[i]` is worker i's peer endpoint, `rank` the receiver's own index; `epoch`
-    /// changes with every change of membership and tags the peer messages of this table.
-    case peers(epoch: UInt32, rank: UInt32, endpoints: [String])
+    /// Coordinator → worker: from the next step on, run the rounds in `uses` among the workers themselves (none:
+    /// every round goes through the coordinator again). `endpoints[i]` is worker i's peer endpoint, `rank` the
+    /// receiver's own index; `epoch` changes with every new table (a change of membership, or a redo of a step
+    /// whose BatchNorm rounds run among workers) and tags the peer messages of this table.
+    case peers(epoch: UInt32, rank: UInt32, uses: WireProtocol.PeerUses, endpoints: [String])
     /// Worker → worker (and → coordinator, without tiles): the sender's pre-summed tree tiles of the
     /// receiver's shard `[shardOffset, shardOffset + shardWidth)` of the summed gradients, and the sender's
     /// factor rows for chunks `[rowsFirstChunk, rowsFirstChunk + rowsChunkCount)`, `rowsWidth` values a chunk.
@@ -71,6 +83,10 @@ public enum Message: Equatable {
                        rowsFirstChunk: UInt32, rowsChunkCount: UInt32, rowsWidth: UInt32, payload: ArraySlice<UInt8>)
     /// Worker → every other worker and the coordinator: the sum over the global batch of the sender's shard.
     case gradientShard(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32, payload: ArraySlice<UInt8>)
+    /// Worker → the other worker of a two-worker step: the sender's Float64 partials of a BatchNorm round, `width`
+    /// values for each of chunks `[firstChunk, firstChunk + chunkCount)`; each side reduces both in chunk order.
+    case peerPartials(step: UInt64, epoch: UInt32, from: UInt32, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32,
+                      payload: ArraySlice<UInt8>)
 
     public var kind: WireProtocol.Kind {
         switch self {
@@ -86,6 +102,7 @@ public enum Message: Equatable {
         case .peers: .peers
         case .gradientTiles: .gradientTiles
         case .gradientShard: .gradientShard
+        case .peerPartials: .peerPartials
         }
     }
 }
@@ -94,7 +111,8 @@ extension Message {
     /// The step and table epoch of a message between workers; nil for other kinds.
     public var peerTag: (step: UInt64, epoch: UInt32)? {
         switch self {
-        case .gradientTiles(let step, let epoch, _, _, _, _, _, _, _, _), .gradientShard(let step, let epoch, _, _, _, _): (step, epoch)
+        case .gradientTiles(let step, let epoch, _, _, _, _, _, _, _, _), .gradientShard(let step, let epoch, _, _, _, _),
+             .peerPartials(let step, let epoch, _, _, _, _, _, _): (step, epoch)
         default: nil
         }
     }
@@ -187,7 +205,8 @@ extension Message {
         out.u16(kind.rawValue)
         switch self {
         case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _, _), .reduced(let step, _, _, _, _),
-             .gradientTiles(let step, _, _, _, _, _, _, _, _, _), .gradientShard(let step, _, _, _, _, _):
+             .gradientTiles(let step, _, _, _, _, _, _, _, _, _), .gradientShard(let step, _, _, _, _, _),
+             .peerPartials(let step, _, _, _, _, _, _, _):
             out.u64(step)
         default:
             out.u64(0)
@@ -221,8 +240,10 @@ extension Message {
             out.bytes(payload)
         case .stop, .ping:
             break
-        case .peers(let epoch, let rank, let endpoints):
-            out.u32(epoch); out.u32(rank); out.u32(UInt32(endpoints.count))
+        case .peers(let epoch, let rank, let uses, let endpoints):
+            out.u32(epoch); out.u32(rank)
+            out.u8(uses.rawValue); out.u8(0); out.u16(0)
+            out.u32(UInt32(endpoints.count))
             for endpoint in endpoints {
                 out.u16(UInt16(clamping: endpoint.utf8.count)); out.bytes(Array(endpoint.utf8).prefix(Int(UInt16.max)))
             }
@@ -233,6 +254,11 @@ extension Message {
             out.bytes(payload)
         case .gradientShard(_, let epoch, let from, let shardOffset, let shardWidth, let payload):
             out.u32(epoch); out.u32(from); out.u32(shardOffset); out.u32(shardWidth)
+            out.bytes(payload)
+        case .peerPartials(_, let epoch, let from, let round, let firstChunk, let chunkCount, let width, let payload):
+            out.u32(epoch); out.u32(from)
+            out.round(round)
+            out.u32(firstChunk); out.u32(chunkCount); out.u32(width)
             out.bytes(payload)
         }
     }
@@ -268,21 +294,24 @@ extension Message {
         try decode(frame, payloadLeftOut: 0)
     }
 
-    /// Decodes a gradientTiles or gradientShard frame in place, without copying its payload: the message (with
-    /// an empty payload) and the payload's offset in `frame`. Checks exactly what `decode` checks.
+    /// Decodes a frame from another worker (gradientTiles, gradientShard or peerPartials) in place, without
+    /// copying its payload: the message (with an empty payload) and the payload's offset in `frame`. Checks
+    /// exactly what `decode` checks.
     public static func decodePeerFrame(_ frame: UnsafeRawBufferPointer) throws -> (message: Message, payloadOffset: Int) {
         func u32(at offset: Int) -> Int? {
             offset + 4 <= frame.count ? Int(frame.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian) : nil
         }
-        // Fields end 32 bytes into a shard, 48 + 8 per tile into tiles (see `encoded()`); kind at byte 6.
+        // Fields end 32 bytes into a shard, 40 into partials, 48 + 8 per tile into tiles (see `encoded()`); kind at byte 6.
         let kind = frame.count >= 8 ? UInt16(frame[6]) | UInt16(frame[7]) << 8 : 0
         var fieldsEnd = min(frame.count, WireProtocol.headerSize + 16)
         if kind == WireProtocol.Kind.gradientTiles.rawValue, let tiles = u32(at: 32) {
             fieldsEnd = min(frame.count, 48 + 8 * tiles)
+        } else if kind == WireProtocol.Kind.peerPartials.rawValue {
+            fieldsEnd = min(frame.count, WireProtocol.headerSize + 24)
         }
         let message = try decode(Array(frame[0..<fieldsEnd]), payloadLeftOut: frame.count - fieldsEnd)
-        guard message.kind == .gradientTiles || message.kind == .gradientShard else {
-            throw ProtocolError.malformed("a \(message.kind) message where gradient tiles or a shard belong")
+        guard message.peerTag != nil else {
+            throw ProtocolError.malformed("a \(message.kind) message where a message from another worker belongs")
         }
         return (message, fieldsEnd)
     }
@@ -310,11 +339,11 @@ extension Message {
         guard version == WireProtocol.version else { throw ProtocolError.versionMismatch(peer: version) }
         let rawKind = try reader.u16()
         guard let kind = WireProtocol.Kind(rawValue: rawKind) else { throw ProtocolError.malformed("unknown message kind \(rawKind)") }
-        guard payloadLeftOut == 0 || kind == .gradientTiles || kind == .gradientShard || kind == .reduced else {
-            throw ProtocolError.malformed("a \(kind) message where gradient tiles, a shard or a result belong")
+        guard payloadLeftOut == 0 || [.gradientTiles, .gradientShard, .peerPartials, .reduced].contains(kind) else {
+            throw ProtocolError.malformed("a \(kind) message where gradient tiles, a shard, partials or a result belong")
         }
         let step = try reader.u64()
-        let carriesStep = [.step, .partials, .reduced, .gradientTiles, .gradientShard].contains(kind)
+        let carriesStep = [.step, .partials, .reduced, .gradientTiles, .gradientShard, .peerPartials].contains(kind)
         guard carriesStep || step == 0 else { throw ProtocolError.malformed("a \(kind) message carries step \(step)") }
         switch kind {
         case .hello:
@@ -382,7 +411,11 @@ extension Message {
             }
             return .reduced(step: step, round: round, width: width, element: element, payload: reader.rest())
         case .peers:
-            let epoch = try reader.u32(), rank = try reader.u32(), count = try reader.u32()
+            let epoch = try reader.u32(), rank = try reader.u32()
+            let uses = WireProtocol.PeerUses(rawValue: try reader.u8())
+            guard WireProtocol.PeerUses.known.isSuperset(of: uses) else { throw ProtocolError.malformed("peers for unknown uses \(uses.rawValue)") }
+            try reader.reserved(3)
+            let count = try reader.u32()
             guard count > 0, rank < count, Int(count) <= reader.remaining / 2 else {
                 throw ProtocolError.malformed("peers gives rank \(rank) of \(count) endpoints in \(reader.remaining) bytes")
             }
@@ -393,7 +426,7 @@ extension Message {
                 endpoints.append(endpoint)
             }
             guard reader.remaining == 0 else { throw ProtocolError.malformed("peers carries \(reader.remaining) unexpected bytes") }
-            return .peers(epoch: epoch, rank: rank, endpoints: endpoints)
+            return .peers(epoch: epoch, rank: rank, uses: uses, endpoints: endpoints)
         case .gradientTiles:
             let epoch = try reader.u32(), from = try reader.u32(), shardOffset = try reader.u32(), shardWidth = try reader.u32()
             let tileCount = try reader.u32()
@@ -419,6 +452,17 @@ extension Message {
                 throw ProtocolError.malformed("gradient shard of \(shardWidth) values carries \(reader.remaining) bytes")
             }
             return .gradientShard(step: step, epoch: epoch, from: from, shardOffset: shardOffset, shardWidth: shardWidth, payload: reader.rest())
+        case .peerPartials:
+            let epoch = try reader.u32(), from = try reader.u32()
+            let round = try reader.round()
+            guard round.isBatchNormRound else { throw ProtocolError.malformed("partials of the \(round) between workers; only BatchNorm rounds go there") }
+            let firstChunk = try reader.u32(), chunkCount = try reader.u32(), width = try reader.u32()
+            let (expected, overflow) = Int(chunkCount).multipliedReportingOverflow(by: Int(width) * 8)
+            guard !overflow, reader.remaining + payloadLeftOut == expected else {
+                throw ProtocolError.malformed("partials for \(chunkCount) chunks of \(width) values carry \(reader.remaining + payloadLeftOut) bytes")
+            }
+            return .peerPartials(step: step, epoch: epoch, from: from, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width,
+                                 payload: reader.rest())
         }
     }
 }

@@ -20,9 +20,10 @@ enum Interruption: Error {
 }
 
 /// A worker's collective: each call sends this worker's per-chunk partials to the coordinator and blocks
-/// (in `zmq_poll`, spending no CPU) until the reduction over the global batch comes back. Once the
-/// coordinator has sent a table of peers, the gradient round runs among the workers instead
-/// (`PeerGradientExchange`).
+/// (in `zmq_poll`, spending no CPU) until the reduction over the global batch comes back. Rounds that the
+/// coordinator's table of peers hands to the workers run among them instead: the gradient round
+/// (`PeerGradientExchange`), or the BatchNorm rounds of a two-worker step (`PeerBatchNormExchange`), whose
+/// partials the coordinator then receives with the gradient round.
 final class RemoteCollective: Collective, ExchangeUpstream {
     private let connection: CoordinatorConnection
     /// Decides what each message from the coordinator means while a step runs.
@@ -33,6 +34,13 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// Told why a message from another worker was dropped.
     var onPeerDrop: (String) -> Void = { _ in }
     private var peerExchange: PeerGradientExchange?
+    private var batchNormExchange: PeerBatchNormExchange?
+    /// Reduces the BatchNorm rounds exchanged with the other worker exactly as the coordinator would.
+    private let reduction: LocalCollective
+    /// This step's partials messages for the coordinator while its BatchNorm rounds run between two workers:
+    /// held back (the first `heldBackCount`, in their reused buffers) and sent together before the gradient round's.
+    private var heldBack: [[UInt8]] = []
+    private var heldBackCount = 0
     var step: UInt64 = 0
     var slice: BatchSlice
     /// Time spent between sending partials and receiving the result, for the step being run.
@@ -52,8 +60,10 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         return deferred
     }
 
-    init(connection: CoordinatorConnection, mesh: PeerMesh?, machine: WorkerMachine, slice: BatchSlice, timeoutSeconds: Double) {
+    init(connection: CoordinatorConnection, mesh: PeerMesh?, machine: WorkerMachine, slice: BatchSlice, reduction: LocalCollective,
+         timeoutSeconds: Double) {
         self.connection = connection
+        self.reduction = reduction
         self.machine = machine
         self.mesh = mesh
         self.slice = slice
@@ -66,22 +76,62 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         waitingNanoseconds = 0
         waitingCPUNanoseconds = 0
         messages.beginStep()
+        heldBackCount = 0
     }
 
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
                    riding: RidingGradients?) throws {
+        if let both = try exchangeWithOtherWorker(round, partials: partials, width: result.count, riding: riding) {
+            try reduction.allReduce(round, partials: both, into: result)
+            return
+        }
         try roundTrip(round, element: .float64, width: result.count, resultWidth: result.count,
                       partials: UnsafeRawBufferPointer(partials), riding: riding, result: UnsafeMutableRawBufferPointer(result))
     }
 
     func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>,
                    riding: RidingGradients?) throws {
+        if let both = try exchangeWithOtherWorker(round, partials: partials, width: width, riding: riding) {
+            try reduction.allGather(round, partials: both, width: width, into: result)
+            return
+        }
         try roundTrip(round, element: .float64, width: width, resultWidth: result.count,
                       partials: UnsafeRawBufferPointer(partials), riding: riding, result: UnsafeMutableRawBufferPointer(result))
     }
 
+    /// A BatchNorm round of a two-worker step whose table hands it to the workers: holds back this worker's
+    /// partials message for the coordinator (with the gradients riding with it), exchanges the partials with the
+    /// other worker, and returns both workers' in chunk order. Nil for a round that goes through the coordinator.
+    private func exchangeWithOtherWorker(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int,
+                                         riding: RidingGradients?) throws -> UnsafeBufferPointer<Double>? {
+        guard let mesh, mesh.exchanges(round) else { return nil }
+        if heldBackCount == heldBack.count { heldBack.append([]) }
+        messages.encodePartials(round, step: step, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
+                                riding: riding, into: &heldBack[heldBackCount])
+        heldBackCount += 1
+        if batchNormExchange == nil {
+            batchNormExchange = PeerBatchNormExchange(chunkCount: reduction.plan.chunkCount)
+            batchNormExchange!.onDrop = onPeerDrop
+        }
+        var both = UnsafeBufferPointer<Double>(start: nil, count: 0)
+        try timed {
+            both = try batchNormExchange!.run(round, step: step, chunks: slice.chunks, partials: partials, width: width, mesh: mesh,
+                                              upstream: pollSockets, deadline: Date().addingTimeInterval(timeoutSeconds)) {
+                // A redo, a new table or the end of the job: the machine decides (a result of an earlier try is ignored).
+                if let message = try connection.next(until: Date()) { try handle(message) }
+            }
+        }
+        return both
+    }
+
+    /// Sends the partials messages held back while BatchNorm rounds ran between two workers, in their order.
+    private func sendHeldBack() throws {
+        for index in 0..<heldBackCount { try connection.socket.send(heldBack[index]) }
+        heldBackCount = 0
+    }
+
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
-        if let mesh, mesh.epoch != nil {
+        if let mesh, mesh.exchanges(.gradients) {
             precondition(messages.ridingResultWidth == 0, "gradients rode with a backward round although the workers exchange them among themselves")
             try timed {
                 if peerExchange == nil {
@@ -103,6 +153,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
 
     /// Sends the partials and goes on: the coordinator keeps them for its logs and sends nothing back.
     func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
+        try sendHeldBack()
         messages.encodePartials(round, step: step, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
                                 riding: nil, into: &outbox)
         try connection.socket.send(outbox)
@@ -125,6 +176,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                            take: ((UnsafeRawBufferPointer) -> Void)? = nil) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
+        try sendHeldBack()
         messages.encodePartials(round, step: step, slice: slice, width: width, element: element, partials: partials, riding: riding, into: &outbox)
         try connection.socket.send(outbox)
         _ = machine.handle(.awaiting(step: step, round: round, resultWidth: resultWidth, element: element), now: now())
@@ -160,7 +212,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         for action in machine.handle(.received(message), now: now()) {
             switch action {
             case .deliver(let result): delivered = result
-            case .takePeers(let epoch, let rank, let endpoints): try takePeers(epoch: epoch, rank: rank, endpoints: endpoints)
+            case .takePeers(let epoch, let rank, let uses, let endpoints): try takePeers(epoch: epoch, rank: rank, uses: uses, endpoints: endpoints)
             case .startStep(let newer): throw Interruption.preempted(newer)
             case .fail(let reason): throw ClusterError(reason)
             case .abandonStep, .connect, .send, .join, .finish: break
@@ -170,9 +222,12 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     }
 
     /// Takes the coordinator's table of peers.
-    func takePeers(epoch: UInt32, rank: UInt32, endpoints: [String]) throws {
-        guard let mesh else { throw ClusterError("the coordinator asked for a peer exchange, but this worker has no peer endpoint") }
-        try mesh.update(epoch: epoch, rank: Int(rank), endpoints: endpoints)
+    func takePeers(epoch: UInt32, rank: UInt32, uses: WireProtocol.PeerUses, endpoints: [String]) throws {
+        guard let mesh else {
+            if uses.isEmpty { return }  // every round through the coordinator: what a worker without links does anyway
+            throw ClusterError("the coordinator asked for a peer exchange, but this worker has no peer endpoint")
+        }
+        try mesh.update(epoch: epoch, rank: Int(rank), uses: uses, endpoints: endpoints)
     }
 
     // MARK: ExchangeUpstream

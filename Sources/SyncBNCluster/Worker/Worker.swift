@@ -107,7 +107,11 @@ public final class Worker {
             var joined = RunStatus(.joined)
             (joined.rank, joined.workers, joined.endpoint) = (rank, workerCount, endpoint)
             status?.report(joined)
-            let collective = RemoteCollective(connection: connection, mesh: mesh, machine: machine, slice: .whole(config.plan), timeoutSeconds: timeouts.resultWaitSeconds)
+            // A new session: the coordinator's tables follow (a resumed coordinator may want none).
+            mesh?.forgetTable()
+            let collective = RemoteCollective(connection: connection, mesh: mesh, machine: machine, slice: .whole(config.plan),
+                                              reduction: LocalCollective(plan: config.plan, valuesPerRow: network.momentScales),
+                                              timeoutSeconds: timeouts.resultWaitSeconds)
             collective.onPeerDrop = { [logger] reason in
                 peerDrops += 1
                 if peerDrops <= 3 { logger.warning("dropped a message from another worker's link: \(reason)") }
@@ -140,8 +144,8 @@ public final class Worker {
                             compute.append(total - waited)
                             waiting.append(waited)
                             waitingCPU.append(Double(collective.waitingCPUNanoseconds) / 1e9)
-                        case .takePeers(let epoch, let peerRank, let endpoints):
-                            try collective.takePeers(epoch: epoch, rank: peerRank, endpoints: endpoints)
+                        case .takePeers(let epoch, let peerRank, let uses, let endpoints):
+                            try collective.takePeers(epoch: epoch, rank: peerRank, uses: uses, endpoints: endpoints)
                         case .finish:
                             let wakeups = wakeupsAtFirstStep.map { WakeupCounts.now() - $0 } ?? WakeupCounts()
                             logger.info("training finished; worker \(rank) exits")
@@ -196,7 +200,7 @@ public final class Worker {
         collective.beginStep(step, slice: slice)
         // Among workers the gradient round takes all the gradients; through the coordinator they ride with the
         // backward rounds (same bits either way).
-        network.gradientsRideWithBatchNorm = collective.mesh?.epoch == nil
+        network.gradientsRideWithBatchNorm = collective.mesh?.exchanges(.gradients) != true
         network.optimizer.learningRate = config.learningRate(atStep: Int(step))
         try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics, step: Int(step))
     }

@@ -31,7 +31,8 @@ public enum WorkerAction: Equatable {
     /// The compute abandons the step it runs (a new step follows, or the job ends); replicas change only
     /// when a step completes.
     case abandonStep
-    case takePeers(epoch: UInt32, rank: UInt32, endpoints: [String])
+    /// Take a new table of peers (`Message.peers`).
+    case takePeers(epoch: UInt32, rank: UInt32, uses: WireProtocol.PeerUses, endpoints: [String])
     /// Training is over: exit 0.
     case finish
     /// Exit non-zero with this reason.
@@ -180,8 +181,8 @@ public final class WorkerMachine {
             return [.startStep(message)]
         case .ping, .reduced:
             return []  // a probe, or a result of a step abandoned meanwhile
-        case .peers(let epoch, let rank, let endpoints):
-            return [.takePeers(epoch: epoch, rank: rank, endpoints: endpoints)]
+        case .peers(let epoch, let rank, let uses, let endpoints):
+            return [.takePeers(epoch: epoch, rank: rank, uses: uses, endpoints: endpoints)]
         case .stop:
             state = .done
             return [.finish]
@@ -205,8 +206,8 @@ public final class WorkerMachine {
             return [.deliver(message)]
         case .ping:
             return []
-        case .peers(let epoch, let rank, let endpoints):
-            return [.takePeers(epoch: epoch, rank: rank, endpoints: endpoints)]
+        case .peers(let epoch, let rank, let uses, let endpoints):
+            return [.takePeers(epoch: epoch, rank: rank, uses: uses, endpoints: endpoints)]
         case .step(let s, _, _, _, _):
             // The coordinator redoes this step (a worker was lost) or moved on.
             state = .inStep(step: s, awaiting: nil)
@@ -222,7 +223,7 @@ public final class WorkerMachine {
             return [.abandonStep, .fail("the coordinator ended the job in the middle of step \(step + 1)")]
         default:
             state = .done
-            let what = awaited.map { "the result of step \(step + 1), \($0.round)" } ?? "gradients from the other workers at step \(step + 1)"
+            let what = awaited.map { "the result of step \(step + 1), \($0.round)" } ?? "partials or gradients from the other workers at step \(step + 1)"
             return [.abandonStep, .fail("expected \(what); the coordinator sent a \(message.kind) message")]
         }
     }

@@ -17,6 +17,15 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
     /// logs need (`Collective.report`), so a replica goes straight on to the next round.
     public var isAnswered: Bool { self != .observations }
 
+    /// Whether this is one of a BatchNorm layer's rounds (moments or backward sums), which two workers may
+    /// exchange directly.
+    public var isBatchNormRound: Bool {
+        switch self {
+        case .moments, .sums: true
+        default: false
+        }
+    }
+
     /// Whether parameter gradients may ride with this round (`RidingGradients`): only backward sums do.
     public var carriesGradients: Bool {
         if case .sums = self { return true }
