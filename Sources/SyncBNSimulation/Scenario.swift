@@ -76,6 +76,8 @@ public struct Scenario: Sendable {
     public var slowFraction: Double
     /// Start the coordinator from this checkpoint (training state, next step) instead of step 0.
     public var resumeFrom: (state: [UInt8], nextStep: Int)?
+    /// `.auto`: workers listen for peers, and the BatchNorm rounds of a step with few enough workers run among them.
+    public var batchNormExchange: BatchNormExchangeMode = .star
 
     public init(workers: Int, minWorkers: Int = 1, steps: Int, checkpointEvery: Int = 5, faults: [Fault] = [],
                 maxDelay: Double = 0.002, slowFraction: Double = 0.05) {
@@ -89,7 +91,8 @@ public struct Scenario: Sendable {
     }
 
     /// A random scenario from `seed`: 3–5 workers, one to three faults at random message boundaries of the
-    /// first `deliveries` deliveries.
+    /// first `deliveries` deliveries; BatchNorm rounds through the coordinator or, for half the seeds, among
+    /// the workers when few enough are live.
     public static func random(seed: UInt64, steps: Int = 20, deliveries: Int = 1200) -> Scenario {
         var rng = SimRandom(seed: seed ^ 0x5EED_5EED_5EED_5EED)
         let workers = rng.int(3...5)
@@ -113,6 +116,8 @@ public struct Scenario: Sendable {
             s.faults.append(Fault(kind: kind, atDelivery: rng.int(0..<deliveries), worker: rng.int(0..<workers), duration: duration))
         }
         s.faults.sort { $0.atDelivery < $1.atDelivery }
+        // From a stream of its own too, so that the draws above are those of the seed's first version.
+        s.batchNormExchange = SimRandom(seed: seed ^ 0xB4_0000_0003).chance(0.5) ? .auto : .star
         return s
     }
 }

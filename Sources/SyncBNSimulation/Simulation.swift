@@ -47,6 +47,8 @@ public final class Simulation {
     enum Event {
         case toCoordinator(conn: Int, bytes: [UInt8])
         case toWorker(worker: Int, conn: Int, bytes: [UInt8])
+        /// A message from one worker's peer link to another's (the slots' processes).
+        case toPeer(from: Int, to: Int, bytes: [UInt8])
         /// A worker's monitor reports its connection closed.
         case connectionLost(worker: Int, conn: Int)
         case coordinatorTick(incarnation: Int)
@@ -74,6 +76,8 @@ public final class Simulation {
     }
     var conns: [Int: Conn] = [:]
     var nextConn = 1
+    /// The last arrival on each peer link (from, to): a PUSH/PULL connection keeps its order too.
+    var peerLinks: [[Int]: Double] = [:]
 
     // The coordinator.
     final class CoordinatorProcess {
@@ -170,7 +174,7 @@ public final class Simulation {
     func queueIsQuiet() -> Bool {
         !queue.contains { entry in
             switch entry.event {
-            case .toWorker, .toCoordinator, .connectionLost: return true
+            case .toWorker, .toCoordinator, .toPeer, .connectionLost: return true
             default: return false
             }
         }
@@ -237,6 +241,16 @@ public final class Simulation {
                 return
             }
             workerHandle(w, .received(message))
+        case .toPeer(let from, let to, let bytes):
+            guard let worker = workers[to], worker.alive else { return }
+            if worker.heldUntil > now {
+                schedule(event, at: worker.heldUntil)
+                return
+            }
+            beforeDelivery("peer \(position(bytes))")
+            guard worker.alive else { return }
+            log("w\(to) <- w\(from): \(describe(bytes))")
+            computeOutputs(to, worker.compute.receivePeer(bytes))
         case .connectionLost(let w, let id):
             guard let worker = workers[w], worker.alive, worker.conn == id else { return }
             if worker.stalledUntil > now { schedule(event, at: worker.stalledUntil); return }
@@ -265,6 +279,8 @@ public final class Simulation {
         switch m {
         case .partials(let s, let r, _, _, _, _, _, _): return "partials s\(s) \(short(r))"
         case .reduced(let s, let r, _, _, _): return "reduced s\(s) \(short(r))"
+        case .peerPartials(let s, let e, _, let r, _, _, _, _): return "peer partials s\(s) e\(e) \(short(r))"
+        case .peers(let e, let rank, let uses, _): return "peers e\(e) rank \(rank) uses \(uses.rawValue)"
         case .step(let s, let f, let n, _, _): return "step s\(s) [\(f)+\(n)]"
         case .reject(let why): return "reject (\(why.prefix(40)))"
         default: return "\(m.kind)"
@@ -277,6 +293,7 @@ public final class Simulation {
         switch m {
         case .partials(_, let r, _, _, _, _, _, _): return "partials \(short(r))"
         case .reduced(_, let r, _, _, _): return "reduced \(short(r))"
+        case .peerPartials(_, _, _, let r, _, _, _, _): return "peer partials \(short(r))"
         default: return "\(m.kind)"
         }
     }
@@ -321,12 +338,28 @@ public final class Simulation {
         schedule(.toCoordinator(conn: id, bytes: bytes), at: arrival(id, up: true, worker: w))
     }
 
+    /// Sends `bytes` from worker `w` to the worker listening at `endpoint` (`sim://wN`: slot N), after a random
+    /// delay, in order on the link, and not while the sender is held.
+    func peerSend(_ w: Int, to endpoint: String, _ bytes: [UInt8]) {
+        guard endpoint.hasPrefix("sim://w"), let to = Int(endpoint.dropFirst("sim://w".count)) else {
+            violations.append("worker \(w) sent to another worker at \(endpoint), not a simulated worker's endpoint")
+            return
+        }
+        var delay = rng.double(0...scenario.maxDelay)
+        if rng.chance(scenario.slowFraction) { delay *= 50 }
+        var t = now + delay
+        if let sender = workers[w], sender.heldUntil > now { t = max(t, sender.heldUntil + delay) }
+        t = max(t, peerLinks[[w, to]] ?? 0)
+        peerLinks[[w, to]] = t
+        schedule(.toPeer(from: w, to: to, bytes: bytes), at: t)
+    }
+
     // MARK: The coordinator
 
     func startCoordinator() {
         incarnations += 1
         let machine = CoordinatorMachine(config: config, data: SimulationJob.data, workerCount: scenario.workers, minWorkers: scenario.minWorkers,
-                                         timeouts: timeouts, endpoint: "sim://coordinator", initialPeerEpoch: UInt32(truncatingIfNeeded: rng.next() >> 33),
+                                         timeouts: timeouts, batchNormExchange: scenario.batchNormExchange, endpoint: "sim://coordinator", initialPeerEpoch: UInt32(truncatingIfNeeded: rng.next() >> 33),
                                          logger: Logger(label: "sim", factory: { _ in SwiftLogNoOpLogHandler() }))
         if let checkpoint = checkpoint ?? scenario.resumeFrom {
             try! machine.resume(from: Safetensors.decode(checkpoint.state, source: "checkpoint"), nextStep: checkpoint.nextStep, source: "checkpoint")
@@ -444,7 +477,8 @@ public final class Simulation {
     func startWorker(_ w: Int) {
         while workers.count <= w { workers.append(nil) }
         // Workers say they have 1, 2 or 3 threads, so that the coordinator hands out unequal shares of the batch.
-        let hello = Message.hello(peer: "sim worker \(w)", peerEndpoint: "", blasKernel: BLAS.kernelName, threads: UInt16(1 + w % 3)).encoded()
+        let endpoint = scenario.batchNormExchange == .auto ? "sim://w\(w)" : ""
+        let hello = Message.hello(peer: "sim worker \(w)", peerEndpoint: endpoint, blasKernel: BLAS.kernelName, threads: UInt16(1 + w % 3)).encoded()
         let worker = WorkerProcess(machine: WorkerMachine(hello: hello, endpoint: "sim://coordinator", timeouts: timeouts))
         workers[w] = worker
         log("w\(w) starts")
@@ -478,6 +512,7 @@ public final class Simulation {
                     try network.loadTrainingState(Safetensors.decode(state, source: "welcome"), source: "welcome")
                     worker.compute.network = network
                     worker.compute.config = config
+                    worker.compute.table = nil  // a new session: its tables follow
                     worker.appliedSteps = []  // the welcome's state replaces the replica
                 } catch {
                     violations.append("worker \(w) cannot read its welcome: \(error)")
@@ -490,8 +525,9 @@ public final class Simulation {
             case .abandonStep:
                 worker.running = nil
                 computeOutputs(w, worker.compute.run(.abandon))
-            case .takePeers:
-                violations.append("worker \(w) got a table of peers in a star job")
+            case .takePeers(let epoch, let rank, let uses, let endpoints):
+                if uses.contains(.gradients) { violations.append("worker \(w) got a table for the gradient round, which is not simulated") }
+                worker.compute.table = uses.contains(.batchNormRounds) ? (epoch, Int(rank), endpoints) : nil
             case .finish:
                 worker.ended = "finished"
                 log("w\(w) finished")
@@ -515,6 +551,10 @@ public final class Simulation {
             switch output {
             case .send(let bytes):
                 workerSend(w, bytes)
+            case .sendPeer(let endpoint, let bytes):
+                peerSend(w, to: endpoint, bytes)
+            case .droppedPeerMessage(let reason):
+                violations.append("worker \(w) dropped a message from another worker: \(reason)")
             case .awaiting(let step, let round, let width, let element):
                 executeWorker(w, worker.machine.handle(.awaiting(step: step, round: round, resultWidth: width, element: element), now: now))
             case .finished:
@@ -667,6 +707,7 @@ public final class Simulation {
         if !outcome.completed, outcome.violations.isEmpty, let checkpoint = outcome.checkpoint {
             var resumed = Scenario(workers: scenario.workers, steps: scenario.steps, checkpointEvery: 0)
             resumed.resumeFrom = checkpoint
+            resumed.batchNormExchange = scenario.batchNormExchange
             let second = Simulation(scenario: resumed, seed: seed &+ 1).run()
             if !second.completed { outcome.violations.append("the checkpoint saved on failure did not resume: \(second)") }
             outcome.violations += second.violations.map { "after resuming: " + $0 }

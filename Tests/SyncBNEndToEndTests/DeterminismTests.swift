@@ -5,6 +5,7 @@
 // losses are all-reduced in chunk order too).
 
 import Foundation
+import SyncBNCluster
 import XCTest
 
 final class DeterminismTests: SyncBNProcessTestCase {
@@ -33,6 +34,20 @@ final class DeterminismTests: SyncBNProcessTestCase {
     func testLaunchWithEightWorkersSavesTheSameModelAsTrain() throws {
         // 4 chunks over 8 workers: workers 4–7 get empty slices and still take part in every round.
         try assertLaunchMatchesTrain(workers: 8, flags: Self.steps + ["--no-shuffle"])
+    }
+
+    /// Two workers exchange their BatchNorm rounds directly (`--bn-exchange auto`, the default) or through the
+    /// coordinator (`star`): the model is train's either way, and directly the coordinator answers none of
+    /// bn-mlp's 6 BatchNorm rounds (3 moments, 3 sums): 2 × 6 fewer messages a step, read from its status file.
+    func testTwoWorkersExchangeBatchNormRoundsDirectlyWithTheBitsOfTrain() throws {
+        var sent: [String: Double] = [:]
+        for mode in ["auto", "star"] {
+            let path = try makeTemporaryDirectory("status-\(mode)").appendingPathComponent("status.json").path
+            try assertLaunchMatchesTrain(workers: 2, flags: Self.steps + ["--no-shuffle"], launchFlags: ["--bn-exchange", mode, "--status-file", path])
+            let status = try RunStatus.read(from: path)
+            sent[mode] = try XCTUnwrap(status.messagesSentPerStep, "\(mode): \(status)")
+        }
+        XCTAssertGreaterThan(sent["star"]! - sent["auto"]!, 11, "coordinator messages sent per step: \(sent)")
     }
 
     // MARK: Other settings

@@ -47,12 +47,17 @@ extension CoordinatorMachine {
     }
 
     /// What the current members run among themselves: the gradient round with `--gradient-exchange peers`;
-    /// with `--bn-exchange auto`, the BatchNorm rounds of a two-worker step whose workers both listen for peers.
+    /// with `--bn-exchange auto`, the BatchNorm rounds of a step of 2 to `directBatchNormWorkers` workers that
+    /// all listen for peers.
     var peerUses: WireProtocol.PeerUses {
         if gradientExchange == .peers { return .gradients }
-        let pair = members.count == 2 && members.allSatisfy { !$0.peerEndpoint.isEmpty }
-        return batchNormExchange == .auto && pair ? .batchNormRounds : []
+        let few = (2...Self.directBatchNormWorkers).contains(members.count) && members.allSatisfy { !$0.peerEndpoint.isEmpty }
+        return batchNormExchange == .auto && few ? .batchNormRounds : []
     }
+
+    /// The most workers whose BatchNorm rounds run among themselves: each sends every other its partials, N − 1
+    /// messages out and in per round, where through the coordinator it is one each way but two hops.
+    public static let directBatchNormWorkers = 2
 
     /// Before a try of a step: sends every member that listens for peers a new table (a new epoch) when the
     /// members or what they run among themselves changed — and, for BatchNorm rounds between two workers, on

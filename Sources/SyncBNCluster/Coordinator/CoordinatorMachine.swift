@@ -152,8 +152,8 @@ public final class CoordinatorMachine {
     /// What the last table sent was for, and the try it was sent for.
     var peerTableUses: WireProtocol.PeerUses = []
     var peerTableAttempt = 0
-    /// Whether the current try's BatchNorm rounds run between its two workers (`BatchNormExchangeMode.auto`):
-    /// their partials come with the gradient round, and nothing is sent back.
+    /// Whether the current try's BatchNorm rounds run among its workers (`BatchNormExchangeMode.auto`): their
+    /// partials come with the gradient round, and nothing is sent back.
     var batchNormDirect = false
     /// The step whose whole gradient result `floatResult` holds; sent to survivors after a loss.
     var rescue: UInt64?

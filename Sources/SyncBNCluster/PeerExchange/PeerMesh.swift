@@ -79,6 +79,17 @@ public final class PeerMesh {
         self.endpoints = endpoints
     }
 
+    /// The inbox's receive timeout as last set.
+    private var receiveTimeout: Int32 = -1
+
+    /// Sets how long a blocking receive on the inbox waits (set only when it changes: one system call fewer).
+    func setReceiveTimeout(milliseconds: Int) throws {
+        let timeout = Int32(clamping: milliseconds)
+        guard timeout != receiveTimeout else { return }
+        try inbox.setReceiveTimeout(milliseconds: timeout)
+        receiveTimeout = timeout
+    }
+
     /// Forgets the table (a new session with a coordinator begins: its tables follow) and drops every link.
     public func forgetTable() {
         for socket in outlets.values { socket.close() }

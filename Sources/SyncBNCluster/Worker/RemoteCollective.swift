@@ -116,9 +116,9 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         var both = UnsafeBufferPointer<Double>(start: nil, count: 0)
         try timed {
             both = try batchNormExchange!.run(round, step: step, chunks: slice.chunks, partials: partials, width: width, mesh: mesh,
-                                              upstream: pollSockets, deadline: Date().addingTimeInterval(timeoutSeconds)) {
+                                              deadline: Date().addingTimeInterval(timeoutSeconds)) {
                 // A redo, a new table or the end of the job: the machine decides (a result of an earlier try is ignored).
-                if let message = try connection.next(until: Date()) { try handle(message) }
+                while let message = try connection.nextIfWaiting() { try handle(message) }
             }
         }
         return both
@@ -297,6 +297,16 @@ final class CoordinatorConnection {
     ///   after a failed handshake, `.notAuthorized` for a refused key; `ProtocolError` for an undecodable message.
     func next(until deadline: Date) throws -> Message? {
         try receive(until: deadline) { try Message.decode(Array($0)) }
+    }
+
+    /// The next message from the coordinator if one is already here (nil: none); throws as `next(until:)`.
+    func nextIfWaiting() throws -> Message? {
+        try checkMonitor()
+        do {
+            return try socket.receiveSingleFrameInPlace(dontWait: true) { try Message.decode(Array($0)) }
+        } catch let multipart as MultipartMessage {
+            throw ClusterError("the coordinator sent a message of \(multipart.frames) frames; SyncBN messages are one frame")
+        }
     }
 
     /// The next message from the coordinator, handed to `body` while libzmq still holds it: a result's values are
