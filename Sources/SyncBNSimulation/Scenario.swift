@@ -117,7 +117,19 @@ public struct Scenario: Sendable {
         }
         s.faults.sort { $0.atDelivery < $1.atDelivery }
         // From a stream of its own too, so that the draws above are those of the seed's first version.
-        s.batchNormExchange = SimRandom(seed: seed ^ 0xB4_0000_0003).chance(0.5) ? .auto : .star
+        var exchange = SimRandom(seed: seed ^ 0xB4_0000_0003)
+        s.batchNormExchange = exchange.chance(0.5) ? .auto : .star
+        return s
+    }
+
+    /// `random(seed:)`'s faults on a job of two workers whose BatchNorm rounds run between them: every round
+    /// of a fault-free step goes worker to worker, and a loss hands them back to the coordinator.
+    public static func randomPair(seed: UInt64) -> Scenario {
+        var s = random(seed: seed)
+        s.workers = 2
+        s.minWorkers = 1
+        s.faults = s.faults.map { var fault = $0; fault.worker %= 2; return fault }
+        s.batchNormExchange = .auto
         return s
     }
 }

@@ -24,7 +24,7 @@ final class SimCompute: Collective {
         case finished
         case abandoned
         case failed(String)
-        /// A message from another worker was dropped: none should be, among simulated workers.
+        /// A message from another worker was dropped, and why.
         case droppedPeerMessage(String)
     }
 
@@ -115,7 +115,9 @@ final class SimCompute: Collective {
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
                    riding: RidingGradients?) throws {
         if let all = try amongWorkers(round, partials: partials, width: result.count, riding: riding) {
-            try LocalCollective(plan: config!.plan, valuesPerRow: network!.momentScales).allReduce(round, partials: all, into: result)
+            try all.withUnsafeBufferPointer {
+                try LocalCollective(plan: config!.plan, valuesPerRow: network!.momentScales).allReduce(round, partials: $0, into: result)
+            }
             return
         }
         try roundTrip(round, element: .float64, width: result.count, partials: UnsafeRawBufferPointer(partials), riding: riding,
@@ -207,9 +209,9 @@ final class SimCompute: Collective {
                 guard case .reduced(_, _, _, _, let payload) = message, payload.count == resultWidth * element.size else { continue }
                 take(payload)
                 return
-            case .abandon, .exit:
-                throw Abandoned()
-            case .start, nil:
+            case .peerArrived:
+                input = nil  // kept in the inbox for the round it belongs to
+            case .abandon, .exit, .start, nil:
                 throw Abandoned()
             }
         }

@@ -3,6 +3,7 @@ import SyncBNSimulation
 
 // syncbn-swarm [seconds] [first-seed]: runs random seeded schedules for as long as asked and prints every
 // seed whose run breaks an invariant, with the command that replays it. SYNCBN_SIM_SEED=... replays one.
+// SYNCBN_SIM_PAIRS=1: the schedules of two workers that exchange BatchNorm rounds (`Scenario.randomPair`).
 // `--exhaustive`: kills each participant once at every message boundary of a short run.
 let arguments = CommandLine.arguments.dropFirst()
 if arguments.first == "--exhaustive" {
@@ -11,10 +12,12 @@ if arguments.first == "--exhaustive" {
     for failure in report.failures { print("FAIL \(failure)") }
     exit(report.failures.isEmpty ? 0 : 1)
 }
+let pairs = ProcessInfo.processInfo.environment["SYNCBN_SIM_PAIRS"] == "1"
+@Sendable func scenario(_ seed: UInt64) -> Scenario { pairs ? Scenario.randomPair(seed: seed) : Scenario.random(seed: seed) }
 if let text = ProcessInfo.processInfo.environment["SYNCBN_SIM_SEED"], let seed = UInt64(text) {
-    let outcome = Simulation.check(Scenario.random(seed: seed), seed: seed, keepTrace: true)
+    let outcome = Simulation.check(scenario(seed), seed: seed, keepTrace: true)
     for line in outcome.trace { print(line) }
-    print(Scenario.random(seed: seed).faults, outcome)
+    print(scenario(seed).faults, outcome)
     exit(outcome.violations.isEmpty ? 0 : 1)
 }
 let seconds = Double(arguments.first ?? "60") ?? 60
@@ -25,13 +28,13 @@ var positions = Set<String>()
 // Batches of seeds on every core (each simulation is deterministic whatever runs beside it).
 let batch = UInt64(8 * ProcessInfo.processInfo.activeProcessorCount)
 while -started.timeIntervalSinceNow < seconds {
-    for (seed, outcome) in Simulation.checkMany(seeds: seed..<(seed + batch)) {
+    for (seed, outcome) in Simulation.checkMany(seeds: seed..<(seed + batch), scenario: scenario) {
         runs += 1
         if outcome.completed { completed += 1 }
         positions.formUnion(outcome.faultPositions)
         if !outcome.violations.isEmpty {
             failures += 1
-            print("FAIL \(outcome) faults \(Scenario.random(seed: seed).faults)\n  replay: SYNCBN_SIM_SEED=\(seed) Scripts/swarm.sh")
+            print("FAIL \(outcome) faults \(scenario(seed).faults)\n  replay: \(pairs ? "SYNCBN_SIM_PAIRS=1 " : "")SYNCBN_SIM_SEED=\(seed) Scripts/swarm.sh")
         }
     }
     seed &+= batch

@@ -60,6 +60,25 @@ final class SimulationTests: XCTestCase {
         print("simulation: \(count) schedules in \(String(format: "%.1f", -started.timeIntervalSinceNow)) s (\(deliveries) messages): \(completed) completed, \(count - completed) gave up for lack of workers and resumed from their checkpoint; \(redone) steps redone; \(kinds.count) fault kinds at \(positions.count) distinct kinds × positions")
     }
 
+    /// 400 schedules of two workers whose BatchNorm rounds run between them (`Scenario.randomPair`), with the
+    /// faults of the random schedules: the peer links carry most of the messages, and faults hit their deliveries.
+    func testRandomSchedulesOfTwoWorkersExchangingBatchNormRounds() {
+        let count = Int(ProcessInfo.processInfo.environment["SYNCBN_SIM_PAIR_SCHEDULES"] ?? "") ?? 400
+        let outcomes = Simulation.checkMany(seeds: 1..<(1 + UInt64(count)), scenario: Scenario.randomPair(seed:))
+        var peerDeliveries = 0, deliveries = 0, atPeerMessages = 0, redone = 0
+        for (seed, outcome) in outcomes {
+            XCTAssertEqual(outcome.violations, [], "\(outcome) with faults \(Scenario.randomPair(seed: seed).faults); replay: SYNCBN_SIM_PAIRS=1 SYNCBN_SIM_SEED=\(seed) swift run syncbn-swarm")
+            peerDeliveries += outcome.peerDeliveries
+            deliveries += outcome.deliveries
+            atPeerMessages += outcome.faultPositions.filter { $0.contains("@ peer ") }.count
+            redone += outcome.redoneSteps
+        }
+        print("simulation, two workers exchanging BatchNorm rounds: \(count) schedules, \(peerDeliveries) of \(deliveries) messages between workers, \(atPeerMessages) faults at their deliveries, \(redone) steps redone")
+        // A fault-free bn-mlp step of two workers: 12 messages between them of 42 in all.
+        XCTAssertGreaterThan(peerDeliveries, deliveries / 5, "the BatchNorm rounds did not run between the workers")
+        XCTAssertGreaterThan(atPeerMessages, count / 10, "too few faults hit messages between workers")
+    }
+
     func testExhaustiveKillsOfAShortRun() {
         let report = Exhaustive.run(workers: 3, steps: 2)
         print(report.summary)
