@@ -348,7 +348,8 @@ private final class PeerAllReduceHelper: ExchangeUpstream {
         guard try socket.receive(into: &buffers) == 1, case .peers(let epoch, let r, _, let endpoints) = try Message.decode(buffers[0]) else {
             throw BenchError("peer all-reduce helper \(rank): expected the table of peers")
         }
-        try mesh.update(epoch: epoch, rank: Int(r), uses: .gradients, endpoints: endpoints)
+        let table = PeerTable(epoch: epoch, uses: .gradients, rank: Int(r), endpoints: endpoints)
+        try mesh.update(table)
         let n = endpoints.count
         let exchange = PeerGradientExchange(layout: GradientLayout(chunkCount: n, sumWidth: width, rowsPerChunk: 0))
         let partials = [Float](repeating: Float(rank + 1), count: width)
@@ -361,7 +362,7 @@ private final class PeerAllReduceHelper: ExchangeUpstream {
             case .ping:
                 try partials.withUnsafeBufferPointer { p in
                     try result.withUnsafeMutableBufferPointer { out in
-                        try exchange.run(step: step, chunks: rank..<(rank + 1), partials: p, into: out, mesh: mesh, upstream: self,
+                        try exchange.run(step: step, chunks: rank..<(rank + 1), partials: p, into: out, mesh: mesh, table: table, upstream: self,
                                          deadline: Date().addingTimeInterval(Double(BenchNetwork.timeoutMilliseconds) / 1000))
                     }
                 }

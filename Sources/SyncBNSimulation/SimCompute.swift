@@ -28,8 +28,10 @@ final class SimCompute: Collective {
         case droppedPeerMessage(String)
     }
 
-    /// The coordinator's current table of peers, when it hands BatchNorm rounds to the workers.
-    var table: (epoch: UInt32, rank: Int, endpoints: [String])?
+    /// The coordinator's current table of peers, when it hands BatchNorm rounds to the workers, and the one the
+    /// running step started with (its rounds keep it when a newer one comes before the step's redo).
+    var table: PeerTable?
+    private var stepTable: PeerTable?
     /// Messages from other workers not yet taken by a round (the PULL socket's queue and the kept early ones).
     private var peerInbox: [[UInt8]] = []
     private var waitingForPeers = false
@@ -106,6 +108,7 @@ final class SimCompute: Collective {
         self.slice = slice
         messages.beginStep()
         heldBack.removeAll()
+        stepTable = table
         network.optimizer.learningRate = config.learningRate(atStep: Int(step))
         try network.trainStep(slice: slice, collective: self, computeMetrics: computeMetrics, step: Int(step))
     }
@@ -161,10 +164,10 @@ final class SimCompute: Collective {
     /// partials to every other worker, and yields until theirs are in; all workers' partials in chunk order.
     /// Nil for a round that goes through the coordinator.
     private func amongWorkers(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, riding: RidingGradients?) throws -> [Double]? {
-        guard let table, round.isBatchNormRound, let slice, let config else { return nil }
+        guard let table = stepTable, table.exchanges(round), let slice, let config else { return nil }
         heldBack.append(encode(round, element: .float64, width: width, partials: UnsafeRawBufferPointer(partials), riding: riding))
         let chunkCount = config.plan.chunkCount
-        var state = PeerBatchNormRound(round, step: step, epoch: table.epoch, rank: table.rank, workerCount: table.endpoints.count,
+        var state = PeerBatchNormRound(round, step: step, epoch: table.epoch, rank: table.rank, workerCount: table.workerCount,
                                        chunks: slice.chunks, width: width, chunkCount: chunkCount)
         let bytes = state.outgoingFields.encoded() + UnsafeRawBufferPointer(partials)
         for (rank, endpoint) in table.endpoints.enumerated() where rank != table.rank { outputs.append(.sendPeer(endpoint: endpoint, bytes: bytes)) }

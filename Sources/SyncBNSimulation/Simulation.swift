@@ -530,7 +530,7 @@ public final class Simulation {
                 computeOutputs(w, worker.compute.run(.abandon))
             case .takePeers(let epoch, let rank, let uses, let endpoints):
                 if uses.contains(.gradients) { violations.append("worker \(w) got a table for the gradient round, which is not simulated") }
-                worker.compute.table = uses.contains(.batchNormRounds) ? (epoch, Int(rank), endpoints) : nil
+                worker.compute.table = uses.isEmpty ? nil : PeerTable(epoch: epoch, uses: uses, rank: Int(rank), endpoints: endpoints)
             case .finish:
                 worker.ended = "finished"
                 log("w\(w) finished")

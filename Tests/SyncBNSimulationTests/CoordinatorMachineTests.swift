@@ -134,9 +134,14 @@ final class CoordinatorMachineTests: XCTestCase {
     }
 
     /// A worker that does not listen for peers (keys, or a remote coordinator without --peer-address) keeps the
-    /// BatchNorm rounds with the coordinator, and so do three workers: no table goes out.
-    func testNoTableWhenAWorkerDoesNotListenOrThreeWork() {
-        for (names, listening) in [(["a", "b"], [true, false]), (["a", "b", "c"], [true, true, true])] {
+    /// BatchNorm rounds with the coordinator, and so do more workers than `directBatchNormWorkers`: no table goes
+    /// out. Up to that many, one does.
+    func testATableOnlyWhenFewEnoughWorkersAllListen() {
+        let most = CoordinatorMachine.directBatchNormWorkers
+        let cases = [(2, [true, false], false), (most, [Bool](repeating: true, count: most), true),
+                     (most + 1, [Bool](repeating: true, count: most + 1), false)]
+        for (count, listening, expected) in cases {
+            let names = (0..<count).map { "w\($0)" }
             let m = CoordinatorMachine(config: SimulationJob.config(steps: 4), data: SimulationJob.data, workerCount: names.count,
                                        batchNormExchange: .auto, endpoint: "test", logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
             _ = m.admit(now: 0)
@@ -145,7 +150,7 @@ final class CoordinatorMachineTests: XCTestCase {
             }
             let first = m.beginStep(stepInput(0), next: nil, now: 1)
             XCTAssertEqual(sends(first, kind: .step).count, names.count)
-            XCTAssertTrue(peerTables(first).isEmpty, "\(names.count) workers, listening \(listening)")
+            XCTAssertEqual(peerTables(first).count, expected ? count : 0, "\(count) workers, listening \(listening)")
         }
     }
 }

@@ -57,7 +57,7 @@ extension CoordinatorMachine {
 
     /// The most workers whose BatchNorm rounds run among themselves: each sends every other its partials, N − 1
     /// messages out and in per round, where through the coordinator it is one each way but two hops.
-    public static let directBatchNormWorkers = 2
+    public static let directBatchNormWorkers = 4
 
     /// Before a try of a step: sends every member that listens for peers a new table (a new epoch) when the
     /// members or what they run among themselves changed — and, for BatchNorm rounds between two workers, on

@@ -28,7 +28,7 @@ public final class PeerBatchNormExchange {
     deinit { all.deallocate() }
 
     /// Sends this worker's partials of `round` (`width` values for each of its `chunks`, chunk-major) to every
-    /// other worker of `mesh`'s table and waits for theirs. Returns every chunk's partials in chunk order
+    /// other worker of `table` (the one the step started with) and waits for theirs. Returns every chunk's partials in chunk order
     /// (valid until the next call).
     ///
     /// The wait is one blocking receive on the links from the other workers at a time (fewer system calls and
@@ -38,10 +38,9 @@ public final class PeerBatchNormExchange {
     /// - Throws: whatever `checkUpstream` throws, or `ClusterError` at `deadline` or when the workers' chunks do
     ///   not make up the batch.
     public func run(_ round: Round, step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Double>, width: Int, mesh: PeerMesh,
-                    deadline: Date, checkUpstream: () throws -> Void) throws -> UnsafeBufferPointer<Double> {
-        guard let epoch = mesh.epoch else { preconditionFailure("a BatchNorm round among workers needs a table of peers") }
+                    table: PeerTable, deadline: Date, checkUpstream: () throws -> Void) throws -> UnsafeBufferPointer<Double> {
         precondition(partials.count == chunks.count * width)
-        var state = PeerBatchNormRound(round, step: step, epoch: epoch, rank: mesh.rank, workerCount: mesh.workerCount, chunks: chunks,
+        var state = PeerBatchNormRound(round, step: step, epoch: table.epoch, rank: table.rank, workerCount: table.workerCount, chunks: chunks,
                                        width: width, chunkCount: chunkCount)
         let total = chunkCount * width
         if all.count < total {
@@ -51,7 +50,9 @@ public final class PeerBatchNormExchange {
         outbox.removeAll(keepingCapacity: true)
         state.outgoingFields.encode(appendingTo: &outbox)
         outbox += UnsafeRawBufferPointer(partials)
-        for other in 0..<mesh.workerCount where other != mesh.rank { try mesh.outlet(to: other).send(outbox) }
+        for other in 0..<table.workerCount where other != table.rank {
+            try mesh.outlet(to: other, of: table)?.send(outbox)
+        }
         if !partials.isEmpty { (all.baseAddress! + chunks.lowerBound * width).update(from: partials.baseAddress!, count: partials.count) }
 
         func take(_ frame: UnsafeRawBufferPointer) {

@@ -10,12 +10,12 @@ public struct PeerBatchNormRound {
     public enum Verdict: Equatable {
         /// This round's partials from a worker not heard yet: written into place.
         case taken
-        /// Of a later step or a newer table: the driver keeps it for the round it belongs to.
+        /// Of a later round, a later step or another table: the driver keeps it for the round it belongs to.
         case later
         /// Of an earlier step: left over from an abandoned try.
         case stale
-        /// Unreadable, of another round of this step and table, from a worker heard already, or with chunks that
-        /// overlap others': the link is not authenticated, so anyone who reaches it may send anything.
+        /// Unreadable, from a worker heard already, or with chunks that overlap others': the link is not
+        /// authenticated, so anyone who reaches it may send anything.
         case dropped(String)
     }
 
@@ -65,14 +65,17 @@ public struct PeerBatchNormRound {
         }
         if s < step { return .stale }
         // A message of a newer table at this step is a redo's, seen before its table reached this worker; one of
-        // an older table is not told apart from it here (epochs start anywhere): the driver keeps either, a few at most.
-        if s > step || e != epoch { return .later }
+        // an older table is not told apart from it here (epochs start anywhere): the driver keeps either, a few at
+        // most. Of this table, another round's is a later round's: with three workers or more, one that has every
+        // other's partials of this round goes on while this worker still waits for a third's (an earlier round's
+        // cannot come: no worker finishes a round without this worker's partials of it).
+        if s > step || e != epoch || r != round { return .later }
         let sender = Int(from)
         let (end, overflow) = Int(first).addingReportingOverflow(Int(count))
         let theirs = overflow ? 0..<0 : Int(first)..<end
-        guard sender < workerCount, ranges[sender] == nil, r == round, Int(w) == width, !overflow, end <= chunkCount,
+        guard sender < workerCount, ranges[sender] == nil, Int(w) == width, !overflow, end <= chunkCount,
               !ranges.contains(where: { $0?.overlaps(theirs) == true }) else {
-            return .dropped("BatchNorm partials from worker \(from) that do not fit this round (\(r), chunks \(first)+\(count), width \(w)): expected the \(round), width \(width), from one of \(workerCount) workers not heard yet, with chunks no other sent")
+            return .dropped("BatchNorm partials from worker \(from) that do not fit the \(round) (chunks \(first)+\(count), width \(w)): expected width \(width), from one of \(workerCount) workers not heard yet, with chunks no other sent")
         }
         let payload = UnsafeRawBufferPointer(rebasing: frame[payloadOffset...])
         if payload.count > 0 {

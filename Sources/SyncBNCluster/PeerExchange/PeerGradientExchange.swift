@@ -89,14 +89,13 @@ public final class PeerGradientExchange {
     }
 
     /// Runs one gradient round of `step` for this worker's `chunks` (those `ChunkPlan` assigns to its rank
-    /// in `mesh`'s table). `partials` holds its chunks' partials, chunk-major (`layout.chunkWidth` each);
+    /// in `table`, the one the step started with). `partials` holds its chunks' partials, chunk-major (`layout.chunkWidth` each);
     /// `result` receives the whole result (`layout.resultWidth`).
     /// - Throws: whatever `upstream.handleWhileWaiting()` throws (the round is abandoned), or `ClusterError`
     ///   at `deadline`. Messages that cannot be read or do not fit the table are dropped (`onDrop`).
     public func run(step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Float>, into result: UnsafeMutableBufferPointer<Float>,
-             mesh: PeerMesh, upstream: ExchangeUpstream, deadline: Date) throws {
-        guard let epoch = mesh.epoch else { preconditionFailure("the gradient exchange needs a table of peers") }
-        let n = mesh.workerCount, me = mesh.rank, c = layout.chunkCount
+             mesh: PeerMesh, table: PeerTable, upstream: ExchangeUpstream, deadline: Date) throws {
+        let epoch = table.epoch, n = table.workerCount, me = table.rank, c = layout.chunkCount
         let sumWidth = layout.sumWidth, rowsWidth = layout.rowsPerChunk, chunkWidth = layout.chunkWidth
         precondition(partials.count == chunks.count * chunkWidth && result.count == layout.resultWidth)
         let myShard = layout.shard(me, of: n)
@@ -142,7 +141,7 @@ public final class PeerGradientExchange {
             }
         }
         for owner in 0..<n where owner != me {
-            try sendTiles(shard: layout.shard(owner, of: n), to: mesh.outlet(to: owner))
+            if let outlet = mesh.outlet(to: owner, of: table) { try sendTiles(shard: layout.shard(owner, of: n), to: outlet) }
         }
         try sendTiles(shard: 0..<0, to: upstream.socket)
 
@@ -215,7 +214,9 @@ public final class PeerGradientExchange {
                         if !myShard.isEmpty { at.copyMemory(from: out + myShard.lowerBound, byteCount: myShard.count * 4) }
                     }
                 }
-                for owner in 0..<n where owner != me { try sendShard(to: mesh.outlet(to: owner)) }
+                for owner in 0..<n where owner != me {
+                    if let outlet = mesh.outlet(to: owner, of: table) { try sendShard(to: outlet) }
+                }
                 try sendShard(to: upstream.socket)
                 shardFrom[me] = true
                 shardsMissing -= 1

@@ -2,6 +2,27 @@ import Foundation
 import SyncBNCore
 import ZeroMQ
 
+/// A table of peers as the coordinator sent it (`Message.peers`): what it is for, this worker's index in it,
+/// and every worker's endpoint. A step runs with the table it started with: a newer one comes before the redo
+/// of the step, and its rounds must not mix the two.
+public struct PeerTable: Equatable, Sendable {
+    public let epoch: UInt32
+    public let uses: WireProtocol.PeerUses
+    public let rank: Int
+    public let endpoints: [String]
+
+    public init(epoch: UInt32, uses: WireProtocol.PeerUses, rank: Int, endpoints: [String]) {
+        (self.epoch, self.uses, self.rank, self.endpoints) = (epoch, uses, rank, endpoints)
+    }
+
+    public var workerCount: Int { endpoints.count }
+
+    /// Whether the table runs `round` among the workers (the gradient exchange, or a BatchNorm round).
+    public func exchanges(_ round: Round) -> Bool {
+        round == .gradients ? uses.contains(.gradients) : round.isBatchNormRound && uses.contains(.batchNormRounds)
+    }
+}
+
 /// A worker's direct links to the other workers, for the rounds that run among them (the gradient exchange,
 /// a two-worker step's BatchNorm rounds): one PULL socket bound where the others send to it, and one PUSH
 /// socket connected to each of the others. The coordinator's `peers` message says who is in the mesh and what
@@ -12,11 +33,8 @@ public final class PeerMesh {
     public let inbox: Socket
     /// Where the other workers send to this one (the bound address, port filled in).
     public let endpoint: String
-    /// The current table: its epoch, what it is for, this worker's index in it, and every worker's endpoint.
-    private(set) var epoch: UInt32?
-    private(set) var uses: WireProtocol.PeerUses = []
-    private(set) var rank = 0
-    private(set) var endpoints: [String] = []
+    /// The current table (nil: none yet in this session).
+    public private(set) var table: PeerTable?
     private var outlets: [String: Socket] = [:]
     private let context: Context
 
@@ -46,17 +64,10 @@ public final class PeerMesh {
     /// The `address` that makes a mesh listen on a Unix socket.
     public static let unixSocket = "ipc"
 
-    var workerCount: Int { endpoints.count }
-
-    /// Whether the current table runs `round` among the workers (the gradient exchange, or a BatchNorm round
-    /// of a two-worker step).
-    func exchanges(_ round: Round) -> Bool {
-        round == .gradients ? uses.contains(.gradients) : round.isBatchNormRound && uses.contains(.batchNormRounds)
-    }
-
     /// Takes a new table: connects to workers new to it and drops the links to workers no longer in it (all of
     /// them for a table used for nothing).
-    public func update(epoch: UInt32, rank: Int, uses: WireProtocol.PeerUses, endpoints: [String]) throws {
+    public func update(_ table: PeerTable) throws {
+        let (rank, uses, endpoints) = (table.rank, table.uses, table.endpoints)
         let linked = uses.isEmpty ? [] : endpoints
         for (endpoint, socket) in outlets where !linked.contains(endpoint) {
             socket.close()
@@ -73,10 +84,7 @@ public final class PeerMesh {
             }
             outlets[endpoint] = socket
         }
-        self.epoch = epoch
-        self.uses = uses
-        self.rank = rank
-        self.endpoints = endpoints
+        self.table = table
     }
 
     /// The inbox's receive timeout as last set.
@@ -94,13 +102,14 @@ public final class PeerMesh {
     public func forgetTable() {
         for socket in outlets.values { socket.close() }
         outlets.removeAll()
-        (epoch, uses, rank, endpoints) = (nil, [], 0, [])
+        table = nil
     }
 
-    /// The socket that sends to worker `index` of the current table (not this worker).
-    func outlet(to index: Int) -> Socket {
-        precondition(index != rank, "a worker does not send to itself")
-        return outlets[endpoints[index]]!
+    /// The socket that sends to worker `index` of `table` (not this worker); nil if a newer table dropped the
+    /// link (the step that still runs with `table` is about to be redone).
+    func outlet(to index: Int, of table: PeerTable) -> Socket? {
+        precondition(index != table.rank, "a worker does not send to itself")
+        return outlets[table.endpoints[index]]
     }
 
     public func close() {

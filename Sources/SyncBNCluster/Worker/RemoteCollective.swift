@@ -43,6 +43,9 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     private var heldBackCount = 0
     var step: UInt64 = 0
     var slice: BatchSlice
+    /// The table of peers the step started with: its rounds run with it even if a newer one comes (before the
+    /// redo that follows it).
+    private(set) var stepTable: PeerTable?
     /// Time spent between sending partials and receiving the result, for the step being run.
     private(set) var waitingNanoseconds: UInt64 = 0
     /// CPU time this thread burnt while waiting for results (blocking waits spend ~none), for the step.
@@ -77,6 +80,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         waitingCPUNanoseconds = 0
         messages.beginStep()
         heldBackCount = 0
+        stepTable = mesh?.table
     }
 
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
@@ -104,7 +108,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// other worker, and returns both workers' in chunk order. Nil for a round that goes through the coordinator.
     private func exchangeWithOtherWorker(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int,
                                          riding: RidingGradients?) throws -> UnsafeBufferPointer<Double>? {
-        guard let mesh, mesh.exchanges(round) else { return nil }
+        guard let mesh, let table = stepTable, table.exchanges(round) else { return nil }
         if heldBackCount == heldBack.count { heldBack.append([]) }
         messages.encodePartials(round, step: step, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
                                 riding: riding, into: &heldBack[heldBackCount])
@@ -116,7 +120,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         var both = UnsafeBufferPointer<Double>(start: nil, count: 0)
         try timed {
             both = try batchNormExchange!.run(round, step: step, chunks: slice.chunks, partials: partials, width: width, mesh: mesh,
-                                              deadline: Date().addingTimeInterval(timeoutSeconds)) {
+                                              table: table, deadline: Date().addingTimeInterval(timeoutSeconds)) {
                 // A redo, a new table or the end of the job: the machine decides (a result of an earlier try is ignored).
                 while let message = try connection.nextIfWaiting() { try handle(message) }
             }
@@ -131,14 +135,14 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     }
 
     func exchangeGradients(_ partials: UnsafeBufferPointer<Float>, exchange: GradientExchange, into result: UnsafeMutableBufferPointer<Float>) throws {
-        if let mesh, mesh.exchanges(.gradients) {
+        if let mesh, let table = stepTable, table.exchanges(.gradients) {
             precondition(messages.ridingResultWidth == 0, "gradients rode with a backward round although the workers exchange them among themselves")
             try timed {
                 if peerExchange == nil {
                     peerExchange = PeerGradientExchange(layout: GradientLayout(exchange))
                     peerExchange!.onDrop = onPeerDrop
                 }
-                try peerExchange!.run(step: step, chunks: slice.chunks, partials: partials, into: result, mesh: mesh, upstream: self,
+                try peerExchange!.run(step: step, chunks: slice.chunks, partials: partials, into: result, mesh: mesh, table: table, upstream: self,
                                       deadline: Date().addingTimeInterval(timeoutSeconds))
             }
             guard allFinite(UnsafeBufferPointer(result)) else { throw Interruption.nonFiniteGradients }
@@ -227,7 +231,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
             if uses.isEmpty { return }  // every round through the coordinator: what a worker without links does anyway
             throw ClusterError("the coordinator asked for a peer exchange, but this worker has no peer endpoint")
         }
-        try mesh.update(epoch: epoch, rank: Int(rank), uses: uses, endpoints: endpoints)
+        try mesh.update(PeerTable(epoch: epoch, uses: uses, rank: Int(rank), endpoints: endpoints))
     }
 
     // MARK: ExchangeUpstream

@@ -200,7 +200,7 @@ public final class Worker {
         collective.beginStep(step, slice: slice)
         // Among workers the gradient round takes all the gradients; through the coordinator they ride with the
         // backward rounds (same bits either way).
-        network.gradientsRideWithBatchNorm = collective.mesh?.exchanges(.gradients) != true
+        network.gradientsRideWithBatchNorm = collective.stepTable?.exchanges(.gradients) != true
         network.optimizer.learningRate = config.learningRate(atStep: Int(step))
         try network.trainStep(slice: slice, collective: collective, computeMetrics: computeMetrics, step: Int(step))
     }
