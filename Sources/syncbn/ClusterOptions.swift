@@ -51,7 +51,7 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "How gradients travel: star (through the coordinator) or peers (reduce-scatter + all-gather among the workers, whose coordinator traffic does not grow with the worker count; not with keys).")
     var gradientExchange: GradientExchangeMode = .star
 
-    @Option(help: "How BatchNorm rounds travel: auto (directly between the two workers of a two-worker step when both listen for peers — no keys, and on other hosts --peer-address — with star gradients; else through the coordinator) or star (always through the coordinator).")
+    @Option(help: "How BatchNorm rounds travel: auto (among the workers of a step of 2 to 4 workers that all listen for peers — no keys, and on other hosts --peer-address — with star gradients; else through the coordinator) or star (always through the coordinator).")
     var bnExchange: BatchNormExchangeMode = .auto
 
     func validate() throws {

@@ -30,7 +30,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "The coordinator's public key file (its .pub).")
     var serverKey: String?
 
-    @Option(help: "Listen for other workers at this address (or `auto`: this host's address on its route to the coordinator), for rounds among workers (--gradient-exchange peers; the BatchNorm rounds of a two-worker step). Not with keys; unauthenticated, so off by default unless the coordinator is on this machine (then a Unix socket if the coordinator's is one, else loopback).")
+    @Option(help: "Listen for other workers at this address (or `auto`: this host's address on its route to the coordinator), for rounds among workers (--gradient-exchange peers; the BatchNorm rounds of up to 4 workers). Not with keys; unauthenticated, so off by default unless the coordinator is on this machine (then a Unix socket if the coordinator's is one, else loopback).")
     var peerAddress: String?
 
     @Option(help: "Threads that compute this worker's chunks (default: every core of this host); the model's bytes do not depend on it.")

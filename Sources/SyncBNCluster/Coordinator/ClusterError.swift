@@ -64,11 +64,11 @@ public enum GradientExchangeMode: String, CaseIterable, Sendable {
 
 /// How a BatchNorm layer's rounds (moments forward, sums backward) travel.
 public enum BatchNormExchangeMode: String, CaseIterable, Sendable {
-    /// Directly between the two workers of a two-worker step, when both listen for peers (a job without keys;
-    /// on other hosts, workers given `--peer-address`) and the gradients go through the coordinator: each sends
-    /// its partials to the other and both reduce them in chunk order, one hop instead of two per round. The
-    /// coordinator, which needs them for its replica's running statistics, receives them with the gradient
-    /// round. Otherwise through the coordinator.
+    /// Among the workers of a step of 2 to `CoordinatorMachine.directBatchNormWorkers` (4) workers that all
+    /// listen for peers (a job without keys; on other hosts, workers given `--peer-address`) and whose gradients
+    /// go through the coordinator: each sends every other its partials and all reduce them in chunk order, one
+    /// hop instead of two per round. The coordinator, which needs them for its replica's running statistics,
+    /// receives them with the gradient round. Otherwise through the coordinator.
     case auto
     /// Always through the coordinator.
     case star

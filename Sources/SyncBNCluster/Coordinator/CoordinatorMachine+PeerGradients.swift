@@ -60,7 +60,7 @@ extension CoordinatorMachine {
     public static let directBatchNormWorkers = 4
 
     /// Before a try of a step: sends every member that listens for peers a new table (a new epoch) when the
-    /// members or what they run among themselves changed — and, for BatchNorm rounds between two workers, on
+    /// members or what they run among themselves changed — and, for BatchNorm rounds among workers, on
     /// every redo, so that no partials of an abandoned try (a worker rejoined on its connection: the same
     /// members) are taken for this one's. Workers that never had a table run every round through here.
     func sendPeerTableIfNeeded(_ actions: inout [CoordinatorAction]) {

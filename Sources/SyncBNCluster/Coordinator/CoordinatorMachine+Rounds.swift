@@ -109,14 +109,14 @@ extension CoordinatorMachine {
     /// Messages of a later round of this step, received early: a worker does not wait for the answer to a
     /// round that has none (`Round.isAnswered`: the observations), so its next partials may come while slower
     /// workers' are still being collected; with `.peers`, workers finish the gradient round among themselves
-    /// and send their metrics at once; with BatchNorm rounds between two workers, each sends all of its step's
+    /// and send their metrics at once; with BatchNorm rounds among the workers, each sends all of its step's
     /// partials at once.
     func keepForLater(_ message: Message) -> Bool {
         guard case .partials(let s, _, _, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
         return peersRound || !currentRound.isAnswered || directRound
     }
 
-    /// Whether the current round runs between the two workers: they send the coordinator its partials (all of
+    /// Whether the current round runs among the workers: they send the coordinator its partials (all of
     /// the step's, with the gradient round) and wait for no answer.
     var directRound: Bool { batchNormDirect && currentRound.isBatchNormRound }
 
@@ -271,7 +271,7 @@ extension CoordinatorMachine {
                              into: UnsafeMutableBufferPointer(mutating: result))
             }
             if let m = network.apply(round, doubles: result) { current!.metrics = m }
-            // The two workers reduced the same partials themselves.
+            // The workers reduced the same partials themselves.
             if directRound { return }
             Message.reduced(step: step, round: round, width: UInt32(result.count), element: .float64, payload: []).encode(appendingTo: &outbox)
             outbox += UnsafeRawBufferPointer(result)

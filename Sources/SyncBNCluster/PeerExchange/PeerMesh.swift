@@ -24,7 +24,7 @@ public struct PeerTable: Equatable, Sendable {
 }
 
 /// A worker's direct links to the other workers, for the rounds that run among them (the gradient exchange,
-/// a two-worker step's BatchNorm rounds): one PULL socket bound where the others send to it, and one PUSH
+/// the BatchNorm rounds of a step of a few workers): one PULL socket bound where the others send to it, and one PUSH
 /// socket connected to each of the others. The coordinator's `peers` message says who is in the mesh and what
 /// it is for; every new table comes with a new epoch.
 ///

@@ -29,7 +29,7 @@ public enum WireProtocol {
         public init(rawValue: UInt8) { self.rawValue = rawValue }
         /// The gradient round: reduce-scatter and all-gather among the workers (`--gradient-exchange peers`).
         public static let gradients = PeerUses(rawValue: 1)
-        /// The BatchNorm rounds of a two-worker step: each sends its partials to the other (`--bn-exchange auto`).
+        /// The BatchNorm rounds of a step of a few workers: each sends every other its partials (`--bn-exchange auto`).
         public static let batchNormRounds = PeerUses(rawValue: 2)
         public static let known: PeerUses = [.gradients, .batchNormRounds]
     }
@@ -83,8 +83,9 @@ public enum Message: Equatable {
                        rowsFirstChunk: UInt32, rowsChunkCount: UInt32, rowsWidth: UInt32, payload: ArraySlice<UInt8>)
     /// Worker → every other worker and the coordinator: the sum over the global batch of the sender's shard.
     case gradientShard(step: UInt64, epoch: UInt32, from: UInt32, shardOffset: UInt32, shardWidth: UInt32, payload: ArraySlice<UInt8>)
-    /// Worker → the other worker of a two-worker step: the sender's Float64 partials of a BatchNorm round, `width`
-    /// values for each of chunks `[firstChunk, firstChunk + chunkCount)`; each side reduces both in chunk order.
+    /// Worker → every other worker of a step whose BatchNorm rounds run among them: the sender's Float64 partials
+    /// of such a round, `width` values for each of chunks `[firstChunk, firstChunk + chunkCount)`; each worker
+    /// reduces all workers' in chunk order.
     case peerPartials(step: UInt64, epoch: UInt32, from: UInt32, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32,
                       payload: ArraySlice<UInt8>)
 

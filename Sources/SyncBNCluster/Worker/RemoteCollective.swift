@@ -22,7 +22,7 @@ enum Interruption: Error {
 /// A worker's collective: each call sends this worker's per-chunk partials to the coordinator and blocks
 /// (in `zmq_poll`, spending no CPU) until the reduction over the global batch comes back. Rounds that the
 /// coordinator's table of peers hands to the workers run among them instead: the gradient round
-/// (`PeerGradientExchange`), or the BatchNorm rounds of a two-worker step (`PeerBatchNormExchange`), whose
+/// (`PeerGradientExchange`), or the BatchNorm rounds of a step of a few workers (`PeerBatchNormExchange`), whose
 /// partials the coordinator then receives with the gradient round.
 final class RemoteCollective: Collective, ExchangeUpstream {
     private let connection: CoordinatorConnection
@@ -37,7 +37,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     private var batchNormExchange: PeerBatchNormExchange?
     /// Reduces the BatchNorm rounds exchanged with the other worker exactly as the coordinator would.
     private let reduction: LocalCollective
-    /// This step's partials messages for the coordinator while its BatchNorm rounds run between two workers:
+    /// This step's partials messages for the coordinator while its BatchNorm rounds run among the workers:
     /// held back (the first `heldBackCount`, in their reused buffers) and sent together before the gradient round's.
     private var heldBack: [[UInt8]] = []
     private var heldBackCount = 0
@@ -103,9 +103,9 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                       partials: UnsafeRawBufferPointer(partials), riding: riding, result: UnsafeMutableRawBufferPointer(result))
     }
 
-    /// A BatchNorm round of a two-worker step whose table hands it to the workers: holds back this worker's
-    /// partials message for the coordinator (with the gradients riding with it), exchanges the partials with the
-    /// other worker, and returns both workers' in chunk order. Nil for a round that goes through the coordinator.
+    /// A BatchNorm round that the step's table hands to the workers: holds back this worker's partials message
+    /// for the coordinator (with the gradients riding with it), exchanges the partials with the other workers,
+    /// and returns all workers' in chunk order. Nil for a round that goes through the coordinator.
     private func exchangeWithOtherWorker(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int,
                                          riding: RidingGradients?) throws -> UnsafeBufferPointer<Double>? {
         guard let mesh, let table = stepTable, table.exchanges(round) else { return nil }
@@ -128,7 +128,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         return both
     }
 
-    /// Sends the partials messages held back while BatchNorm rounds ran between two workers, in their order.
+    /// Sends the partials messages held back while BatchNorm rounds ran among the workers, in their order.
     private func sendHeldBack() throws {
         for index in 0..<heldBackCount { try connection.socket.send(heldBack[index]) }
         heldBackCount = 0

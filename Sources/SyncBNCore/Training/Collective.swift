@@ -17,8 +17,8 @@ public enum Round: Equatable, Hashable, Sendable, CustomStringConvertible {
     /// logs need (`Collective.report`), so a replica goes straight on to the next round.
     public var isAnswered: Bool { self != .observations }
 
-    /// Whether this is one of a BatchNorm layer's rounds (moments or backward sums), which two workers may
-    /// exchange directly.
+    /// Whether this is one of a BatchNorm layer's rounds (moments or backward sums), which a few workers may
+    /// exchange among themselves.
     public var isBatchNormRound: Bool {
         switch self {
         case .moments, .sums: true
