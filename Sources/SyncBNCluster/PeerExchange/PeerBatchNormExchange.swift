@@ -27,21 +27,17 @@ public final class PeerBatchNormExchange {
 
     deinit { all.deallocate() }
 
+    /// The round under way: between `send` and `receive`.
+    private var state: PeerBatchNormRound?
+
     /// Sends this worker's partials of `round` (`width` values for each of its `chunks`, chunk-major) to every
-    /// other worker of `table` (the one the step started with) and waits for theirs. Returns every chunk's partials in chunk order
-    /// (valid until the next call).
-    ///
-    /// The wait is one blocking receive on the links from the other workers at a time (fewer system calls and
-    /// wake-ups than polling several sockets), of at most `upstreamCheckMilliseconds`; before each,
-    /// `checkUpstream` looks, without blocking, at what the coordinator sent (a redo after a loss, a new table,
-    /// the end of the job) and throws to abandon the round.
-    /// - Throws: whatever `checkUpstream` throws, or `ClusterError` at `deadline` or when the workers' chunks do
-    ///   not make up the batch.
-    public func run(_ round: Round, step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Double>, width: Int, mesh: PeerMesh,
-                    table: PeerTable, deadline: Date, checkUpstream: () throws -> Void) throws -> UnsafeBufferPointer<Double> {
+    /// other worker of `table` (the one the step started with); `receive` then waits for theirs.
+    public func send(_ round: Round, step: UInt64, chunks: Range<Int>, partials: UnsafeBufferPointer<Double>, width: Int, mesh: PeerMesh,
+                     table: PeerTable) throws {
         precondition(partials.count == chunks.count * width)
-        var state = PeerBatchNormRound(round, step: step, epoch: table.epoch, rank: table.rank, workerCount: table.workerCount, chunks: chunks,
+        let state = PeerBatchNormRound(round, step: step, epoch: table.epoch, rank: table.rank, workerCount: table.workerCount, chunks: chunks,
                                        width: width, chunkCount: chunkCount)
+        self.state = state
         let total = chunkCount * width
         if all.count < total {
             all.deallocate()
@@ -54,7 +50,22 @@ public final class PeerBatchNormExchange {
             try mesh.outlet(to: other, of: table)?.send(outbox)
         }
         if !partials.isEmpty { (all.baseAddress! + chunks.lowerBound * width).update(from: partials.baseAddress!, count: partials.count) }
+    }
 
+    /// Waits for the other workers' partials of the round `send` began. Returns every chunk's partials in
+    /// chunk order (valid until the next round).
+    ///
+    /// The wait is one blocking receive on the links from the other workers at a time (fewer system calls and
+    /// wake-ups than polling several sockets), of at most `upstreamCheckMilliseconds`; at least that often,
+    /// and whenever a receive times out, `checkUpstream` looks, without blocking, at what the coordinator sent
+    /// (a redo after a loss, a new table, the end of the job) and throws to abandon the round — so a redo is
+    /// noticed within that time, and a round whose messages come at once costs no look at all.
+    /// - Throws: whatever `checkUpstream` throws, or `ClusterError` at `deadline` or when the workers' chunks do
+    ///   not make up the batch.
+    public func receive(mesh: PeerMesh, deadline: Date, checkUpstream: () throws -> Void) throws -> UnsafeBufferPointer<Double> {
+        guard var state else { preconditionFailure("receive without send") }
+        defer { self.state = nil }
+        let all = self.all
         func take(_ frame: UnsafeRawBufferPointer) {
             switch state.take(frame, into: all.baseAddress!) {
             case .taken, .stale: break
@@ -69,17 +80,26 @@ public final class PeerBatchNormExchange {
             early.removeAll(keepingCapacity: true)
             for frame in kept { frame.withUnsafeBytes { take($0) } }
         }
+        let checkEvery = UInt64(Self.upstreamCheckMilliseconds) * 1_000_000
+        var lastCheck = DispatchTime.now().uptimeNanoseconds
         while !state.isComplete {
-            try checkUpstream()
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now - lastCheck >= checkEvery {
+                try checkUpstream()
+                lastCheck = now
+            }
             let left = deadline.timeIntervalSinceNow
             guard left > 0 else {
-                throw ClusterError("step \(step + 1), \(round): nothing from worker(s) \(state.missingWorkers.map(String.init).joined(separator: ", ")) within the round timeout")
+                throw ClusterError("step \(state.step + 1), \(state.round): nothing from worker(s) \(state.missingWorkers.map(String.init).joined(separator: ", ")) within the round timeout")
             }
             try mesh.setReceiveTimeout(milliseconds: min(Int(left * 1000) + 1, Self.upstreamCheckMilliseconds))
-            guard let (_, frames) = try mesh.inbox.receiveInPlace(take) else { continue }
+            guard let (_, frames) = try mesh.inbox.receiveInPlace(take) else {
+                lastCheck = 0  // timed out: look upstream before waiting again
+                continue
+            }
             if frames != 1 { onDrop("a message of \(frames) frames (its first frame was read; SyncBN messages are one frame)") }
         }
-        if let problem = state.coverageProblem { throw ClusterError("step \(step + 1), \(round): \(problem)") }
-        return UnsafeBufferPointer(rebasing: all[0..<total])
+        if let problem = state.coverageProblem { throw ClusterError("step \(state.step + 1), \(state.round): \(problem)") }
+        return UnsafeBufferPointer(rebasing: all[0..<(chunkCount * state.width)])
     }
 }

@@ -117,13 +117,15 @@ final class RemoteCollective: Collective, ExchangeUpstream {
             batchNormExchange = PeerBatchNormExchange(chunkCount: reduction.plan.chunkCount)
             batchNormExchange!.onDrop = onPeerDrop
         }
-        var both = UnsafeBufferPointer<Double>(start: nil, count: 0)
-        try timed {
-            both = try batchNormExchange!.run(round, step: step, chunks: slice.chunks, partials: partials, width: width, mesh: mesh,
-                                              table: table, deadline: Date().addingTimeInterval(timeoutSeconds)) {
-                // A redo, a new table or the end of the job: the machine decides (a result of an earlier try is ignored).
-                while let message = try connection.nextIfWaiting() { try handle(message) }
-            }
+        // Timed as `roundTrip` is: all of it as waiting, the CPU from the sends on.
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
+        try batchNormExchange!.send(round, step: step, chunks: slice.chunks, partials: partials, width: width, mesh: mesh, table: table)
+        let cpu0 = threadCPUNanoseconds()
+        defer { waitingCPUNanoseconds += threadCPUNanoseconds() - cpu0 }
+        let both = try batchNormExchange!.receive(mesh: mesh, deadline: Date().addingTimeInterval(timeoutSeconds)) {
+            // A redo, a new table or the end of the job: the machine decides (a result of an earlier try is ignored).
+            while let message = try connection.nextIfWaiting() { try handle(message) }
         }
         return both
     }
