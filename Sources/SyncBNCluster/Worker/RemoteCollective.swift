@@ -35,12 +35,16 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     var onPeerDrop: (String) -> Void = { _ in }
     private var peerExchange: PeerGradientExchange?
     private var batchNormExchange: PeerBatchNormExchange?
-    /// Reduces the BatchNorm rounds exchanged with the other worker exactly as the coordinator would.
+    /// Reduces the BatchNorm rounds exchanged among the workers exactly as the coordinator would.
     private let reduction: LocalCollective
     /// This step's partials messages for the coordinator while its BatchNorm rounds run among the workers:
     /// held back (the first `heldBackCount`, in their reused buffers) and sent together before the gradient round's.
     private var heldBack: [[UInt8]] = []
     private var heldBackCount = 0
+    /// When the first of them was held back: a step slower than `holdBackSeconds` sends them as it goes, so
+    /// that the coordinator hears from this worker within the round timeout however long the step.
+    private var heldBackSince: UInt64 = 0
+    static let holdBackSeconds = 1.0
     var step: UInt64 = 0
     var slice: BatchSlice
     /// The table of peers the step started with: its rounds run with it even if a newer one comes (before the
@@ -85,8 +89,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
 
     func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>,
                    riding: RidingGradients?) throws {
-        if let both = try exchangeWithOtherWorker(round, partials: partials, width: result.count, riding: riding) {
-            try reduction.allReduce(round, partials: both, into: result)
+        if let all = try exchangeAmongWorkers(round, partials: partials, width: result.count, riding: riding) {
+            try reduction.allReduce(round, partials: all, into: result)
             return
         }
         try roundTrip(round, element: .float64, width: result.count, resultWidth: result.count,
@@ -95,8 +99,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
 
     func allGather(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, into result: UnsafeMutableBufferPointer<Double>,
                    riding: RidingGradients?) throws {
-        if let both = try exchangeWithOtherWorker(round, partials: partials, width: width, riding: riding) {
-            try reduction.allGather(round, partials: both, width: width, into: result)
+        if let all = try exchangeAmongWorkers(round, partials: partials, width: width, riding: riding) {
+            try reduction.allGather(round, partials: all, width: width, into: result)
             return
         }
         try roundTrip(round, element: .float64, width: width, resultWidth: result.count,
@@ -106,13 +110,16 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// A BatchNorm round that the step's table hands to the workers: holds back this worker's partials message
     /// for the coordinator (with the gradients riding with it), exchanges the partials with the other workers,
     /// and returns all workers' in chunk order. Nil for a round that goes through the coordinator.
-    private func exchangeWithOtherWorker(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int,
+    private func exchangeAmongWorkers(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int,
                                          riding: RidingGradients?) throws -> UnsafeBufferPointer<Double>? {
         guard let mesh, let table = stepTable, table.exchanges(round) else { return nil }
         if heldBackCount == heldBack.count { heldBack.append([]) }
         messages.encodePartials(round, step: step, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
                                 riding: riding, into: &heldBack[heldBackCount])
+        let now = DispatchTime.now().uptimeNanoseconds
+        if heldBackCount == 0 { heldBackSince = now }
         heldBackCount += 1
+        if Double(now - heldBackSince) / 1e9 > Self.holdBackSeconds { try sendHeldBack() }
         if batchNormExchange == nil {
             batchNormExchange = PeerBatchNormExchange(chunkCount: reduction.plan.chunkCount)
             batchNormExchange!.onDrop = onPeerDrop
@@ -123,11 +130,10 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         try batchNormExchange!.send(round, step: step, chunks: slice.chunks, partials: partials, width: width, mesh: mesh, table: table)
         let cpu0 = threadCPUNanoseconds()
         defer { waitingCPUNanoseconds += threadCPUNanoseconds() - cpu0 }
-        let both = try batchNormExchange!.receive(mesh: mesh, deadline: Date().addingTimeInterval(timeoutSeconds)) {
+        return try batchNormExchange!.receive(mesh: mesh, deadline: Date().addingTimeInterval(timeoutSeconds)) {
             // A redo, a new table or the end of the job: the machine decides (a result of an earlier try is ignored).
             while let message = try connection.nextIfWaiting() { try handle(message) }
         }
-        return both
     }
 
     /// Sends the partials messages held back while BatchNorm rounds ran among the workers, in their order.
