@@ -78,6 +78,9 @@ public struct Scenario: Sendable {
     public var resumeFrom: (state: [UInt8], nextStep: Int)?
     /// `.auto`: workers listen for peers, and the BatchNorm rounds of a step with few enough workers run among them.
     public var batchNormExchange: BatchNormExchangeMode = .star
+    /// Workers send the coordinator their partials of BatchNorm rounds among workers at once rather than with
+    /// the gradient round (as they do once a step has run for over a second).
+    public var sendsBatchNormPartialsAsItGoes = false
 
     public init(workers: Int, minWorkers: Int = 1, steps: Int, checkpointEvery: Int = 5, faults: [Fault] = [],
                 maxDelay: Double = 0.002, slowFraction: Double = 0.05) {
@@ -119,6 +122,7 @@ public struct Scenario: Sendable {
         // From a stream of its own too, so that the draws above are those of the seed's first version.
         var exchange = SimRandom(seed: seed ^ 0xB4_0000_0003)
         s.batchNormExchange = exchange.chance(0.5) ? .auto : .star
+        s.sendsBatchNormPartialsAsItGoes = exchange.chance(0.3)
         return s
     }
 

@@ -36,8 +36,10 @@ final class SimCompute: Collective {
     private var peerInbox: [[UInt8]] = []
     private var waitingForPeers = false
     /// This step's partials messages for the coordinator, held back while its BatchNorm rounds run among
-    /// workers: they go out before the next message to the coordinator.
+    /// workers: they go out before the next message to the coordinator — or at once with `sendsAsItGoes`, as a
+    /// worker does once a step has run for over a second (`RemoteCollective.holdBackSeconds`).
     private var heldBack: [[UInt8]] = []
+    var sendsAsItGoes = false
 
     struct Abandoned: Error {}
 
@@ -166,6 +168,7 @@ final class SimCompute: Collective {
     private func amongWorkers(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int, riding: RidingGradients?) throws -> [Double]? {
         guard let table = stepTable, table.exchanges(round), let slice, let config else { return nil }
         heldBack.append(encode(round, element: .float64, width: width, partials: UnsafeRawBufferPointer(partials), riding: riding))
+        if sendsAsItGoes { sendHeldBack() }
         let chunkCount = config.plan.chunkCount
         var state = PeerBatchNormRound(round, step: step, epoch: table.epoch, rank: table.rank, workerCount: table.workerCount,
                                        chunks: slice.chunks, width: width, chunkCount: chunkCount)

@@ -483,6 +483,7 @@ public final class Simulation {
         let endpoint = scenario.batchNormExchange == .auto ? "sim://w\(w)" : ""
         let hello = Message.hello(peer: "sim worker \(w)", peerEndpoint: endpoint, blasKernel: BLAS.kernelName, threads: UInt16(1 + w % 3)).encoded()
         let worker = WorkerProcess(machine: WorkerMachine(hello: hello, endpoint: "sim://coordinator", timeouts: timeouts))
+        worker.compute.sendsAsItGoes = scenario.sendsBatchNormPartialsAsItGoes
         workers[w] = worker
         log("w\(w) starts")
         executeWorker(w, worker.machine.start(now: now))
@@ -713,6 +714,7 @@ public final class Simulation {
             var resumed = Scenario(workers: scenario.workers, steps: scenario.steps, checkpointEvery: 0)
             resumed.resumeFrom = checkpoint
             resumed.batchNormExchange = scenario.batchNormExchange
+            resumed.sendsBatchNormPartialsAsItGoes = scenario.sendsBatchNormPartialsAsItGoes
             let second = Simulation(scenario: resumed, seed: seed &+ 1).run()
             if !second.completed { outcome.violations.append("the checkpoint saved on failure did not resume: \(second)") }
             outcome.violations += second.violations.map { "after resuming: " + $0 }
