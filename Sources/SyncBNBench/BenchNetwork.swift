@@ -230,7 +230,7 @@ public enum BenchNetwork {
             while gathered < workers {
                 let frames = try receive(router, into: &buffers, what: "all-reduce (\(gathered) of \(workers) partials)")
                 guard frames == 2 else { throw BenchError("all-reduce: a message of \(frames) frames") }
-                guard case .partials(_, _, let first, let count, let w, let e, _, let payload) = try Message.decode(buffers[1]),
+                guard case .partials(_, _, let first, let count, let w, let e, _, _, let payload) = try Message.decode(buffers[1]),
                       count == 1, w == UInt32(width), e == element, Int(first) < workers, !received[Int(first)] else {
                     throw BenchError("all-reduce: unexpected message")
                 }

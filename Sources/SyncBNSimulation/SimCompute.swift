@@ -153,7 +153,7 @@ final class SimCompute: Collective {
 
     private func encode(_ round: Round, element: WireProtocol.Element, width: Int, partials: UnsafeRawBufferPointer, riding: RidingGradients?) -> [UInt8] {
         var bytes: [UInt8] = []
-        messages.encodePartials(round, step: step, slice: slice!, width: width, element: element, partials: partials, riding: riding, into: &bytes)
+        messages.encodePartials(round, step: step, epoch: stepTable?.epoch ?? 0, slice: slice!, width: width, element: element, partials: partials, riding: riding, into: &bytes)
         return bytes
     }
 

@@ -280,7 +280,7 @@ public final class Simulation {
     func describe(_ bytes: [UInt8]) -> String {
         guard let m = try? Message.decode(bytes) else { return "garbage(\(bytes.count))" }
         switch m {
-        case .partials(let s, let r, _, _, _, _, _, _): return "partials s\(s) \(short(r))"
+        case .partials(let s, let r, _, _, _, _, _, _, _): return "partials s\(s) \(short(r))"
         case .reduced(let s, let r, _, _, _): return "reduced s\(s) \(short(r))"
         case .peerPartials(let s, let e, _, let r, _, _, _, _): return "peer partials s\(s) e\(e) \(short(r))"
         case .peers(let e, let rank, let uses, _): return "peers e\(e) rank \(rank) uses \(uses.rawValue)"
@@ -294,7 +294,7 @@ public final class Simulation {
     func position(_ bytes: [UInt8]) -> String {
         guard let m = try? Message.decode(bytes) else { return "garbage" }
         switch m {
-        case .partials(_, let r, _, _, _, _, _, _): return "partials \(short(r))"
+        case .partials(_, let r, _, _, _, _, _, _, _): return "partials \(short(r))"
         case .reduced(_, let r, _, _, _): return "reduced \(short(r))"
         case .peerPartials(_, _, _, let r, _, _, _, _): return "peer partials \(short(r))"
         default: return "\(m.kind)"

@@ -163,11 +163,11 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertEqual(Message.stop.encoded(), Array("SYBN".utf8) + [6, 0, 7, 0] + [UInt8](repeating: 0, count: 8))
 
         // partials: round kind u16, layer u16, first chunk u32, chunk count u32, width u32, element u8, 0 u8, 0 u16,
-        // riding gradient width u32.
+        // riding gradient width u32, epoch u32.
         let partials = Message.partialsHeader(step: 0x0102_0304_0506_0708, round: .sums(layer: 2), firstChunk: 3, chunkCount: 4,
-                                              width: 0x0102, element: .float32, gradientWidth: 0x0304)
+                                              width: 0x0102, element: .float32, gradientWidth: 0x0304, epoch: 0x0506_0708)
         XCTAssertEqual(partials, Array("SYBN".utf8) + [6, 0, 5, 0] + [8, 7, 6, 5, 4, 3, 2, 1]
-                       + [2, 0, 2, 0] + [3, 0, 0, 0] + [4, 0, 0, 0] + [2, 1, 0, 0] + [1, 0, 0, 0] + [4, 3, 0, 0])
+                       + [2, 0, 2, 0] + [3, 0, 0, 0] + [4, 0, 0, 0] + [2, 1, 0, 0] + [1, 0, 0, 0] + [4, 3, 0, 0] + [8, 7, 6, 5])
         // reduced: round kind u16, layer u16, width u32, element u8, 0 u8, 0 u16. Round kinds 1–5.
         for (round, code) in [(Round.moments(layer: 5), [1, 0, 5, 0]), (.sums(layer: 0), [2, 0, 0, 0]), (.gradients, [3, 0, 0, 0]), (.metrics, [4, 0, 0, 0]),
                               (.observations, [5, 0, 0, 0])] as [(Round, [UInt8])] {

@@ -18,6 +18,12 @@ final class SimulationTests: XCTestCase {
         (50, "[kill-worker@160 w1, kill-worker@267 w0]"),
         // One stalled worker under --min-workers 1: every healthy worker gave up, and the job ended with none.
         (44, "[duplicate@507 w1, stall@1183 w2 34.88s, hostile@1191 w2]"),
+        // BatchNorm rounds among the workers: an abandoned try ran on among them after the redo began and sent the
+        // coordinator its partials whole; a worker whose chunks stayed the same had its old try taken for the new
+        // one's, so the step completed while it still ran the new try, which it then abandoned without applying
+        // the step. Fixed: partials carry their table's epoch (found by the swarm).
+        (286_426_400_935, "[drop-connection@61 w3, partition@271 w3 9.23s, hostile@1010 w3]"),
+        (286_426_402_497, "[stall@164 w2 3.69s, interrupt-coordinator@567 w3 12.10s, kill-worker@1027 w0 11.41s]"),
     ]
 
     func testUndisturbedRunMatchesTheReference() {

@@ -112,7 +112,7 @@ extension CoordinatorMachine {
     /// and send their metrics at once; with BatchNorm rounds among the workers, each sends all of its step's
     /// partials at once.
     func keepForLater(_ message: Message) -> Bool {
-        guard case .partials(let s, _, _, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
+        guard case .partials(let s, _, _, _, _, _, _, _, _) = message, s == UInt64(current!.step) else { return false }
         return peersRound || !currentRound.isAnswered || directRound
     }
 
@@ -133,15 +133,19 @@ extension CoordinatorMachine {
     /// Stores one member's partials of the round in the chunk-major buffers, if they are the round's: the round's
     /// own values, and the gradients riding with it in their segment's place.
     func acceptPartials(rank: Int, _ message: Message) -> Acceptance {
-        guard case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let gw, let payload) = message else { return .rejected }
+        guard case .partials(let s, let r, let firstChunk, let chunkCount, let w, let e, let gw, let epoch, let payload) = message else { return .rejected }
         let round = currentRound, step = UInt64(current!.step)
         let segment = segmentOfCurrentRound
         let width = network.width(of: round)
         let element: WireProtocol.Element = round == .gradients ? .float32 : .float64
         let gradientWidth = round == .gradients ? 0 : segment?.exchange.chunkWidth ?? 0
         let expected = chunks(forRank: rank)
+        // With BatchNorm rounds among workers, a try's partials come in a burst after its rounds ran among the
+        // workers, so an abandoned try's can come in whole after the redo began: its table's epoch tells them
+        // apart (a worker whose chunks stayed the same would otherwise have its old try taken for the new one's,
+        // and the step completed while it still runs the new try).
         guard s == step, r == round, Int(firstChunk) == expected.lowerBound, Int(chunkCount) == expected.count,
-              Int(w) == width, e == element, Int(gw) == gradientWidth,
+              Int(w) == width, e == element, Int(gw) == gradientWidth, !batchNormDirect || epoch == peerEpoch,
               payload.count == expected.count * (width * element.size + gradientWidth * 4) else {
             // Left over from an abandoned try of this step, or wrong: either way not this round's.
             logger.debug("dropped partials from worker \(rank) for step \(s + 1), \(r), chunks \(firstChunk)+\(chunkCount), width \(w)+\(gw): expected step \(step + 1), \(round), chunks \(expected), width \(width)+\(gradientWidth)")

@@ -59,9 +59,11 @@ public enum Message: Equatable {
     case step(step: UInt64, firstChunk: UInt32, chunkCount: UInt32, computeMetrics: Bool, batch: BatchData)
     /// Worker → coordinator: this worker's per-chunk partials for one round: `width` values of `element` per
     /// chunk, then (a backward-sums round only) the parameter gradients riding with it, `gradientWidth` Float32
-    /// values per chunk (`RidingGradients`). `payload` holds both parts, in that order.
+    /// values per chunk (`RidingGradients`). `payload` holds both parts, in that order. `epoch`: the table of
+    /// peers the step ran with (0: none), by which the coordinator tells a try whose BatchNorm rounds ran among
+    /// workers from an abandoned one.
     case partials(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element,
-                  gradientWidth: UInt32 = 0, payload: ArraySlice<UInt8>)
+                  gradientWidth: UInt32 = 0, epoch: UInt32 = 0, payload: ArraySlice<UInt8>)
     /// Coordinator → worker: the reduction of a round over the global batch.
     case reduced(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element, payload: ArraySlice<UInt8>)
     /// Coordinator → worker: training is over; exit cleanly.
@@ -205,7 +207,7 @@ extension Message {
         out.u16(WireProtocol.version)
         out.u16(kind.rawValue)
         switch self {
-        case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _, _), .reduced(let step, _, _, _, _),
+        case .step(let step, _, _, _, _), .partials(let step, _, _, _, _, _, _, _, _), .reduced(let step, _, _, _, _),
              .gradientTiles(let step, _, _, _, _, _, _, _, _, _), .gradientShard(let step, _, _, _, _, _),
              .peerPartials(let step, _, _, _, _, _, _, _):
             out.u64(step)
@@ -228,11 +230,11 @@ extension Message {
             out.u8(computeMetrics ? 1 : 0); out.u8(batch.element.rawValue); out.u16(0)
             out.u32(UInt32(batch.rows)); out.u32(UInt32(batch.featureSize))
             out.bytes(batch.labels); out.bytes(batch.features)
-        case .partials(_, let round, let firstChunk, let chunkCount, let width, let element, let gradientWidth, let payload):
+        case .partials(_, let round, let firstChunk, let chunkCount, let width, let element, let gradientWidth, let epoch, let payload):
             out.round(round)
             out.u32(firstChunk); out.u32(chunkCount); out.u32(width)
             out.u8(element.rawValue); out.u8(0); out.u16(0)
-            out.u32(gradientWidth)
+            out.u32(gradientWidth); out.u32(epoch)
             out.bytes(payload)
         case .reduced(_, let round, let width, let element, let payload):
             out.round(round)
@@ -275,9 +277,9 @@ extension Message {
     /// Header and fixed fields of a partials message, for senders that append the payload themselves
     /// (straight from a tensor buffer, without an intermediate array).
     public static func partialsHeader(step: UInt64, round: Round, firstChunk: UInt32, chunkCount: UInt32, width: UInt32, element: WireProtocol.Element,
-                                      gradientWidth: UInt32 = 0) -> [UInt8] {
+                                      gradientWidth: UInt32 = 0, epoch: UInt32 = 0) -> [UInt8] {
         Message.partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element,
-                         gradientWidth: gradientWidth, payload: []).encoded()
+                         gradientWidth: gradientWidth, epoch: epoch, payload: []).encoded()
     }
 
     public static func reducedHeader(step: UInt64, round: Round, width: UInt32, element: WireProtocol.Element) -> [UInt8] {
@@ -391,7 +393,7 @@ extension Message {
             let firstChunk = try reader.u32(), chunkCount = try reader.u32(), width = try reader.u32()
             let element = try reader.element()
             try reader.reserved(3)
-            let gradientWidth = try reader.u32()
+            let gradientWidth = try reader.u32(), epoch = try reader.u32()
             if gradientWidth > 0 && !round.carriesGradients {
                 throw ProtocolError.malformed("partials of the \(round) carry riding gradients; only backward sums do")
             }
@@ -401,7 +403,7 @@ extension Message {
                 throw ProtocolError.malformed("partials for \(chunkCount) chunks of \(width) values and \(gradientWidth) gradients carry \(reader.remaining) bytes")
             }
             return .partials(step: step, round: round, firstChunk: firstChunk, chunkCount: chunkCount, width: width, element: element,
-                             gradientWidth: gradientWidth, payload: reader.rest())
+                             gradientWidth: gradientWidth, epoch: epoch, payload: reader.rest())
         case .reduced:
             let round = try reader.round()
             let width = try reader.u32()

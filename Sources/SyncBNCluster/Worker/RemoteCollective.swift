@@ -114,7 +114,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                                          riding: RidingGradients?) throws -> UnsafeBufferPointer<Double>? {
         guard let mesh, let table = stepTable, table.exchanges(round) else { return nil }
         if heldBackCount == heldBack.count { heldBack.append([]) }
-        messages.encodePartials(round, step: step, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
+        messages.encodePartials(round, step: step, epoch: stepTable?.epoch ?? 0, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
                                 riding: riding, into: &heldBack[heldBackCount])
         let now = DispatchTime.now().uptimeNanoseconds
         if heldBackCount == 0 { heldBackSince = now }
@@ -166,7 +166,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// Sends the partials and goes on: the coordinator keeps them for its logs and sends nothing back.
     func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
         try sendHeldBack()
-        messages.encodePartials(round, step: step, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
+        messages.encodePartials(round, step: step, epoch: stepTable?.epoch ?? 0, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
                                 riding: nil, into: &outbox)
         try connection.socket.send(outbox)
     }
@@ -189,7 +189,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
         try sendHeldBack()
-        messages.encodePartials(round, step: step, slice: slice, width: width, element: element, partials: partials, riding: riding, into: &outbox)
+        messages.encodePartials(round, step: step, epoch: stepTable?.epoch ?? 0, slice: slice, width: width, element: element, partials: partials, riding: riding, into: &outbox)
         try connection.socket.send(outbox)
         _ = machine.handle(.awaiting(step: step, round: round, resultWidth: resultWidth, element: element), now: now())
         // A step that arrived during this step's peer exchange means the coordinator will send no more results

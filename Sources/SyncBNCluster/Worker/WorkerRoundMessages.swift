@@ -17,13 +17,14 @@ public struct WorkerRoundMessages {
     public mutating func beginStep() { ridingResults.removeAll(keepingCapacity: true) }
 
     /// Encodes this worker's partials of `round` (`width` values per chunk of `slice`) into `bytes`, followed
-    /// by the gradients `riding` with it, whose result it then expects with the gradient round's.
-    public mutating func encodePartials(_ round: Round, step: UInt64, slice: BatchSlice, width: Int, element: WireProtocol.Element,
+    /// by the gradients `riding` with it, whose result it then expects with the gradient round's; `epoch` is
+    /// that of the table of peers the step runs with (0: none).
+    public mutating func encodePartials(_ round: Round, step: UInt64, epoch: UInt32, slice: BatchSlice, width: Int, element: WireProtocol.Element,
                                         partials: UnsafeRawBufferPointer, riding: RidingGradients?, into bytes: inout [UInt8]) {
         bytes.removeAll(keepingCapacity: true)
         Message.partials(step: step, round: round, firstChunk: UInt32(slice.chunks.lowerBound), chunkCount: UInt32(slice.chunks.count),
                          width: UInt32(width), element: element, gradientWidth: UInt32(riding?.exchange.chunkWidth ?? 0),
-                         payload: []).encode(appendingTo: &bytes)
+                         epoch: epoch, payload: []).encode(appendingTo: &bytes)
         bytes += partials
         if let riding {
             bytes += UnsafeRawBufferPointer(riding.partials)
