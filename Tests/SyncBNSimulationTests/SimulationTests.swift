@@ -24,6 +24,10 @@ final class SimulationTests: XCTestCase {
         // the step. Fixed: partials carry their table's epoch (found by the swarm).
         (286_426_400_935, "[drop-connection@61 w3, partition@271 w3 9.23s, hostile@1010 w3]"),
         (286_426_402_497, "[stall@164 w2 3.69s, interrupt-coordinator@567 w3 12.10s, kill-worker@1027 w0 11.41s]"),
+        // A worker waiting for the others' BatchNorm partials past the deadline of its last awaited result: its
+        // machine asked for a tick that found nothing to do, at once, forever. Fixed: no wake-up while not
+        // awaiting a result (found by the swarm).
+        (127_456_601_871, "[freeze-worker@952 w0, stall@982 w4 30.96s]"),
     ]
 
     func testUndisturbedRunMatchesTheReference() {

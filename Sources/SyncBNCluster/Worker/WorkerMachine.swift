@@ -86,6 +86,9 @@ public final class WorkerMachine {
         switch state {
         case .done: return nil
         case .awaitingWelcome: return min(helloRetry, joinDeadline)
+        // Computing, or waiting for the other workers' partials: the compute keeps its own time, and a redo or a
+        // lost connection reaches it through the machine (a tick would find nothing to time out).
+        case .inStep(_, awaiting: nil): return nil
         default: return deadline.isFinite ? deadline : nil
         }
     }
