@@ -37,7 +37,7 @@ final class SimCompute: Collective {
     private var waitingForPeers = false
     /// This step's partials messages for the coordinator, held back while its BatchNorm rounds run among
     /// workers: they go out before the next message to the coordinator — or at once with `sendsAsItGoes`, as a
-    /// worker does once a step has run for over a second (`RemoteCollective.holdBackSeconds`).
+    /// worker's do in a step slow enough to hold them for over a second (`RemoteCollective.holdBackSeconds`).
     private var heldBack: [[UInt8]] = []
     var sendsAsItGoes = false
 

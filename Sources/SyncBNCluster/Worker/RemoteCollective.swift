@@ -41,8 +41,9 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// held back (the first `heldBackCount`, in their reused buffers) and sent together before the gradient round's.
     private var heldBack: [[UInt8]] = []
     private var heldBackCount = 0
-    /// When the first of them was held back: a step slower than `holdBackSeconds` sends them as it goes, so
-    /// that the coordinator hears from this worker within the round timeout however long the step.
+    /// When the first of them was held back: once that is over `holdBackSeconds` ago, they go out at the next
+    /// BatchNorm round, so that the coordinator hears from this worker within the round timeout however long
+    /// the step.
     private var heldBackSince: UInt64 = 0
     static let holdBackSeconds = 1.0
     var step: UInt64 = 0
