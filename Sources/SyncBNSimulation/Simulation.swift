@@ -21,7 +21,7 @@ public final class Simulation {
         public var deliveries: Int
         public var peerDeliveries: Int
         public var simulatedSeconds: Double
-        /// Each fault with the message boundary it hit: "kind @ direction kind round".
+        /// Each fault with the message boundary it hit: "kind @ direction kind round" (up, down, or across between workers).
         public var faultPositions: [String]
         /// Broken invariants (empty: the run is good).
         public var violations: [String]
@@ -249,7 +249,7 @@ public final class Simulation {
                 schedule(event, at: worker.heldUntil)
                 return
             }
-            beforeDelivery("peer \(position(bytes))")
+            beforeDelivery("across \(position(bytes))")
             guard worker.alive else { return }
             log("w\(to) <- w\(from): \(describe(bytes))")
             peerDeliveries += 1

@@ -80,7 +80,7 @@ final class SimulationTests: XCTestCase {
             XCTAssertEqual(outcome.violations, [], "\(outcome) with faults \(Scenario.randomPair(seed: seed).faults); replay: SYNCBN_SIM_PAIRS=1 SYNCBN_SIM_SEED=\(seed) swift run syncbn-swarm")
             peerDeliveries += outcome.peerDeliveries
             deliveries += outcome.deliveries
-            atPeerMessages += outcome.faultPositions.filter { $0.contains("@ peer ") }.count
+            atPeerMessages += outcome.faultPositions.filter { $0.contains("@ across ") }.count
             redone += outcome.redoneSteps
         }
         print("simulation, two workers exchanging BatchNorm rounds: \(count) schedules, \(peerDeliveries) of \(deliveries) messages between workers, \(atPeerMessages) faults at their deliveries, \(redone) steps redone")
