@@ -65,9 +65,8 @@ extension CoordinatorMachine {
     /// members) are taken for this one's. Workers that never had a table run every round through here.
     func sendPeerTableIfNeeded(_ actions: inout [CoordinatorAction]) {
         let uses = peerUses
-        batchNormDirect = uses.contains(.batchNormRounds)
         let changed = !members.elementsEqual(peerTableMembers, by: { $0.identity == $1 }) || uses != peerTableUses
-        let redo = batchNormDirect && current?.lostAt != nil && peerTableAttempt != attempt
+        let redo = uses.contains(.batchNormRounds) && current?.lostAt != nil && peerTableAttempt != attempt
         guard changed || redo else { return }
         defer { (peerTableMembers, peerTableUses, peerTableAttempt) = (members.map(\.identity), uses, attempt) }
         guard !uses.isEmpty || !peerTableUses.isEmpty else { return }

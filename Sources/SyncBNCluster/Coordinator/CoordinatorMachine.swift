@@ -149,12 +149,13 @@ public final class CoordinatorMachine {
     // Rounds among workers (CoordinatorMachine+PeerGradients.swift).
     var peerEpoch: UInt32
     var peerTableMembers: [PeerIdentity] = []
-    /// What the last table sent was for, and the try it was sent for.
+    /// What the current members were told to run among themselves (the last table, or none), and the try it
+    /// was decided for.
     var peerTableUses: WireProtocol.PeerUses = []
     var peerTableAttempt = 0
     /// Whether the current try's BatchNorm rounds run among its workers (`BatchNormExchangeMode.auto`): their
     /// partials come with the gradient round, and nothing is sent back.
-    var batchNormDirect = false
+    var batchNormDirect: Bool { peerTableUses.contains(.batchNormRounds) }
     /// The step whose whole gradient result `floatResult` holds; sent to survivors after a loss.
     var rescue: UInt64?
 

@@ -113,8 +113,7 @@ public final class PeerMesh {
     }
 
     public func close() {
-        for socket in outlets.values { socket.close() }
-        outlets.removeAll()
+        forgetTable()
         inbox.close()
         if let socketPath { unlink(socketPath) }
     }
