@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSystemShims
 import Foundation
 import Logging
 import SyncBNCluster
@@ -17,6 +18,20 @@ struct SyncBNCommand: ParsableCommand {
         version: "syncbn \(SyncBNRelease.version) (wire protocol \(WireProtocol.version))",
         subcommands: [TrainCommand.self, LaunchCommand.self, CoordinatorCommand.self, WorkerCommand.self,
                       EvaluateCommand.self, ModelCommand.self, KeygenCommand.self, RoundTripCommand.self, BenchCommand.self])
+
+    /// Checks that this CPU runs what the build targets (Package.swift's `targetCPU`) before any of it runs.
+    static func main() {
+        #if SYNCBN_NEEDS_X86_64_V3
+        guard syncbn_cpu_supports_x86_64_v3() != 0 else {
+            FileHandle.standardError.write(Data("""
+                syncbn: this build needs an x86-64-v3 CPU (AVX2, FMA, BMI2; Haswell or later), and this CPU lacks them: \
+                rebuild for any x86-64 with `SYNCBN_TARGET_CPU=x86-64 swift build -c release`\n
+                """.utf8))
+            Foundation.exit(1)
+        }
+        #endif
+        main(nil)
+    }
 }
 
 /// Logs to standard error, one line per event, with the component's name.
