@@ -467,10 +467,18 @@ public final class Network {
                 BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: chunkRows.count, a: dy + rows.lowerBound, lda: rowWidth,
                           b: x, ldb: xStride, beta: accumulate ? 1 : 0, c: direct ? target : scratch, ldc: n)
                 if !direct { for i in 0..<(rows.count * n) { target[i] += scratch[i] } }
-                for o in rows {
-                    var sum: Float = 0
-                    for r in 0..<chunkRows.count { sum += dy[r * rowWidth + o] }
-                    bias[o] = c == 0 ? sum : bias[o] + sum
+                // ∂b_c[o] = Σ_rows dy[r][o], each output's sum in row order as one scalar loop would add it, but row by
+                // row across the tile's outputs (contiguous in a row): a sum down one column is one long chain of
+                // dependent adds.
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: rows.count) { sums in
+                    let sum = sums.baseAddress!
+                    sum.initialize(repeating: 0, count: rows.count)
+                    for r in 0..<chunkRows.count {
+                        let row = dy + r * rowWidth + rows.lowerBound
+                        for i in 0..<rows.count { sum[i] += row[i] }
+                    }
+                    let tileBias = bias + rows.lowerBound
+                    for i in 0..<rows.count { tileBias[i] = c == 0 ? sum[i] : tileBias[i] + sum[i] }
                 }
             }
         }
