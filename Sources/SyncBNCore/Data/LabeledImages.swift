@@ -41,6 +41,19 @@ public struct LabeledImages: Sendable {
     @inline(__always)
     public static func scale(pixel: UInt8) -> Float { Float(pixel) / 255 }
 
+    /// `scale(pixel:)` of `count` bytes, eight at a time (the same conversion and division per value).
+    @inline(__always)
+    static func scale(pixels source: UnsafePointer<UInt8>, into out: UnsafeMutablePointer<Float>, count: Int) {
+        var i = 0
+        while i + 8 <= count {
+            let bytes = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD8<UInt8>.self)
+            let values = SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: bytes)) / SIMD8<Float>(repeating: 255)
+            UnsafeMutableRawPointer(out + i).storeBytes(of: values, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < count { out[i] = scale(pixel: source[i]); i += 1 }
+    }
+
     /// Copies the features of samples `range` (in order) into `destination`, row after row.
     public func copyFeatures(of range: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
         copyFeatures(of: Array(range), into: destination)
@@ -54,7 +67,7 @@ public struct LabeledImages: Sendable {
                 for (row, index) in indices.enumerated() {
                     precondition(index >= 0 && (index + 1) * width <= all.count, "sample \(index) is outside the data")
                     let out = destination + row * width, source = all.baseAddress! + index * width
-                    for i in 0..<width { out[i] = Self.scale(pixel: source[i]) }  // a plain loop: vectorized, same division
+                    Self.scale(pixels: source, into: out, count: width)
                 }
             }
         case .floats(let values):
