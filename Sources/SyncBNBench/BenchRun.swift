@@ -67,35 +67,50 @@ public struct BenchRun {
         for model in models where sections.contains(.training) {
             let commands: [(workers: Int?, threads: Int?)] = trainThreads.map { (nil, $0) }
                 + (model.name == "bn-cnn" ? [2] : [1, 2, 4]).map { ($0, nil) } + [(2, 1), (1, 2)]
-            for (workers, threads) in commands {
-                let command = workers.map { "launch --workers \($0)" + (threads.map { " --threads \($0)" } ?? "") } ?? "train --threads \(threads!)"
-                attempt("\(model.name), \(command), \(model.steps) steps × \(repeats)") {
-                    var runs: [BenchTraining.Run] = []
-                    for _ in 0..<repeats {
-                        runs.append(try BenchTraining.run(workers: workers, model: model.arguments + (threads.map { ["--threads", "\($0)"] } ?? []),
-                                                          steps: model.steps, scratch: scratch, timeoutSeconds: model.timeout))
+            func name(_ command: (workers: Int?, threads: Int?)) -> String {
+                command.workers.map { "launch --workers \($0)" + (command.threads.map { " --threads \($0)" } ?? "") } ?? "train --threads \(command.threads!)"
+            }
+            // The repeats take turns: repeat r of every command (and of the sgemm floor) runs before repeat r + 1 of
+            // any, so that a slow minute on a shared machine weighs on every row of a ratio alike. A command that
+            // fails is not run again.
+            var runs = [[BenchTraining.Run]](repeating: [], count: commands.count), failed = Set<Int>(), floorTimes: [Double] = []
+            for r in 0..<repeats {
+                for (index, command) in commands.enumerated() where !failed.contains(index) {
+                    var succeeded = false
+                    attempt("\(model.name), \(name(command)), \(model.steps) steps, repeat \(r + 1) of \(repeats)") {
+                        runs[index].append(try BenchTraining.run(workers: command.workers,
+                                                                 model: model.arguments + (command.threads.map { ["--threads", "\($0)"] } ?? []),
+                                                                 steps: model.steps, scratch: scratch, timeoutSeconds: model.timeout))
+                        succeeded = true
                     }
-                    let compute = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerComputeMs) })
-                    let waiting = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerWaitingMs) })
-                    let waitingCPU = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerWaitingCPUMicroseconds) })
-                    let step = benchMedian(runs.map(\.medianStepMs))!
-                    var row = BenchReport.Training(
-                        model: model.name, batchSize: model.batch, steps: model.steps, command: command, workers: workers,
-                        medianStepMs: step, medianComputeMs: compute, medianWaitingMs: waiting,
-                        peakRSSMiB: Double(runs.map(\.maxRSSKiB).max() ?? 0) / 1024)
-                    row.medianWaitingCPUMicroseconds = waitingCPU
-                    if let workers {
-                        row.rounds = Self.roundsPerStep(model.name)
-                        row.threads = threads
-                        row.workerWakeups = Self.wakeups(runs.map { $0.workerWakeups.isEmpty ? nil : $0.workerWakeups }) { benchMedian($0) }
-                        row.coordinatorWakeups = Self.wakeups(runs.map { $0.coordinatorWakeups.map { [$0] } }) { $0.first }
-                        row.allProcessesContextSwitchesPerStep = benchMedian(runs.compactMap { run in
-                            guard let coordinator = run.coordinatorWakeups, run.workerWakeups.count == workers else { return nil }
-                            return run.workerWakeups.map(\.contextSwitches).reduce(coordinator.contextSwitches, +)
-                        })
-                    }
-                    report.training.append(row)
+                    if !succeeded { failed.insert(index) }
                 }
+                attempt("\(model.name), sgemm floor (unchunked, one thread), \(model.steps) rounds, repeat \(r + 1) of \(repeats)") {
+                    floorTimes.append(try BenchFloor.measure(model: model.name, batchSize: model.batch, rounds: model.steps))
+                }
+            }
+            for (index, (workers, threads)) in commands.enumerated() where !failed.contains(index) {
+                let runs = runs[index], command = name((workers, threads))
+                let compute = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerComputeMs) })
+                let waiting = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerWaitingMs) })
+                let waitingCPU = workers == nil ? nil : benchMedian(runs.compactMap { benchMedian($0.workerWaitingCPUMicroseconds) })
+                let step = benchMedian(runs.map(\.medianStepMs))!
+                var row = BenchReport.Training(
+                    model: model.name, batchSize: model.batch, steps: model.steps, command: command, workers: workers,
+                    medianStepMs: step, medianComputeMs: compute, medianWaitingMs: waiting,
+                    peakRSSMiB: Double(runs.map(\.maxRSSKiB).max() ?? 0) / 1024)
+                row.medianWaitingCPUMicroseconds = waitingCPU
+                if let workers {
+                    row.rounds = Self.roundsPerStep(model.name)
+                    row.threads = threads
+                    row.workerWakeups = Self.wakeups(runs.map { $0.workerWakeups.isEmpty ? nil : $0.workerWakeups }) { benchMedian($0) }
+                    row.coordinatorWakeups = Self.wakeups(runs.map { $0.coordinatorWakeups.map { [$0] } }) { $0.first }
+                    row.allProcessesContextSwitchesPerStep = benchMedian(runs.compactMap { run in
+                        guard let coordinator = run.coordinatorWakeups, run.workerWakeups.count == workers else { return nil }
+                        return run.workerWakeups.map(\.contextSwitches).reduce(coordinator.contextSwitches, +)
+                    })
+                }
+                report.training.append(row)
             }
             let rows = (report.training.first { $0.model == model.name && $0.command == twoWorkersOneThread },
                         report.training.first { $0.model == model.name && $0.command == oneWorkerTwoThreads })
@@ -107,11 +122,7 @@ public struct BenchRun {
                     twoWorkersOneThreadContextSwitchesPerStep: a, oneWorkerTwoThreadsContextSwitchesPerStep: b,
                     contextSwitchRatio: a.flatMap { a in b.map { a / $0 } }))
             }
-            attempt("\(model.name), sgemm floor (unchunked, one thread), \(model.steps) rounds × \(repeats)") {
-                var times: [Double] = []
-                for _ in 0..<repeats { times.append(try BenchFloor.measure(model: model.name, batchSize: model.batch, rounds: model.steps)) }
-                let products = try BenchFloor.products(model: model.name, batchSize: model.batch)
-                let floor = benchMedian(times)!
+            if let floor = benchMedian(floorTimes), let products = try? BenchFloor.products(model: model.name, batchSize: model.batch) {
                 let train = report.training.first { $0.model == model.name && $0.command == "train --threads 1" }?.medianStepMs
                 report.floors.append(.init(model: model.name, batchSize: model.batch, products: products.count,
                                            gflopPerStep: products.map(\.flops).reduce(0, +) / 1e9, sgemmFloorMs: floor,
