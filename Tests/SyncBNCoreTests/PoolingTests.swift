@@ -69,6 +69,30 @@ final class PoolingTests: XCTestCase {
         XCTAssertEqual(result.dx, [0, 5, 0, 0])
     }
 
+    func testMaxPool2x2LanesKeepTheScalarRuleWithTiesNaNAndSignedZeros() {
+        // Oracle: the rule written out per window — the four values in scan order, `>` to replace (the first of
+        // equals wins; a NaN first stays, a later NaN is passed over). Rows of 19 windows: two blocks of eight
+        // lanes and a tail of three; values from a small set so that ties, NaN and ±0 meet in every position.
+        let width = 38, windows = 19, rows = 6
+        let choices: [Float] = [-1, 0, -0.0, 1, 2, .nan]
+        var random = SplitMix64(seed: 11)
+        let x = (0..<(2 * rows * width)).map { _ in choices[random.below(choices.count)] }
+        for row in 0..<rows {
+            var y = [Float](repeating: 7, count: windows), indices = [Int32](repeating: -1, count: windows)
+            let top = 2 * row * width
+            x.withUnsafeBufferPointer { x in
+                MaxPool2d.pool2x2(x.baseAddress!, top: top, width: width, count: windows, into: &y, indices: &indices)
+            }
+            for j in 0..<windows {
+                let a = top + 2 * j
+                var best = x[a], index = a
+                for p in [a + 1, a + width, a + width + 1] where x[p] > best { best = x[p]; index = p }
+                XCTAssertEqual(y[j].bitPattern, best.bitPattern, "row \(row), window \(j)")
+                XCTAssertEqual(Int(indices[j]), index, "row \(row), window \(j)")
+            }
+        }
+    }
+
     func testAvgPoolKernel2Stride2() throws {
         _ = try check(.avgPool2d(kernelSize: 2, stride: 2, padding: 0), expectedShape: [2, 2, 3]) {
             Reference.pool2d($0, n: self.plan.batchSize, input: self.shape, k: 2, stride: 2, padding: 0, max: false)
