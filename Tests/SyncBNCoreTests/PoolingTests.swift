@@ -71,9 +71,10 @@ final class PoolingTests: XCTestCase {
 
     func testMaxPool2x2LanesKeepTheScalarRuleWithTiesNaNAndSignedZeros() {
         // Oracle: the rule written out per window — the four values in scan order, `>` to replace (the first of
-        // equals wins; a NaN first stays, a later NaN is passed over). Rows of 19 windows: two blocks of eight
-        // lanes and a tail of three; values from a small set so that ties, NaN and ±0 meet in every position.
-        let width = 38, windows = 19, rows = 6
+        // equals wins; a NaN first stays, a later NaN is passed over). Rows of 23 windows: two blocks of eight
+        // lanes, one of four and a tail of three; values from a small set so that ties, NaN and ±0 meet in every
+        // position.
+        let width = 46, windows = 23, rows = 8
         let choices: [Float] = [-1, 0, -0.0, 1, 2, .nan]
         var random = SplitMix64(seed: 11)
         let x = (0..<(2 * rows * width)).map { _ in choices[random.below(choices.count)] }

@@ -52,30 +52,31 @@ public final class MaxPool2d: Layer {
     /// One row of 2×2 windows, stride 2: output j is the maximum of x[top + 2j], x[top + 2j + 1], x[top + w + 2j],
     /// x[top + w + 2j + 1], taken in that order with `>` (the first of equals wins; a NaN first stays, a NaN later
     /// is passed over), and its index. Eight windows at a time in SIMD lanes (the same comparisons per lane),
-    /// the rest one by one without branches: the comparisons of a max over data are a coin toss for a branch
+    /// then four, the rest one by one without branches: the comparisons of a max over data are a coin toss for a branch
     /// predictor.
     @inline(__always)
     static func pool2x2(_ x: UnsafePointer<Float>, top: Int, width w: Int, count: Int, into y: UnsafeMutablePointer<Float>,
                         indices: UnsafeMutablePointer<Int32>) {
         var j = 0
-        let even = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14), right = SIMD8<Int32>(repeating: 1), down = SIMD8<Int32>(repeating: Int32(w))
+        let even = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14)
         while j + 8 <= count {
             let a = top + 2 * j
-            let upper = UnsafeRawPointer(x + a).loadUnaligned(as: SIMD16<Float>.self)
-            let lower = UnsafeRawPointer(x + a + w).loadUnaligned(as: SIMD16<Float>.self)
-            let first = SIMD8<Int32>(repeating: Int32(a)) &+ even
-            var best = upper.evenHalf, index = first
-            @inline(__always) func consider(_ value: SIMD8<Float>, _ position: SIMD8<Int32>) {
-                let larger = value .> best
-                best.replace(with: value, where: larger)
-                index.replace(with: position, where: larger)
-            }
-            consider(upper.oddHalf, first &+ right)
-            consider(lower.evenHalf, first &+ down)
-            consider(lower.oddHalf, first &+ down &+ right)
+            let (best, index) = largest(upper: UnsafeRawPointer(x + a).loadUnaligned(as: SIMD16<Float>.self),
+                                        lower: UnsafeRawPointer(x + a + w).loadUnaligned(as: SIMD16<Float>.self),
+                                        first: SIMD8<Int32>(repeating: Int32(a)) &+ even, width: w)
             UnsafeMutableRawPointer(y + j).storeBytes(of: best, as: SIMD8<Float>.self)
             UnsafeMutableRawPointer(indices + j).storeBytes(of: index, as: SIMD8<Int32>.self)
             j += 8
+        }
+        if j + 4 <= count {  // four windows (a row of 7, or the rest of 14): the same lanes, their second half a copy
+            let a = top + 2 * j
+            let upper = UnsafeRawPointer(x + a).loadUnaligned(as: SIMD8<Float>.self)
+            let lower = UnsafeRawPointer(x + a + w).loadUnaligned(as: SIMD8<Float>.self)
+            let (best, index) = largest(upper: SIMD16(lowHalf: upper, highHalf: upper), lower: SIMD16(lowHalf: lower, highHalf: lower),
+                                        first: SIMD8<Int32>(repeating: Int32(a)) &+ even, width: w)
+            UnsafeMutableRawPointer(y + j).storeBytes(of: best.lowHalf, as: SIMD4<Float>.self)
+            UnsafeMutableRawPointer(indices + j).storeBytes(of: index.lowHalf, as: SIMD4<Int32>.self)
+            j += 4
         }
         while j < count {
             let a = top + 2 * j
@@ -92,6 +93,23 @@ public final class MaxPool2d: Layer {
             indices[j] = Int32(index)
             j += 1
         }
+    }
+
+    /// Lane by lane, the largest of eight windows' four values in scan order — `upper`'s even and odd lanes, then
+    /// `lower`'s (positions `first`, +1, +w, +w+1) — by `pool2x2`'s rule, and its index.
+    @inline(__always)
+    private static func largest(upper: SIMD16<Float>, lower: SIMD16<Float>, first: SIMD8<Int32>, width w: Int) -> (SIMD8<Float>, SIMD8<Int32>) {
+        var best = upper.evenHalf, index = first
+        let right = SIMD8<Int32>(repeating: 1), down = SIMD8<Int32>(repeating: Int32(w))
+        @inline(__always) func consider(_ value: SIMD8<Float>, _ position: SIMD8<Int32>) {
+            let larger = value .> best
+            best.replace(with: value, where: larger)
+            index.replace(with: position, where: larger)
+        }
+        consider(upper.oddHalf, first &+ right)
+        consider(lower.evenHalf, first &+ down)
+        consider(lower.oddHalf, first &+ down &+ right)
+        return (best, index)
     }
 
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
