@@ -8,7 +8,8 @@
 #
 #   Scripts/figure1.sh [--steps N] [--figures DIR]     (defaults: 20000 steps, docs/figures)
 #
-# Runs go to runs/figure1/{without-bn,with-bn}; the figure to DIR/figure1.png.
+# Runs go to runs/figure1/{without-bn,with-bn}; the figure to DIR/figure1.png. The test set is evaluated 40
+# times a run (SYNCBN_FIGURE_EVALS; the test suite's smoke run takes 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Scripts/figure-support.sh
@@ -16,7 +17,8 @@ parse_options steps 20000 "$@"
 prepare_figures
 runs=${SYNCBN_RUNS:-runs}/figure1
 log_every=$(( steps / 200 > 0 ? steps / 200 : 1 ))
-eval_every=$(( steps / 40 > 0 ? steps / 40 : 1 ))
+evals=${SYNCBN_FIGURE_EVALS:-40}
+eval_every=$(( steps / evals > 0 ? steps / evals : 1 ))
 for variant in without-bn with-bn; do
     bn=sync; [ $variant = without-bn ] && bn=none
     run_quietly "$runs/$variant" "$syncbn" train --model bn-mlp --bn $bn --steps "$steps" --batch-size 60 \

@@ -18,7 +18,7 @@ Tests/tensorboard/run-checks.sh .build/debug/syncbn
 # The figure scripts still run and draw (a few steps, this build; the committed figures come from full runs).
 figures=$(mktemp -d)
 trap 'rm -rf "$figures"' EXIT
-SYNCBN_BIN=.build/debug/syncbn SYNCBN_RUNS="$figures" Scripts/figure1.sh --steps 100 --figures "$figures" >/dev/null
+SYNCBN_BIN=.build/debug/syncbn SYNCBN_RUNS="$figures" SYNCBN_FIGURE_EVALS=4 Scripts/figure1.sh --steps 100 --figures "$figures" >/dev/null
 SYNCBN_BIN=.build/debug/syncbn SYNCBN_RUNS="$figures" Scripts/bn-backward-ablation.sh --steps 100 --figures "$figures" >/dev/null
 for png in figure1 bn-backward-ablation; do
     [ "$(stat -c %s "$figures/$png.png")" -gt 10000 ] || { echo "test.sh: $png.png was not drawn" >&2; exit 1; }

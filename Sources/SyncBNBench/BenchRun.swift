@@ -68,7 +68,8 @@ public struct BenchRun {
             let commands: [(workers: Int?, threads: Int?)] = trainThreads.map { (nil, $0) }
                 + (model.name == "bn-cnn" ? [2] : [1, 2, 4]).map { ($0, nil) } + [(2, 1), (1, 2)]
             func name(_ command: (workers: Int?, threads: Int?)) -> String {
-                command.workers.map { "launch --workers \($0)" + (command.threads.map { " --threads \($0)" } ?? "") } ?? "train --threads \(command.threads!)"
+                guard let workers = command.workers else { return "train --threads \(command.threads!)" }
+                return "launch --workers \(workers)" + (command.threads.map { " --threads \($0)" } ?? "")
             }
             // The repeats take turns: repeat r of every command (and of the sgemm floor) runs before repeat r + 1 of
             // any, so that a slow minute on a shared machine weighs on every row of a ratio alike. A command that

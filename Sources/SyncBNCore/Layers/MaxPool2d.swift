@@ -52,8 +52,8 @@ public final class MaxPool2d: Layer {
     /// One row of 2×2 windows, stride 2: output j is the maximum of x[top + 2j], x[top + 2j + 1], x[top + w + 2j],
     /// x[top + w + 2j + 1], taken in that order with `>` (the first of equals wins; a NaN first stays, a NaN later
     /// is passed over), and its index. Eight windows at a time in SIMD lanes (the same comparisons per lane),
-    /// then four, the rest one by one without branches: the comparisons of a max over data are a coin toss for a branch
-    /// predictor.
+    /// then four, the rest one by one without branches: the comparisons of a max over data are a coin toss
+    /// for a branch predictor.
     @inline(__always)
     static func pool2x2(_ x: UnsafePointer<Float>, top: Int, width w: Int, count: Int, into y: UnsafeMutablePointer<Float>,
                         indices: UnsafeMutablePointer<Int32>) {
