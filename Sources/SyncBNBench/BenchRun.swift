@@ -123,11 +123,14 @@ public struct BenchRun {
                     twoWorkersOneThreadContextSwitchesPerStep: a, oneWorkerTwoThreadsContextSwitchesPerStep: b,
                     contextSwitchRatio: a.flatMap { a in b.map { a / $0 } }))
             }
-            if let floor = benchMedian(floorTimes), let products = try? BenchFloor.products(model: model.name, batchSize: model.batch) {
-                let train = report.training.first { $0.model == model.name && $0.command == "train --threads 1" }?.medianStepMs
-                report.floors.append(.init(model: model.name, batchSize: model.batch, products: products.count,
-                                           gflopPerStep: products.map(\.flops).reduce(0, +) / 1e9, sgemmFloorMs: floor,
-                                           trainOneThreadMs: train, ratio: train.map { $0 / floor }))
+            if let floor = benchMedian(floorTimes) {
+                attempt("\(model.name), the sgemm floor's products") {
+                    let products = try BenchFloor.products(model: model.name, batchSize: model.batch)
+                    let train = report.training.first { $0.model == model.name && $0.command == "train --threads 1" }?.medianStepMs
+                    report.floors.append(.init(model: model.name, batchSize: model.batch, products: products.count,
+                                               gflopPerStep: products.map(\.flops).reduce(0, +) / 1e9, sgemmFloorMs: floor,
+                                               trainOneThreadMs: train, ratio: train.map { $0 / floor }))
+                }
             }
         }
 

@@ -51,6 +51,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// The table of peers the step started with: its rounds run with it even if a newer one comes (before the
     /// redo that follows it).
     private(set) var stepTable: PeerTable?
+    /// The epoch `partials` carry: the step's table's (0: none).
+    private var stepEpoch: UInt32 { stepTable?.epoch ?? 0 }
     /// Time spent between sending partials and receiving the result, for the step being run.
     private(set) var waitingNanoseconds: UInt64 = 0
     /// CPU time this thread burnt while waiting for results (blocking waits spend ~none), for the step.
@@ -115,8 +117,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
                                          riding: RidingGradients?) throws -> UnsafeBufferPointer<Double>? {
         guard let mesh, let table = stepTable, table.exchanges(round) else { return nil }
         if heldBackCount == heldBack.count { heldBack.append([]) }
-        messages.encodePartials(round, step: step, epoch: stepTable?.epoch ?? 0, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
-                                riding: riding, into: &heldBack[heldBackCount])
+        messages.encodePartials(round, step: step, epoch: table.epoch, slice: slice, width: width, element: .float64,
+                                partials: UnsafeRawBufferPointer(partials), riding: riding, into: &heldBack[heldBackCount])
         let now = DispatchTime.now().uptimeNanoseconds
         if heldBackCount == 0 { heldBackSince = now }
         heldBackCount += 1
@@ -125,9 +127,8 @@ final class RemoteCollective: Collective, ExchangeUpstream {
             batchNormExchange = PeerBatchNormExchange(chunkCount: reduction.plan.chunkCount)
             batchNormExchange!.onDrop = onPeerDrop
         }
-        // Timed as `roundTrip` is: all of it as waiting, the CPU from the sends on.
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
+        // Timed as `roundTrip` is: all of it as waiting (from `now`), the CPU from the sends on.
+        defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - now }
         try batchNormExchange!.send(round, step: step, chunks: slice.chunks, partials: partials, width: width, mesh: mesh, table: table)
         let cpu0 = threadCPUNanoseconds()
         defer { waitingCPUNanoseconds += threadCPUNanoseconds() - cpu0 }
@@ -167,7 +168,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
     /// Sends the partials and goes on: the coordinator keeps them for its logs and sends nothing back.
     func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {
         try sendHeldBack()
-        messages.encodePartials(round, step: step, epoch: stepTable?.epoch ?? 0, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
+        messages.encodePartials(round, step: step, epoch: stepEpoch, slice: slice, width: width, element: .float64, partials: UnsafeRawBufferPointer(partials),
                                 riding: nil, into: &outbox)
         try connection.socket.send(outbox)
     }
@@ -190,7 +191,7 @@ final class RemoteCollective: Collective, ExchangeUpstream {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { waitingNanoseconds += DispatchTime.now().uptimeNanoseconds - t0 }
         try sendHeldBack()
-        messages.encodePartials(round, step: step, epoch: stepTable?.epoch ?? 0, slice: slice, width: width, element: element, partials: partials, riding: riding, into: &outbox)
+        messages.encodePartials(round, step: step, epoch: stepEpoch, slice: slice, width: width, element: element, partials: partials, riding: riding, into: &outbox)
         try connection.socket.send(outbox)
         _ = machine.handle(.awaiting(step: step, round: round, resultWidth: resultWidth, element: element), now: now())
         // A step that arrived during this step's peer exchange means the coordinator will send no more results

@@ -457,27 +457,26 @@ public final class Network {
         let batchInput = self.batchInput
         context.threads.run(tiling.tiles.count, work: plan.batchSize * linear.inputs * linear.outputs / 32) { t, slot in
             let rows = tiling.tiles[t], target = weight + rows.lowerBound * n, scratch = scratchBase + slot * slotWidth
-            for c in 0..<chunkCount {
-                let chunkRows = plan.rows(ofChunk: c)
-                let block = values + c * rowsBlock
-                let dy = block + factor.outputColumn
-                let x = factor.inputColumn.map { block + $0 } ?? UnsafePointer(batchInput.row(chunkRows.lowerBound))
-                let accumulate = c > 0 && tiling.accumulates[t][chunkRows.count]!
-                let direct = c == 0 || accumulate
-                BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: chunkRows.count, a: dy + rows.lowerBound, lda: rowWidth,
-                          b: x, ldb: xStride, beta: accumulate ? 1 : 0, c: direct ? target : scratch, ldc: n)
-                if !direct { for i in 0..<(rows.count * n) { target[i] += scratch[i] } }
-                // ∂b_c[o] = Σ_rows dy[r][o], each output's sum in row order as one scalar loop would add it, but row by
-                // row across the tile's outputs (contiguous in a row): a sum down one column is one long chain of
-                // dependent adds.
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: rows.count) { sums in
-                    let sum = sums.baseAddress!
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: rows.count) { sums in
+                let sum = sums.baseAddress!, tileBias = bias + rows.lowerBound
+                for c in 0..<chunkCount {
+                    let chunkRows = plan.rows(ofChunk: c)
+                    let block = values + c * rowsBlock
+                    let dy = block + factor.outputColumn
+                    let x = factor.inputColumn.map { block + $0 } ?? UnsafePointer(batchInput.row(chunkRows.lowerBound))
+                    let accumulate = c > 0 && tiling.accumulates[t][chunkRows.count]!
+                    let direct = c == 0 || accumulate
+                    BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: chunkRows.count, a: dy + rows.lowerBound, lda: rowWidth,
+                              b: x, ldb: xStride, beta: accumulate ? 1 : 0, c: direct ? target : scratch, ldc: n)
+                    if !direct { for i in 0..<(rows.count * n) { target[i] += scratch[i] } }
+                    // ∂b_c[o] = Σ_rows dy[r][o], each output's sum in row order as one scalar loop would add it, but row by
+                    // row across the tile's outputs (contiguous in a row): a sum down one column is one long chain of
+                    // dependent adds.
                     sum.initialize(repeating: 0, count: rows.count)
                     for r in 0..<chunkRows.count {
                         let row = dy + r * rowWidth + rows.lowerBound
                         for i in 0..<rows.count { sum[i] += row[i] }
                     }
-                    let tileBias = bias + rows.lowerBound
                     for i in 0..<rows.count { tileBias[i] = c == 0 ? sum[i] : tileBias[i] + sum[i] }
                 }
             }
