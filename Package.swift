@@ -14,7 +14,7 @@ import PackageDescription
 /// multiply and an add into an FMA). `syncbn` checks the CPU before anything else and names this setting when
 /// the CPU lacks those features. SYNCBN_TARGET_CPU=x86-64 when building (e.g. `SYNCBN_TARGET_CPU=x86-64 swift
 /// build -c release`) targets any x86-64; other values are LLVM's CPU names. Only our targets: dependencies
-/// are built for the baseline.
+/// are built for the baseline. (Applied to every target at the end of this file.)
 let targetCPU: [SwiftSetting] = {
     #if arch(x86_64)
     let cpu = Context.environment["SYNCBN_TARGET_CPU"] ?? "haswell"
@@ -45,47 +45,52 @@ let package = Package(
                        providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CSystemShims"),
 
-        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"], swiftSettings: targetCPU),
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         // TensorBoard event files (TFRecord + the few protobuf messages needed), no dependencies.
-        .target(name: "TensorBoardEvents", swiftSettings: targetCPU),
-        .target(name: "SyncBNCore", dependencies: ["CBLAS", "CZlib", "TensorBoardEvents"], swiftSettings: targetCPU),
+        .target(name: "TensorBoardEvents"),
+        .target(name: "SyncBNCore", dependencies: ["CBLAS", "CZlib", "TensorBoardEvents"]),
         .target(name: "SyncBNCluster", dependencies: [
             "ZeroMQ", "SyncBNCore", "CSystemShims", "TensorBoardEvents",
             .product(name: "Logging", package: "swift-log"),
-        ], exclude: ["Protocol/WireProtocol.md"], swiftSettings: targetCPU),
+        ], exclude: ["Protocol/WireProtocol.md"]),
         // `import SyncBN`: the library for Swift programs (Examples/LibraryExample).
-        .target(name: "SyncBN", dependencies: ["SyncBNCore", "SyncBNCluster"], swiftSettings: targetCPU),
+        .target(name: "SyncBN", dependencies: ["SyncBNCore", "SyncBNCluster"]),
         // The benchmark suite; `syncbn bench` is its command-line front end and its child processes.
-        .target(name: "SyncBNBench", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ", "CSystemShims"], swiftSettings: targetCPU),
+        .target(name: "SyncBNBench", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ", "CSystemShims"]),
         .executableTarget(name: "syncbn", dependencies: [
             "SyncBNBench", "SyncBNCluster", "SyncBNCore", "ZeroMQ", "CSystemShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: targetCPU),
+        ]),
 
         // The deterministic simulation: the coordinator's and workers' state machines on a simulated network
         // and clock under a seeded scheduler, with faults at message boundaries (Tests/SyncBNSimulationTests,
         // Scripts/swarm.sh).
         .target(name: "SyncBNSimulation", dependencies: [
             "SyncBNCluster", "SyncBNCore", .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: targetCPU),
-        .executableTarget(name: "syncbn-swarm", dependencies: ["SyncBNSimulation"], path: "Sources/SyncBNSwarm", swiftSettings: targetCPU),
+        ]),
+        .executableTarget(name: "syncbn-swarm", dependencies: ["SyncBNSimulation"], path: "Sources/SyncBNSwarm"),
 
         // libFuzzer's glue, shared by the fuzz targets (built with -D FUZZING by Scripts/fuzz.sh).
-        .target(name: "FuzzDriver", path: "Fuzz/Driver", swiftSettings: targetCPU),
+        .target(name: "FuzzDriver", path: "Fuzz/Driver"),
         // The wire decoder's fuzz target (Scripts/fuzz.sh); built normally, it replays the corpus.
         .executableTarget(name: "syncbn-fuzz-wire", dependencies: ["SyncBNCluster", "FuzzDriver"], path: "Fuzz/WireDecoder",
-                          swiftSettings: targetCPU + [.unsafeFlags(["-parse-as-library"])]),
+                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         // The data readers' fuzz target (Scripts/fuzz.sh); built normally, it replays its corpus.
         .executableTarget(name: "syncbn-fuzz-data", dependencies: ["SyncBNCore", "FuzzDriver"], path: "Fuzz/DataParsers",
-                          exclude: ["corpus"], swiftSettings: targetCPU + [.unsafeFlags(["-parse-as-library"])]),
+                          exclude: ["corpus"], swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
 
-        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: targetCPU),
-        .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore", "TensorBoardEvents"], swiftSettings: targetCPU),
-        .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"], swiftSettings: targetCPU),
-        .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ"], swiftSettings: targetCPU),
-        .testTarget(name: "SyncBNMultiHostTests", swiftSettings: targetCPU),
-        .testTarget(name: "SyncBNSimulationTests", dependencies: ["SyncBNSimulation", "SyncBNCluster", "SyncBNCore"], swiftSettings: targetCPU),
-        .testTarget(name: "TensorBoardEventsTests", dependencies: ["TensorBoardEvents"], swiftSettings: targetCPU),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "SyncBNCoreTests", dependencies: ["SyncBNCore", "TensorBoardEvents"]),
+        .testTarget(name: "SyncBNClusterTests", dependencies: ["SyncBNCluster", "SyncBNCore", "ZeroMQ"]),
+        .testTarget(name: "SyncBNEndToEndTests", dependencies: ["SyncBNCore", "SyncBNCluster", "ZeroMQ"]),
+        .testTarget(name: "SyncBNMultiHostTests"),
+        .testTarget(name: "SyncBNSimulationTests", dependencies: ["SyncBNSimulation", "SyncBNCluster", "SyncBNCore"]),
+        .testTarget(name: "TensorBoardEventsTests", dependencies: ["TensorBoardEvents"]),
     ]
 )
+
+// Every Swift target of ours is built for `targetCPU` (a system library or C target has no Swift settings).
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + targetCPU
+}
