@@ -2,7 +2,8 @@
 ///
 /// Oracles: (1) the contract — every index runs exactly once, on a slot below the team's size that no other
 /// running call holds, for teams of 1 to 4 and counts 0 to 40, over many calls of one team; the calls really
-/// overlap on a team of 2; a team of 1, and a call of little work, run inline, in index order; released
+/// overlap on a team of 2; thousands of short calls back to back never run an index with another call's body;
+/// a team of 1, and a call of little work, run inline, in index order, and are not cut into pieces; released
 /// teams leave no thread behind (/proc/self/status). (2) For training, one process with one thread is the
 /// reference: the same network with 2, 3 and 4 threads, sharing every call (`inlineWork` 0), must end with
 /// the same bits (parameters, velocity, running statistics, losses) after 3 steps, for a network with a layer
@@ -44,6 +45,39 @@ final class ChunkThreadsTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// A call often ends before a helper has woken for it (the caller claimed everything), and the next call is
+    /// posted at once: a helper that then woke must join the open call with its own body, never run an index of
+    /// the new call with the old call's body, nor claim from a call that is over. Thousands of short calls back to
+    /// back, each index writing its call's number: every index of every call ran once, by that call's body.
+    func testBackToBackCallsNeverRunAnIndexWithAnotherCallsBody() {
+        for threads in [2, 3] {
+            let team = ChunkThreads(threadCount: threads, inlineWork: 0)
+            let capacity = 9
+            let seen = UnsafeMutablePointer<Int>.allocate(capacity: capacity)
+            defer { seen.deallocate() }
+            var wrong = 0
+            for call in 1...20_000 {
+                let count = 2 + call % (capacity - 1)
+                seen.initialize(repeating: 0, count: capacity)
+                team.run(count) { index, _ in seen[index] += call }  // one writer per index
+                for index in 0..<capacity where seen[index] != (index < count ? call : 0) { wrong += 1 }
+            }
+            XCTAssertEqual(wrong, 0, "\(threads) threads: indices run by another call's body, twice, or not at all")
+        }
+    }
+
+    /// How finely a call is cut (`pieces`): not at all on a team of one or below the inline work; past it, in
+    /// pieces of about a quarter of the inline work each, at most `limit` per index.
+    func testPiecesFollowTheWorkUpToTheLimit() {
+        let pair = ChunkThreads(threadCount: 2, inlineWork: 4000)
+        XCTAssertEqual(ChunkThreads(threadCount: 1, inlineWork: 4000).pieces(work: 1_000_000, count: 4, limit: 50), 1)
+        XCTAssertEqual(pair.pieces(work: 3999, count: 4, limit: 50), 1, "a call that runs inline is not cut")
+        XCTAssertEqual(pair.pieces(work: 4000, count: 4, limit: 50), 1, "4,000 over 4 indices: one piece of 1,000 each")
+        XCTAssertEqual(pair.pieces(work: 40_000, count: 4, limit: 50), 10)
+        XCTAssertEqual(pair.pieces(work: 40_000, count: 4, limit: 6), 6, "the limit (a chunk's rows, say) caps the cut")
+        XCTAssertEqual(pair.pieces(work: 40_000, count: 4, limit: 1), 1)
     }
 
     func testCallsOverlapOnATeamOfTwo() {

@@ -197,9 +197,9 @@ public final class BatchNorm: Layer {
         let s = spatialSize
         // The ReLU that follows is applied here, in the same pass, unless the step records that ReLU's input.
         let rectify = rectifiesOutput && step.observer == nil
-        step.forEachChunk(work: 4 * x.count) { c, _ in
+        step.forEachChunk(work: 4 * x.count, splittingRows: { c, rows, _ in
             let statistics = c * features
-            for r in chunks[c] {
+            for r in rows {
                 let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
                 if s == 1 {  // BatchNorm1d: one value per feature, a plain loop over the features
                     VectorKernels.normalizeRow(xr, xhat: nr, y: yr, count: features, mean: mean + statistics,
@@ -212,7 +212,7 @@ public final class BatchNorm: Layer {
                                             rectify: rectify)
                 }
             }
-        }
+        })
         if rectify { step.rectified = output }
         return output
     }
@@ -353,9 +353,9 @@ public final class BatchNorm: Layer {
         }
 
         inputGradient.rows = dy.rows
-        step.forEachChunk(work: 4 * dy.count) { c, _ in
+        step.forEachChunk(work: 4 * dy.count, splittingRows: { c, rows, _ in
             let o = c * features
-            for r in chunks[c] {
+            for r in rows {
                 let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
                 if s == 1 {
                     VectorKernels.batchNormInputGradientRow(gr, xhat: xhat, dx: dx, count: features, scale: scale + o,
@@ -368,7 +368,7 @@ public final class BatchNorm: Layer {
                                                          relu: masksReLU ? (gammas[f], betas[f]) : nil)
                 }
             }
-        }
+        })
         return inputGradient
     }
 

@@ -1,5 +1,5 @@
 /// A 2-D convolution, `torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias)`, by
-/// im2col and one OpenBLAS `sgemm` per chunk of samples.
+/// im2col and OpenBLAS `sgemm`: one per sample for y and ∂x, one per chunk for ∂W.
 ///
 /// For a sample x of shape [Cin, H, W], with K = Cin·k·k and P = OH·OW output positions, im2col builds the
 /// K×P matrix X whose column p holds the k×k window of every input channel at output position p (zeros in
@@ -7,8 +7,9 @@
 ///   forward:   y = W·X + b                      ([Cout, P], i.e. [Cout, OH, OW])
 ///   backward:  ∂W = Σ_samples dy·Xᵀ,  ∂b = Σ_samples Σ_p dy,  ∂X = Wᵀ·dy, and ∂x = col2im(∂X) (overlapping
 ///              windows add up).
-/// A chunk of n samples is laid side by side as K×(n·P), so each product is one `sgemm`; chunks are the
-/// unit of determinism, so every chunk gives the same bits wherever it runs.
+/// y and ∂x are per sample, one product each (so a late thread's samples can be taken over one by one); ∂W
+/// sums over a chunk's samples, laid side by side as K×(n·P), in one product per chunk. Either way each
+/// result depends on its sample or chunk alone: the same bits wherever it runs, on any number of threads.
 public final class Conv2d: Layer {
     public let inChannels: Int
     public let outChannels: Int
@@ -25,8 +26,8 @@ public final class Conv2d: Layer {
     private let inputGradient: Matrix
     /// Rows of one chunk (the most the scratch buffers hold at once).
     private let blockRows: Int
-    /// Per thread slot (`ChunkThreads`): `columns`, K × (blockRows·P), im2col of a chunk or ∂X in backward;
-    /// `product`, Cout × (blockRows·P), a chunk's output or its dy, channel-major.
+    /// Per thread slot (`ChunkThreads`): `columns`, K × (blockRows·P), im2col of a chunk (for ∂W) or of one
+    /// sample, or one sample's ∂X; `product`, Cout × (blockRows·P), a chunk's dy, channel-major (for ∂W).
     private var scratch: [(columns: UnsafeMutablePointer<Float>, product: UnsafeMutablePointer<Float>)] = []
     private var lastInput: Matrix?
 
@@ -152,21 +153,18 @@ public final class Conv2d: Layer {
 
     // MARK: Forward
 
-    /// y = W·im2col(x) + b for samples `rows` of `x` into the same rows of `y`, through the scratch buffers.
-    private func convolve(_ x: Matrix, rows: Range<Int>, into y: Matrix, store: ParameterStore,
-                          columns: UnsafeMutablePointer<Float>, product: UnsafeMutablePointer<Float>) {
-        guard !rows.isEmpty else { return }
-        let p = positions, ld = rows.count * p
-        im2col(x, rows: rows, into: columns)
-        BLAS.gemm(transposeA: false, transposeB: false, m: outChannels, n: ld, k: patchSize,
-                  a: store.values + weight.offset, lda: patchSize, b: columns, ldb: ld, c: product, ldc: ld)
-        for (n, r) in rows.enumerated() {
-            let out = y.row(r)
-            for o in 0..<outChannels {
-                let b: Float = bias.map { store.values[$0.offset + o] } ?? 0
-                let source = product + o * ld + n * p, target = out + o * p
-                for i in 0..<p { target[i] = source[i] + b }
-            }
+    /// y = W·im2col(x) + b for sample `r` of `x` into the same row of `y`: the product lands in y's row as it is,
+    /// [Cout, P] being the sample's layout. One product per sample, whatever the chunks and threads: a sample's
+    /// output has the same bits wherever and with whatever company it is computed.
+    private func convolve(_ x: Matrix, row r: Int, into y: Matrix, store: ParameterStore, columns: UnsafeMutablePointer<Float>) {
+        let p = positions, out = y.row(r)
+        im2col(x, rows: r..<(r + 1), into: columns)
+        BLAS.gemm(transposeA: false, transposeB: false, m: outChannels, n: p, k: patchSize,
+                  a: store.values + weight.offset, lda: patchSize, b: columns, ldb: p, c: out, ldc: p)
+        guard let bias else { return }
+        for o in 0..<outChannels {
+            let b = store.values[bias.offset + o], target = out + o * p
+            for i in 0..<p { target[i] += b }
         }
     }
 
@@ -174,64 +172,82 @@ public final class Conv2d: Layer {
         lastInput = x
         output.rows = x.rows
         reserveScratch(slots: step.threads.threadCount)
-        step.forEachChunk(work: x.rows * outChannels * patchSize * positions / 32) { c, slot in
-            convolve(x, rows: step.chunks[c], into: output, store: step.store, columns: scratch[slot].columns, product: scratch[slot].product)
+        step.threads.run(x.rows, work: x.rows * outChannels * patchSize * positions / 32) { r, slot in
+            convolve(x, row: r, into: output, store: step.store, columns: scratch[slot].columns)
         }
         return output
     }
 
     // MARK: Backward
 
-    /// Per chunk: ∂W_c = dy·Xᵀ and ∂b_c = Σ dy into the chunk's gradient row; ∂x = col2im(Wᵀ·dy).
+    /// Per chunk c: ∂W_c = dy·Xᵀ and ∂b_c = Σ dy into the chunk's gradient row (one product over the chunk: a
+    /// sum over its samples). Per sample: ∂x = col2im(Wᵀ·dy), one product each, as in the forward pass.
+    ///
+    /// One parallel call of the chunks' weight gradients and the samples' input gradients, chunk c's weight
+    /// gradient first and then its samples, so that a thread that is done takes over samples, not a chunk.
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         let x = lastInput!
-        let p = positions
         inputGradient.rows = dy.rows
         reserveScratch(slots: step.threads.threadCount)
-        step.forEachChunk(work: dy.rows * outChannels * patchSize * positions / 16) { c, slot in
-            let rows = step.chunks[c], (columns, product) = scratch[slot]
-            let ld = rows.count * p
-            let gradient = step.chunkGradient(c)
-            guard !rows.isEmpty else { return }
-            // dy of the chunk, channel-major: product[o, n·P + i] = dy[row n][o, i].
-            for (n, r) in rows.enumerated() {
-                let g = dy.row(r)
-                for o in 0..<outChannels { (product + o * ld + n * p).update(from: g + o * p, count: p) }
-            }
-            if let bias {
-                for o in 0..<outChannels {
-                    var sum = 0.0
-                    let g = product + o * ld
-                    for i in 0..<ld { sum += Double(g[i]) }
-                    gradient[bias.offset + o] = Float(sum)
-                }
-            }
-            im2col(x, rows: rows, into: columns)
-            BLAS.gemm(transposeA: false, transposeB: true, m: outChannels, n: patchSize, k: ld,
-                      a: product, lda: ld, b: columns, ldb: ld, c: gradient + weight.offset, ldc: patchSize)
-            if computesInputGradient {
-                BLAS.gemm(transposeA: true, transposeB: false, m: patchSize, n: ld, k: outChannels,
-                          a: step.store.values + weight.offset, lda: patchSize, b: product, ldb: ld, c: columns, ldc: ld)
-                col2im(columns, rows: rows, into: inputGradient)
+        let chunks = step.chunks, samplesPerChunk = computesInputGradient ? 1 : 0
+        var firstPiece: [Int] = [], pieces = 0
+        firstPiece.reserveCapacity(chunks.count + 1)
+        for rows in chunks {
+            firstPiece.append(pieces)
+            pieces += 1 + samplesPerChunk * rows.count
+        }
+        firstPiece.append(pieces)
+        step.threads.run(pieces, work: dy.rows * outChannels * patchSize * positions / 16) { index, slot in
+            var c = 0
+            while firstPiece[c + 1] <= index { c += 1 }
+            let k = index - firstPiece[c]
+            if k == 0 {
+                weightGradient(dy, x, rows: chunks[c], into: step.chunkGradient(c), slot: slot)
+            } else {
+                inputGradient(dy, row: chunks[c].lowerBound + k - 1, store: step.store, columns: scratch[slot].columns)
             }
         }
         return inputGradient
+    }
+
+    /// ∂W = dy·Xᵀ and ∂b = Σ dy over samples `rows` into `gradient` (a chunk's gradient row).
+    private func weightGradient(_ dy: Matrix, _ x: Matrix, rows: Range<Int>, into gradient: UnsafeMutablePointer<Float>, slot: Int) {
+        guard !rows.isEmpty else { return }
+        let p = positions, ld = rows.count * p, (columns, product) = scratch[slot]
+        // dy of the chunk, channel-major: product[o, n·P + i] = dy[row n][o, i].
+        for (n, r) in rows.enumerated() {
+            let g = dy.row(r)
+            for o in 0..<outChannels { (product + o * ld + n * p).update(from: g + o * p, count: p) }
+        }
+        if let bias {
+            for o in 0..<outChannels {
+                var sum = 0.0
+                let g = product + o * ld
+                for i in 0..<ld { sum += Double(g[i]) }
+                gradient[bias.offset + o] = Float(sum)
+            }
+        }
+        im2col(x, rows: rows, into: columns)
+        BLAS.gemm(transposeA: false, transposeB: true, m: outChannels, n: patchSize, k: ld,
+                  a: product, lda: ld, b: columns, ldb: ld, c: gradient + weight.offset, ldc: patchSize)
+    }
+
+    /// ∂x of sample `r` = col2im(Wᵀ·dy_r): dy's row is already [Cout, P].
+    private func inputGradient(_ dy: Matrix, row r: Int, store: ParameterStore, columns: UnsafeMutablePointer<Float>) {
+        let p = positions
+        BLAS.gemm(transposeA: true, transposeB: false, m: patchSize, n: p, k: outChannels,
+                  a: store.values + weight.offset, lda: patchSize, b: dy.row(r), ldb: p, c: columns, ldc: p)
+        col2im(columns, rows: r..<(r + 1), into: inputGradient)
     }
 
     // MARK: Evaluation
 
     public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
         let y = Matrix(capacity: x.rows, columns: outputShape.count)
-        let block = 16, p = positions
-        let columns = UnsafeMutablePointer<Float>.allocate(capacity: patchSize * block * p)
-        let product = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * block * p)
-        defer { columns.deallocate(); product.deallocate() }
-        var start = 0
-        while start < x.rows {
-            let rows = start..<min(start + block, x.rows)
-            convolve(x, rows: rows, into: y, store: store, columns: columns, product: product)
-            start = rows.upperBound
-        }
+        y.rows = x.rows
+        let columns = UnsafeMutablePointer<Float>.allocate(capacity: patchSize * positions)
+        defer { columns.deallocate() }
+        for r in 0..<x.rows { convolve(x, row: r, into: y, store: store, columns: columns) }
         return y
     }
 }

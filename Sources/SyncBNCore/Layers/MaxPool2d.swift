@@ -115,22 +115,22 @@ public final class MaxPool2d: Layer {
     public func forward(_ x: Matrix, _ step: StepContext) throws -> Matrix {
         output.rows = x.rows
         let n = outputShape.count
-        step.forEachChunk(work: x.count) { c, _ in
-            for r in step.chunks[c] { pool(x.row(r), output.row(r), indices: argmax + r * n) }
-        }
+        step.forEachChunk(work: x.count, splittingRows: { _, rows, _ in
+            for r in rows { pool(x.row(r), output.row(r), indices: argmax + r * n) }
+        })
         return output
     }
 
     public func backward(_ dy: Matrix, _ step: StepContext) throws -> Matrix {
         inputGradient.rows = dy.rows
         let n = outputShape.count, width = inputShape.count
-        step.forEachChunk(work: dy.rows * inputShape.count) { c, _ in
-            for r in step.chunks[c] {
+        step.forEachChunk(work: dy.rows * inputShape.count, splittingRows: { _, rows, _ in
+            for r in rows {
                 let g = dy.row(r), dx = inputGradient.row(r), indices = argmax + r * n
                 dx.update(repeating: 0, count: width)
                 for o in 0..<n { dx[Int(indices[o])] += g[o] }
             }
-        }
+        })
         return inputGradient
     }
 

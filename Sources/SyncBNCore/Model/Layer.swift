@@ -136,6 +136,20 @@ public final class StepContext {
     @inline(__always)
     public func forEachChunk(work: Int, _ body: (_ chunk: Int, _ slot: Int) -> Void) { threads.run(chunks.count, work: work, body) }
 
+    /// `forEachChunk(work:)` for a pass that treats every sample on its own: calls `body(c, rows, slot)` for every
+    /// local chunk c with runs of its rows, in parallel — pieces, so that a thread that is done takes over part of
+    /// a late thread's chunk (`ChunkThreads.pieces`). A row's results must not depend on the run it came in.
+    @inline(__always)
+    public func forEachChunk(work: Int, splittingRows body: (_ chunk: Int, _ rows: Range<Int>, _ slot: Int) -> Void) {
+        let chunks = chunks
+        let pieces = threads.pieces(work: work, count: chunks.count, limit: plan.chunkSize)
+        threads.run(chunks.count * pieces, work: work) { index, slot in
+            let c = index / pieces, p = index % pieces, rows = chunks[c]
+            let part = (rows.lowerBound + rows.count * p / pieces)..<(rows.lowerBound + rows.count * (p + 1) / pieces)
+            if !part.isEmpty { body(c, part, slot) }
+        }
+    }
+
     /// The local chunks cut into runs of consecutive chunks of about equal rows, one run per thread that
     /// `forEachChunk(work:)` would use: the whole slice when the call would run inline. For per-sample products
     /// done a run at a time (`RowwiseProducts`); a run's rows must not depend on anything but the chunks it holds.

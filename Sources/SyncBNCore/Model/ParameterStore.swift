@@ -38,13 +38,15 @@ public struct SGD: Codable, Equatable, Sendable {
         self.momentum = momentum
     }
 
-    /// One update of every parameter, element by element, the elements shared among `threads`.
+    /// One update of every parameter, element by element, the elements shared among `threads` in pieces
+    /// (each element's update is its own: the bits do not depend on the cut).
     public func step(_ store: ParameterStore, threads: ChunkThreads = .single) {
         let p = store.values, g = store.gradients, v = store.velocity
         let lr = learningRate, mu = momentum
-        let part = (store.count + threads.threadCount - 1) / threads.threadCount
-        threads.run(threads.threadCount, work: store.count) { k, _ in
-            let range = (k * part)..<min((k + 1) * part, store.count)
+        let pieces = threads.threadCount * threads.pieces(work: store.count, count: threads.threadCount, limit: 8)
+        let part = (store.count + pieces - 1) / pieces
+        threads.run(pieces, work: store.count) { k, _ in
+            let range = min(k * part, store.count)..<min((k + 1) * part, store.count)
             guard !range.isEmpty else { return }
             VectorKernels.momentumStep(values: p + range.lowerBound, gradients: g + range.lowerBound, velocity: v + range.lowerBound,
                                        count: range.count, learningRate: lr, momentum: mu)

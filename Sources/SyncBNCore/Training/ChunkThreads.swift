@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A fixed team of threads that runs the independent pieces of a step (its chunks, mostly) in parallel.
 ///
@@ -72,6 +73,15 @@ public final class ChunkThreads: @unchecked Sendable {
         for thread in helpers { pthread_join(thread, nil) }
     }
 
+    /// How many pieces to cut each of `count` indices into, at most `limit`, so that a call of `work` comes in
+    /// pieces of about a quarter of `inlineWork` each: 1 when the call would run inline. Pieces let a thread that
+    /// is done take over part of a late thread's chunk, so the call ends within a piece of its fair share (a
+    /// helper wakes tens of µs after a call is posted; with whole chunks its last chunk ends that much late).
+    public func pieces(work: Int, count: Int, limit: Int) -> Int {
+        guard threadCount > 1, count > 0, limit > 1, work >= inlineWork else { return 1 }
+        return max(1, min(limit, work / (count * max(1, inlineWork / 4))))
+    }
+
     /// Calls `body(index, slot)` once for every index in `0..<count`, in parallel unless `work` is below
     /// `inlineWork`; returns when all have returned.
     public func run(_ count: Int, work: Int = .max, _ body: (_ index: Int, _ slot: Int) -> Void) {
@@ -91,28 +101,39 @@ public final class ChunkThreads: @unchecked Sendable {
         }
     }
 
-    /// What the caller and the helpers share, under one mutex: the posted call, its unclaimed indices and how
-    /// many of its calls have not returned.
+    /// What the caller and the helpers share: the posted call under one mutex, its unclaimed indices lock-free.
     ///
     /// Each slot owns a block of consecutive indices (slot s: s·count/T ..< (s+1)·count/T) and takes them from the
-    /// front; a slot whose block is done takes from the back of another's. So a call with as many indices as the
-    /// previous one gives each thread the same indices as before when none is late — a chunk's rows stay in the
-    /// cache of the core that wrote them in the layer before — and a late thread's indices still get done.
+    /// front; a slot whose block is done takes from the back of the fullest other block. So a call with as many
+    /// indices as the previous one gives each thread the same indices as before when none is late — a chunk's
+    /// rows stay in the cache of the core that wrote them in the layer before — and a late thread's indices still
+    /// get done. A block is one atomic word (front, end) claimed by compare-and-swap: with many small pieces a
+    /// call, a mutex per claim would put the two threads to sleep on each other.
+    ///
+    /// A call ends when every thread that joined it has found nothing left to claim: each leaves under the mutex,
+    /// and the last one out wakes the caller. A helper joins only while the call is open, so it never claims from
+    /// the next call's blocks with this call's body.
     private final class Shared: @unchecked Sendable {
         private let mutex: UnsafeMutablePointer<pthread_mutex_t> = .allocate(capacity: 1)
-        /// Signalled when a call is posted (helpers wait on it) and when a call's last index returns (the caller).
+        /// Signalled when a call is posted (helpers wait on it) and when the last thread leaves a call (the caller).
         private let posted: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
         private let finished: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
         private var body: ((Int, Int) -> Void)?
-        /// Per slot: the unclaimed part of its block.
-        private var blocks: [Range<Int>]
-        private var unclaimed = 0
-        private var unfinished = 0
+        /// Per slot: the unclaimed part of its block, its front in the high 32 bits and its end in the low 32.
+        private let blocks: UnsafeMutablePointer<Atomic<UInt64>>
+        private let slotCount: Int
+        /// Calls posted so far; a helper remembers the last it joined.
+        private var generation = 0
+        /// A call is posted and not over.
+        private var open = false
+        /// Threads in the open call's claiming loop, the caller's included.
+        private var participants = 0
         private var stopping = false
-        private var running = false
 
         init(threadCount: Int) {
-            blocks = Array(repeating: 0..<0, count: threadCount)
+            slotCount = threadCount
+            blocks = .allocate(capacity: threadCount)
+            for slot in 0..<threadCount { (blocks + slot).initialize(to: Atomic(0)) }
             pthread_mutex_init(mutex, nil)
             pthread_cond_init(posted, nil)
             pthread_cond_init(finished, nil)
@@ -125,59 +146,75 @@ public final class ChunkThreads: @unchecked Sendable {
             posted.deallocate()
             finished.deallocate()
             mutex.deallocate()
+            blocks.deinitialize(count: slotCount)
+            blocks.deallocate()
         }
 
         func run(_ count: Int, helpers: Int, _ body: @escaping (Int, Int) -> Void) {
+            precondition(count <= Int(UInt32.max), "a call has at most 2³² − 1 indices")
             pthread_mutex_lock(mutex)
-            precondition(!running, "ChunkThreads.run is not reentrant")
-            running = true
+            precondition(!open, "ChunkThreads.run is not reentrant")
             self.body = body
-            let slots = blocks.count
-            for slot in 0..<slots { blocks[slot] = (slot * count / slots)..<((slot + 1) * count / slots) }
-            unclaimed = count
-            unfinished = count
+            for slot in 0..<slotCount {
+                let front = UInt64(slot * count / slotCount), end = UInt64((slot + 1) * count / slotCount)
+                blocks[slot].store(front << 32 | end, ordering: .relaxed)
+            }
+            generation &+= 1
+            open = true
+            participants = 1
             // Wake only as many helpers as there are indices besides the caller's first.
             for _ in 0..<min(helpers, count - 1) { pthread_cond_signal(posted) }
-            work(slot: 0)
-            while unfinished > 0 { pthread_cond_wait(finished, mutex) }
+            pthread_mutex_unlock(mutex)
+            work(slot: 0, body)
+            pthread_mutex_lock(mutex)
+            participants -= 1
+            while participants > 0 { pthread_cond_wait(finished, mutex) }
+            open = false
             self.body = nil
-            running = false
             pthread_mutex_unlock(mutex)
         }
 
         /// The next index for `slot`: the front of its own block, else the back of the fullest other block.
         private func claim(slot: Int) -> Int? {
-            guard unclaimed > 0 else { return nil }
-            unclaimed -= 1
-            if !blocks[slot].isEmpty {
-                let index = blocks[slot].lowerBound
-                blocks[slot] = (index + 1)..<blocks[slot].upperBound
-                return index
+            while true {
+                let word = blocks[slot].load(ordering: .relaxed)
+                guard word >> 32 < word & 0xffff_ffff else { break }
+                if blocks[slot].compareExchange(expected: word, desired: word &+ (1 << 32), ordering: .relaxed).exchanged {
+                    return Int(word >> 32)
+                }
             }
-            var fullest = 0
-            for other in 1..<blocks.count where blocks[other].count > blocks[fullest].count { fullest = other }
-            let index = blocks[fullest].upperBound - 1
-            blocks[fullest] = blocks[fullest].lowerBound..<index
-            return index
+            while true {
+                var fullest = -1, most: UInt64 = 0, word: UInt64 = 0
+                for other in 0..<slotCount where other != slot {
+                    let w = blocks[other].load(ordering: .relaxed), front = w >> 32, end = w & 0xffff_ffff
+                    if front < end && end - front > most { (fullest, most, word) = (other, end - front, w) }
+                }
+                guard fullest >= 0 else { return nil }
+                if blocks[fullest].compareExchange(expected: word, desired: word &- 1, ordering: .relaxed).exchanged {
+                    return Int(word & 0xffff_ffff) - 1
+                }
+            }
         }
 
-        /// Claims and runs indices of the posted call until none is left. Called, and returns, with `mutex` held.
-        private func work(slot: Int) {
-            while let body, let index = claim(slot: slot) {
-                pthread_mutex_unlock(mutex)
-                body(index, slot)
-                pthread_mutex_lock(mutex)
-                unfinished -= 1
-                if unfinished == 0 { pthread_cond_signal(finished) }
-            }
+        /// Claims and runs indices of the posted call until none is left (without the mutex).
+        private func work(slot: Int, _ body: (Int, Int) -> Void) {
+            while let index = claim(slot: slot) { body(index, slot) }
         }
 
         func helperLoop(slot: Int) {
+            var joined = 0
             pthread_mutex_lock(mutex)
             while true {
-                while !stopping && unclaimed == 0 { pthread_cond_wait(posted, mutex) }
+                while !stopping && !(open && generation != joined) { pthread_cond_wait(posted, mutex) }
                 if stopping { break }
-                work(slot: slot)
+                joined = generation
+                participants += 1
+                let body = self.body!
+                pthread_mutex_unlock(mutex)
+                work(slot: slot, body)
+                pthread_mutex_lock(mutex)
+                participants -= 1
+                if participants == 0 { pthread_cond_signal(finished) }
             }
             pthread_mutex_unlock(mutex)
         }
