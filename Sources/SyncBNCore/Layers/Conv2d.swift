@@ -189,18 +189,13 @@ public final class Conv2d: Layer {
         let x = lastInput!
         inputGradient.rows = dy.rows
         reserveScratch(slots: step.threads.threadCount)
+        // Chunk c's pieces start at c·stride: every chunk but a replica's last holds the plan's chunk size.
         let chunks = step.chunks, samplesPerChunk = computesInputGradient ? 1 : 0
-        var firstPiece: [Int] = [], pieces = 0
-        firstPiece.reserveCapacity(chunks.count + 1)
-        for rows in chunks {
-            firstPiece.append(pieces)
-            pieces += 1 + samplesPerChunk * rows.count
-        }
-        firstPiece.append(pieces)
+        let stride = 1 + samplesPerChunk * step.plan.chunkSize
+        precondition(chunks.dropLast().allSatisfy { $0.count == step.plan.chunkSize }, "a short chunk before a replica's last")
+        let pieces = chunks.isEmpty ? 0 : (chunks.count - 1) * stride + 1 + samplesPerChunk * chunks[chunks.count - 1].count
         step.threads.run(pieces, work: dy.rows * outChannels * patchSize * positions / 16) { index, slot in
-            var c = 0
-            while firstPiece[c + 1] <= index { c += 1 }
-            let k = index - firstPiece[c]
+            let c = index / stride, k = index - c * stride
             if k == 0 {
                 weightGradient(dy, x, rows: chunks[c], into: step.chunkGradient(c), slot: slot)
             } else {
@@ -244,7 +239,6 @@ public final class Conv2d: Layer {
 
     public func infer(_ x: Matrix, store: ParameterStore) -> Matrix {
         let y = Matrix(capacity: x.rows, columns: outputShape.count)
-        y.rows = x.rows
         let columns = UnsafeMutablePointer<Float>.allocate(capacity: patchSize * positions)
         defer { columns.deallocate() }
         for r in 0..<x.rows { convolve(x, row: r, into: y, store: store, columns: columns) }
