@@ -27,7 +27,8 @@ let targetCPU: [SwiftSetting] = {
 
 let package = Package(
     name: "SyncBN",
-    platforms: [.macOS(.v13)],
+    // macOS 15: the Synchronization module's `Atomic` (ChunkThreads). Linux is what the project builds and tests on.
+    platforms: [.macOS("15.0")],
     products: [
         .executable(name: "syncbn", targets: ["syncbn"]),
         .library(name: "SyncBN", targets: ["SyncBN"]),
