@@ -124,9 +124,8 @@ public final class ChunkThreads: @unchecked Sendable {
         private let slotCount: Int
         /// Calls posted so far; a helper remembers the last it joined.
         private var generation = 0
-        /// A call is posted and not over.
-        private var open = false
-        /// Threads in the open call's claiming loop, the caller's included.
+        /// Threads in the posted call's claiming loop, the caller's included: above 0 exactly while a call is open
+        /// (the caller counts itself from the post until its own claims run out).
         private var participants = 0
         private var stopping = false
 
@@ -153,14 +152,13 @@ public final class ChunkThreads: @unchecked Sendable {
         func run(_ count: Int, helpers: Int, _ body: @escaping (Int, Int) -> Void) {
             precondition(count <= Int(UInt32.max), "a call has at most 2³² − 1 indices")
             pthread_mutex_lock(mutex)
-            precondition(!open, "ChunkThreads.run is not reentrant")
+            precondition(participants == 0, "ChunkThreads.run is not reentrant")
             self.body = body
             for slot in 0..<slotCount {
                 let front = UInt64(slot * count / slotCount), end = UInt64((slot + 1) * count / slotCount)
                 blocks[slot].store(front << 32 | end, ordering: .relaxed)
             }
             generation &+= 1
-            open = true
             participants = 1
             // Wake only as many helpers as there are indices besides the caller's first.
             for _ in 0..<min(helpers, count - 1) { pthread_cond_signal(posted) }
@@ -169,7 +167,6 @@ public final class ChunkThreads: @unchecked Sendable {
             pthread_mutex_lock(mutex)
             participants -= 1
             while participants > 0 { pthread_cond_wait(finished, mutex) }
-            open = false
             self.body = nil
             pthread_mutex_unlock(mutex)
         }
@@ -205,7 +202,7 @@ public final class ChunkThreads: @unchecked Sendable {
             var joined = 0
             pthread_mutex_lock(mutex)
             while true {
-                while !stopping && !(open && generation != joined) { pthread_cond_wait(posted, mutex) }
+                while !stopping && !(participants > 0 && generation != joined) { pthread_cond_wait(posted, mutex) }
                 if stopping { break }
                 joined = generation
                 participants += 1
