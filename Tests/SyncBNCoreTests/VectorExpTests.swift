@@ -62,4 +62,25 @@ final class VectorExpTests: XCTestCase {
         XCTAssertEqual(out[2], 0)
         XCTAssertEqual(out[3], 0.5)
     }
+
+    /// e^x over a run (what the loss's softmax calls) gives each value the bits of the sixteen-lane exp, wherever
+    /// it sits in the run, also when the run is written in place.
+    func testExpOverARunMatchesTheLanesAtEveryPositionAndInPlace() {
+        let x = randomFloats(37, seed: 8, low: -30, high: 10)
+        var lanes = [Float]()
+        for start in stride(from: 0, to: 37, by: 16) {
+            var v = VectorExp.Lanes(repeating: 0)
+            for i in start..<min(start + 16, 37) { v[i - start] = x[i] }
+            let e = VectorExp.exp(v)
+            for i in start..<min(start + 16, 37) { lanes.append(e[i - start]) }
+        }
+        for offset in [0, 3, 21, 36] {
+            var out = [Float](repeating: 0, count: 37 - offset)
+            x.withUnsafeBufferPointer { VectorExp.exp($0.baseAddress! + offset, &out, count: 37 - offset) }
+            XCTAssertEqual(out.map(\.bitPattern), lanes[offset...].map(\.bitPattern), "run starting at \(offset)")
+        }
+        var inPlace = x
+        inPlace.withUnsafeMutableBufferPointer { VectorExp.exp($0.baseAddress!, $0.baseAddress!, count: 37) }
+        XCTAssertEqual(inPlace.map(\.bitPattern), lanes.map(\.bitPattern))
+    }
 }

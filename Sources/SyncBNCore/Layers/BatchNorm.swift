@@ -321,10 +321,21 @@ public final class BatchNorm: Layer {
                 meanDyXhat[o + f] = throughStatistics ? Float(sums[features + f] / n) : 0
             }
         }
+        /// Every local chunk's coefficients from the same `sums` (each chunk normalized by the same statistics):
+        /// chunk 0's, copied.
+        func setCoefficientsOfEveryChunk(sums: UnsafeBufferPointer<Double>, count: Int) {
+            guard !chunks.isEmpty else { return }
+            setCoefficients(chunk: 0, sums: sums, count: count)
+            for c in chunks.indices.dropFirst() {
+                (scale + c * features).update(from: scale, count: features)
+                (meanDy + c * features).update(from: meanDy, count: features)
+                (meanDyXhat + c * features).update(from: meanDyXhat, count: features)
+            }
+        }
         if step.batchNorm == .sync && step.batchNormGroupChunks == nil {
             try step.collective.allReduce(.sums(layer: index), partials: mine, into: reduced, riding: step.takeRiding())
             setParameterGradients(sums: UnsafeBufferPointer(reduced), store: step.store)
-            for c in 0..<chunks.count { setCoefficients(chunk: c, sums: UnsafeBufferPointer(reduced), count: plan.batchSize * s) }
+            setCoefficientsOfEveryChunk(sums: UnsafeBufferPointer(reduced), count: plan.batchSize * s)
         } else {
             // ∂γ, ∂β per chunk, summed with the other parameters' gradients.
             for c in 0..<chunks.count {
@@ -348,7 +359,7 @@ public final class BatchNorm: Layer {
                 }
             } else if !chunks.isEmpty {
                 OrderedReduction.sum(mine, width: width, into: localReduced)
-                for c in 0..<chunks.count { setCoefficients(chunk: c, sums: UnsafeBufferPointer(localReduced), count: step.slice.rowCount * s) }
+                setCoefficientsOfEveryChunk(sums: UnsafeBufferPointer(localReduced), count: step.slice.rowCount * s)
             }
         }
 

@@ -16,26 +16,42 @@ public enum SoftmaxCrossEntropy {
         gradient.rows = logits.rows
         let inverseBatch = 1 / Float(batchSize)
         threads.run(chunks.count, work: 4 * logits.count) { c, _ in
-            var lossSum = 0.0, correct = 0.0
-            for r in chunks[c] {
+            let (lossSum, correct) = chunk(logits: logits, labels: labels, rows: chunks[c], gradient: gradient, inverseBatch: inverseBatch)
+            metrics[2 * c] = lossSum
+            metrics[2 * c + 1] = correct
+        }
+    }
+
+    /// One chunk's rows: z − max z per row, then e^(·) over all of them in one vector pass (`VectorExp`: the
+    /// same bits on every CPU, and a vector per sixteen values instead of a libm call per value), then each
+    /// row's sum, loss and gradient. Returns `(Σ loss, number correct)`.
+    private static func chunk(logits: Matrix, labels: UnsafePointer<Int32>, rows: Range<Int>, gradient: Matrix,
+                              inverseBatch: Float) -> (Double, Double) {
+        guard !rows.isEmpty else { return (0, 0) }
+        let classes = logits.columns
+        return withUnsafeTemporaryAllocation(of: (shift: Float, maxIndex: Int).self, capacity: rows.count) { top in
+            for (k, r) in rows.enumerated() {
                 let z = logits.row(r), g = gradient.row(r)
-                let label = Int(labels[r])
                 var maxIndex = 0
                 for j in 1..<classes where z[j] > z[maxIndex] { maxIndex = j }
                 let shift = z[maxIndex]
+                for j in 0..<classes { g[j] = z[j] - shift }
+                top[k] = (shift, maxIndex)
+            }
+            VectorExp.exp(gradient.row(rows.lowerBound), gradient.row(rows.lowerBound), count: rows.count * classes)
+            var lossSum = 0.0, correct = 0.0
+            for (k, r) in rows.enumerated() {
+                let z = logits.row(r), g = gradient.row(r)
+                let label = Int(labels[r])
                 var total: Float = 0
-                for j in 0..<classes {
-                    g[j] = expf(z[j] - shift)
-                    total += g[j]
-                }
-                lossSum += Double(logf(total) + shift - z[label])
-                if maxIndex == label { correct += 1 }
+                for j in 0..<classes { total += g[j] }
+                lossSum += Double(logf(total) + top[k].shift - z[label])
+                if top[k].maxIndex == label { correct += 1 }
                 let inverseTotal = 1 / total
                 for j in 0..<classes { g[j] = g[j] * inverseTotal * inverseBatch }
                 g[label] -= inverseBatch
             }
-            metrics[2 * c] = lossSum
-            metrics[2 * c + 1] = correct
+            return (lossSum, correct)
         }
     }
 }

@@ -1,7 +1,7 @@
 /// e^t and the logistic sigmoid sixteen lanes at a time, in plain SIMD adds, multiplies and bit operations, so
 /// that they vectorize on every x86-64 (no call per element, no FMA, no SSE4.1 rounding) and give the same bits
 /// on every CPU — unlike libm's `expf`, which glibc picks per CPU (`__expf_fma` on one, `__expf` on another).
-/// (The loss's softmax and `tanh` still call libm.)
+/// (`tanh` and the loss's logarithm, which no gradient depends on, still call libm.)
 ///
 /// e^t = 2^n · e^r with n = round(t·log₂e) and r = t − n·ln 2 (ln 2 split in a high part exact in float and a
 /// low part, Cody–Waite), |r| ≤ ½ ln 2; e^r = 1 + r + r²·p(r) with Cephes' degree-5 minimax p; 2^n is built
@@ -38,6 +38,22 @@ enum VectorExp {
         result.replace(with: .infinity, where: t .> high)
         result.replace(with: 0, where: t .< low)
         return result
+    }
+
+    /// y[i] = e^(x[i]) for `count` values (`y` may be `x`). A tail shorter than sixteen goes through the same
+    /// lanes (padded), so an element's bits do not depend on where it sits in the run.
+    static func exp(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        var i = 0
+        while i + laneCount <= count {
+            let v = UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self)
+            UnsafeMutableRawPointer(y + i).storeBytes(of: exp(v), as: Lanes.self)
+            i += laneCount
+        }
+        guard i < count else { return }
+        var tail = Lanes(repeating: 0)
+        for j in i..<count { tail[j - i] = x[j] }
+        let result = exp(tail)
+        for j in i..<count { y[j] = result[j - i] }
     }
 
     /// y[i] = 1/(1 + e^(−x[i])) for `count` values. A tail shorter than sixteen goes through the same lanes
