@@ -31,6 +31,8 @@ final class VectorExpTests: XCTestCase {
         var lanes = VectorExp.Lanes(repeating: 1)
         lanes[0] = 88.5; lanes[1] = .infinity; lanes[2] = -87.5; lanes[3] = -.infinity; lanes[4] = .nan; lanes[5] = 88
         lanes[6] = -87; lanes[7] = 1000; lanes[8] = -1000
+        // Far outside the range (no clamp: the final selects alone must give ∞ and 0) and just past its ends.
+        lanes[10] = 1e30; lanes[11] = -1e30; lanes[12] = Float(88).nextUp; lanes[13] = Float(-87).nextDown
         let result = VectorExp.exp(lanes)
         XCTAssertEqual(result[0], .infinity)
         XCTAssertEqual(result[1], .infinity)
@@ -42,6 +44,7 @@ final class VectorExpTests: XCTestCase {
         XCTAssertEqual(result[7], .infinity)
         XCTAssertEqual(result[8], 0)
         XCTAssertEqual(result[9], Float(M_E), accuracy: Float(M_E).ulp * 2)
+        XCTAssertEqual([result[10], result[11], result[12], result[13]], [.infinity, 0, .infinity, 0])
     }
 
     /// The sigmoid of a value is the same bits wherever it sits in a run (in a full group of sixteen or in the

@@ -16,9 +16,9 @@ enum VectorExp {
     @inline(__always)
     static func exp(_ t: Lanes) -> Lanes {
         let high: Float = 88, low: Float = -87
-        var x = t
-        x.replace(with: high, where: t .> high)
-        x.replace(with: low, where: t .< low)
+        // t is not clamped to [low, high]: outside it the lanes compute nonsense that the selects at the end
+        // replace (fewer operations, and no subnormal products for t < low, which cost this CPU twice the time).
+        let x = t
         // round(x·log₂e) by adding and subtracting 1.5·2²³ (exact for |x·log₂e| < 2²²); the integer sits in the
         // low mantissa bits of the sum.
         let magic = Lanes(repeating: 12_582_912)
