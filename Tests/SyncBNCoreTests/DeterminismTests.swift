@@ -84,13 +84,16 @@ final class DeterminismTests: XCTestCase {
 
     /// Trains one process on the whole batch; returns its state and the per-step losses. `riding`: whether
     /// gradients ride with the backward rounds (`Network.gradientsRideWithBatchNorm`).
-    private func trainAlone(_ mode: BatchNormMode, _ plan: ChunkPlan, riding: Bool = true) throws -> (ReplicaState, [UInt64]) {
+    /// `collective`: what the process calls (its `LocalCollective`, unless a test wraps it).
+    private func trainAlone(_ mode: BatchNormMode, _ plan: ChunkPlan, riding: Bool = true,
+                            collective: (() -> Collective)? = nil) throws -> (ReplicaState, [UInt64]) {
         let network = makeNetwork(mode, plan)
         network.gradientsRideWithBatchNorm = riding
         var losses: [UInt64] = []
         for step in 0..<steps {
             load(network, step: step, rows: 0..<plan.batchSize)
-            let metrics = try network.trainStep(slice: .whole(plan), collective: LocalCollective(plan: plan, valuesPerRow: flatScales), computeMetrics: true)
+            let metrics = try network.trainStep(slice: .whole(plan), collective: collective?() ?? LocalCollective(plan: plan, valuesPerRow: flatScales),
+                                                computeMetrics: true)
             losses.append(try XCTUnwrap(metrics).loss.bitPattern)
         }
         return (ReplicaState(network), losses)
@@ -128,6 +131,24 @@ final class DeterminismTests: XCTestCase {
             let (whole, wholeLosses) = try trainAlone(.sync, plan, riding: false)
             XCTAssertTrue(riding == whole, "chunk size \(plan.chunkSize)")
             XCTAssertEqual(ridingLosses, wholeLosses)
+        }
+    }
+
+    /// One process behind its `LocalCollective` reads its factor layers' rows in their own matrices; behind a
+    /// collective that does not combine in process (the recording wrapper) it copies them through the exchange, as
+    /// a worker does. Both plans, both segment layouts: the same bits, and the in-place reading is what is taken.
+    func testFactorRowsReadInPlaceGiveTheBitsOfRowsCopiedThroughTheExchange() throws {
+        for plan in plans {
+            for riding in [true, false] {
+                let network = makeNetwork(.sync, plan)
+                network.gradientsRideWithBatchNorm = riding
+                XCTAssertTrue(network.factorRowsCanStayInPlace(), "chunk size \(plan.chunkSize), riding \(riding)")
+                XCTAssertFalse(RecordingCollective(plan: plan).combinesInProcess)
+                let (inPlace, inPlaceLosses) = try trainAlone(.sync, plan, riding: riding)
+                let (copied, copiedLosses) = try trainAlone(.sync, plan, riding: riding, collective: { RecordingCollective(plan: plan) })
+                XCTAssertTrue(inPlace == copied, "chunk size \(plan.chunkSize), riding \(riding)")
+                XCTAssertEqual(inPlaceLosses, copiedLosses)
+            }
         }
     }
 

@@ -129,6 +129,42 @@ final class RowwiseProductsTests: XCTestCase {
         print("β = 1 accumulation on \(BLAS.kernelName): " + report.joined(separator: ", "))
     }
 
+    /// A chunk's ∂W = dyᵀ·x read from dy and x side by side in factor rows (as workers receive them) and from
+    /// their own matrices (as one process holds them): where the probe says the bits agree, they do on other
+    /// data, for the presets' factor shapes, β 0 and 1; the presets' shapes all agree on this machine's OpenBLAS
+    /// (else one process would copy rows through the exchange, which the speed figures do not assume); and a
+    /// layout whose rows overlap is refused.
+    func testWeightGradientsReadInPlaceAgreeWithFactorRowsWhereTheProbeSaysSo() {
+        var disagreed: [String] = []
+        for (inputs, outputs) in shapes {
+            for rows in [15, 2] {
+                for beta: Float in [0, 1] {
+                    let rowWidth = inputs + outputs
+                    let gathered = RowwiseProducts.Operands(aOffset: inputs, lda: rowWidth, bOffset: 0, ldb: rowWidth)
+                    let inPlace = RowwiseProducts.Operands(aOffset: 0, lda: outputs, bOffset: 0, ldb: inputs)
+                    guard RowwiseProducts.stridesAgree(m: outputs, n: inputs, k: rows, beta: beta, gathered, inPlace) else {
+                        disagreed.append("k=\(rows) \(inputs)→\(outputs) β=\(beta)")
+                        continue
+                    }
+                    let block = randomFloats(rows * rowWidth, seed: 41), start = randomFloats(outputs * inputs, seed: 42)
+                    let x = (0..<rows).flatMap { block[($0 * rowWidth)..<($0 * rowWidth + inputs)] }
+                    let dy = (0..<rows).flatMap { block[($0 * rowWidth + inputs)..<(($0 + 1) * rowWidth)] }
+                    var fromRows = start, fromMatrices = start
+                    block.withUnsafeBufferPointer { block in
+                        BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows, a: block.baseAddress! + inputs, lda: rowWidth,
+                                  b: block.baseAddress!, ldb: rowWidth, beta: beta, c: &fromRows, ldc: inputs)
+                    }
+                    BLAS.gemm(transposeA: true, transposeB: false, m: outputs, n: inputs, k: rows, a: dy, lda: outputs, b: x, ldb: inputs,
+                              beta: beta, c: &fromMatrices, ldc: inputs)
+                    XCTAssertEqual(bits(fromRows), bits(fromMatrices), "k=\(rows) \(inputs)→\(outputs) β=\(beta): the probe agreed but the bits differ")
+                }
+            }
+        }
+        XCTAssertEqual(disagreed, [], "layouts whose bits differ on \(BLAS.kernelName)")
+        let overlapping = RowwiseProducts.Operands(aOffset: 0, lda: 5, bOffset: 0, ldb: 8)
+        XCTAssertFalse(RowwiseProducts.stridesAgree(m: 10, n: 8, k: 3, beta: 0, overlapping, RowwiseProducts.Operands(aOffset: 0, lda: 10, bOffset: 0, ldb: 8)))
+    }
+
     /// A chunk's ∂W = dyᵀ·x formed block of rows by block of rows (as `Network` forms a factor layer's ∂W, tile by
     /// tile) where the probe says that gives the one call's bits: checked on other data for the presets' factor
     /// shapes, cut in two, in three and in tiles of 64 rows; a cut that leaves rows out is refused.

@@ -32,9 +32,9 @@ public struct GradientExchange: Sendable {
     /// Parameter-store ranges whose per-chunk partials are summed, in this order in a chunk's partial.
     public let sumRanges: [Range<Int>]
     public let sumWidth: Int
-    public let factorLayers: [FactorLayer]
-    /// Values per gathered row.
-    public let factorRowWidth: Int
+    public private(set) var factorLayers: [FactorLayer]
+    /// Values per gathered row (0 in `withoutFactorRows`).
+    public private(set) var factorRowWidth: Int
     public let chunkSize: Int
     public let chunkCount: Int
 
@@ -79,6 +79,15 @@ public struct GradientExchange: Sendable {
         factorRowWidth = column
         chunkSize = plan.chunkSize
         chunkCount = plan.chunkCount
+    }
+
+    /// This exchange without factor layers: its summed part alone (`chunkWidth == sumWidth`). What one process that holds the whole batch hands an in-process collective, reading the factor rows
+    /// from its layers' own matrices instead of copying them in and out (`Network.trainStep`).
+    public var withoutFactorRows: GradientExchange {
+        var copy = self
+        copy.factorLayers = []
+        copy.factorRowWidth = 0
+        return copy
     }
 
     /// Combines every chunk's partial (`partials.count == chunkCount × chunkWidth`, chunk-major): sums the

@@ -55,6 +55,7 @@ public final class Network {
             guard gradientsRideWithBatchNorm != oldValue else { return }
             gradientSegments = gradientsRideWithBatchNorm ? ridingSegments : [wholeSegment]
             indexSegments()
+            inPlaceVerdicts = [:]  // they depend on the segments' rows
         }
     }
     private let ridingSegments: [GradientSegment]
@@ -164,6 +165,7 @@ public final class Network {
         input = Matrix(capacity: capacity, columns: spec.input.count)
         batchInput = Matrix(capacity: capacity, columns: spec.input.count)
         layerInputs = Array(repeating: input, count: layers.count)
+        factorDy = Array(repeating: nil, count: layers.count)
         labels = .allocate(capacity: max(1, capacity))
         labels.initialize(repeating: 0, count: max(1, capacity))
         logitGradient = Matrix(capacity: capacity, columns: spec.classes)
@@ -314,24 +316,31 @@ public final class Network {
                                             gradient: logitGradient, metrics: chunkMetrics.baseAddress!, threads: context.threads)
 
         // Backward. A segment's gradients are final before the layer whose backward round they ride with.
+        // In one process with an in-process collective, factor layers' rows are read where they are (`apply`).
+        let rowsInPlace = collective.combinesInProcess && slice == .whole(plan) && factorRowsCanStayInPlace()
         var dy = logitGradient
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
             if let (segment, factor) = factorSegmentOfLayer[i] {
-                packFactors(factor, of: gradientSegments[segment], x: layerInputs[i], dy: dy, chunks: chunks)
+                if rowsInPlace { factorDy[i] = dy }
+                else { packFactors(factor, of: gradientSegments[segment], x: layerInputs[i], dy: dy, chunks: chunks) }
             }
             if let segment = ridingSegmentOfLayer[i] {
-                packSums(of: gradientSegments[segment], chunkCount: chunks.count)
-                context.riding = riding(gradientSegments[segment], chunkCount: chunks.count)
+                packSums(of: gradientSegments[segment], rowsInPlace: rowsInPlace, chunkCount: chunks.count)
+                context.riding = riding(gradientSegments[segment], rowsInPlace: rowsInPlace, chunkCount: chunks.count)
             }
             dy = try layers[i].backward(dy, context)
             precondition(context.riding == nil, "layer \(i)'s backward pass issued no backward round for the gradients riding with it")
         }
 
         let last = gradientSegments.last!
-        packSums(of: last, chunkCount: chunks.count)
-        let own = riding(last, chunkCount: chunks.count)
-        try collective.exchangeGradients(own.partials, exchange: last.exchange, into: own.result)
-        apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[0..<exchange.resultWidth]))
+        packSums(of: last, rowsInPlace: rowsInPlace, chunkCount: chunks.count)
+        let own = riding(last, rowsInPlace: rowsInPlace, chunkCount: chunks.count)
+        try collective.exchangeGradients(own.partials, exchange: own.exchange, into: own.result)
+        for segment in gradientSegments {
+            let exchange = rowsInPlace ? segment.exchange.withoutFactorRows : segment.exchange
+            apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[segment.resultOffset..<(segment.resultOffset + exchange.resultWidth)]),
+                  of: segment, rowsInPlace: rowsInPlace)
+        }
         var metrics: StepMetrics?
         if computeMetrics {
             if !observer.layout.layers.isEmpty {
@@ -378,12 +387,13 @@ public final class Network {
         precondition(result.count == exchange.resultWidth, "the gradient result has \(result.count) values; the exchange expects \(exchange.resultWidth)")
         for segment in gradientSegments {
             apply(gradients: UnsafeBufferPointer(rebasing: result[segment.resultOffset..<(segment.resultOffset + segment.exchange.resultWidth)]),
-                  of: segment)
+                  of: segment, rowsInPlace: false)
         }
     }
 
-    /// `apply(gradients:)` for one segment's part of the result.
-    private func apply(gradients result: UnsafeBufferPointer<Float>, of segment: GradientSegment) {
+    /// `apply(gradients:)` for one segment's part of the result; `rowsInPlace`: the result holds the summed part
+    /// alone (`GradientExchange.withoutFactorRows`) and the factor layers' rows are read in their own matrices.
+    private func apply(gradients result: UnsafeBufferPointer<Float>, of segment: GradientSegment, rowsInPlace: Bool) {
         let exchange = segment.exchange
         let values = result.baseAddress!
         var position = 0
@@ -394,11 +404,62 @@ public final class Network {
         let rowWidth = exchange.factorRowWidth, rowsBlock = exchange.chunkSize * rowWidth
         let slotWidth = chunkWeightGradient.count / context.threads.threadCount
         for factor in exchange.factorLayers {
-            let linear = linears[segment.linearIndices[factor.layer]]
-            let xStride = factor.inputColumn == nil ? linear.inputs : rowWidth
-            applyByRowTiles(rowTiling(linear, rowWidth: rowWidth, xStride: xStride), factor, linear, values: values + exchange.sumWidth,
-                            rowsBlock: rowsBlock, rowWidth: rowWidth, xStride: xStride, scratch: chunkWeightGradient.baseAddress!, slotWidth: slotWidth)
+            let linear = linears[segment.linearIndices[factor.layer]], position = linearPositions[segment.linearIndices[factor.layer]]
+            let gathered = gatheredOperands(factor, linear, rowWidth: rowWidth)
+            let rows: FactorRows = rowsInPlace ? .inPlace(x: layerInputs[position], dy: factorDy[position]!)
+                                               : .gathered(values + exchange.sumWidth, rowsBlock: rowsBlock)
+            applyByRowTiles(rowTiling(linear, gathered), factor, linear, rows: rows, gathered: gathered,
+                            scratch: chunkWeightGradient.baseAddress!, slotWidth: slotWidth)
         }
+    }
+
+    /// Where a factor layer's ∂W products read their rows: gathered into the exchange's result (`rowsBlock` values
+    /// per chunk, laid out as `gatheredOperands`), or in the layer's own x and dy matrices (one process).
+    enum FactorRows {
+        case gathered(UnsafePointer<Float>, rowsBlock: Int)
+        case inPlace(x: Matrix, dy: Matrix)
+    }
+
+    /// A factor layer's operands of ∂W_c = dy_cᵀ·x_c in gathered rows of `rowWidth` values: dy at its column, x at
+    /// its column (or the batch input's own rows for the first layer).
+    private func gatheredOperands(_ factor: GradientExchange.FactorLayer, _ linear: Linear, rowWidth: Int) -> RowwiseProducts.Operands {
+        RowwiseProducts.Operands(aOffset: factor.outputColumn, lda: rowWidth, bOffset: factor.inputColumn ?? 0,
+                                 ldb: factor.inputColumn == nil ? linear.inputs : rowWidth)
+    }
+
+    /// The same operands in the layer's own matrices: dy rows `outputs` apart, x rows `inputs` apart.
+    private func inPlaceOperands(_ linear: Linear) -> RowwiseProducts.Operands {
+        RowwiseProducts.Operands(aOffset: 0, lda: linear.outputs, bOffset: 0, ldb: linear.inputs)
+    }
+
+    /// Whether every factor layer's ∂W products, as its tiling makes them, give the same bits reading x and dy in
+    /// the layer's matrices as reading the gathered rows that workers receive (`RowwiseProducts.stridesAgree`, for
+    /// every tile, chunk row count and β): then one process may skip copying the rows in and out of the exchange
+    /// and still save the bits of any number of workers. Worked out once per thread count.
+    func factorRowsCanStayInPlace() -> Bool {
+        let threadCount = context.threads.threadCount
+        if let known = inPlaceVerdicts[threadCount] { return known }
+        let rowCounts = Set((0..<plan.chunkCount).map { plan.rows(ofChunk: $0).count })
+        var agrees = RowwiseProducts.enabled
+        for segment in gradientSegments where agrees {
+            for factor in segment.exchange.factorLayers where agrees {
+                let linear = linears[segment.linearIndices[factor.layer]]
+                let gathered = gatheredOperands(factor, linear, rowWidth: segment.exchange.factorRowWidth)
+                let tiling = rowTiling(linear, gathered), inPlace = inPlaceOperands(linear)
+                for (t, tile) in tiling.tiles.enumerated() where agrees {
+                    for k in rowCounts where k > 0 && agrees {
+                        for beta: Float in tiling.accumulates[t][k]! ? [0, 1] : [0] where agrees {
+                            let shift = { (o: RowwiseProducts.Operands) in
+                                RowwiseProducts.Operands(aOffset: o.aOffset + tile.lowerBound, lda: o.lda, bOffset: o.bOffset, ldb: o.ldb)
+                            }
+                            agrees = RowwiseProducts.stridesAgree(m: tile.count, n: linear.inputs, k: k, beta: beta, shift(gathered), shift(inPlace))
+                        }
+                    }
+                }
+            }
+        }
+        inPlaceVerdicts[threadCount] = agrees
+        return agrees
     }
 
     /// Marks every BatchNorm followed directly by a ReLU in a sequence (top level, or a residual block's body or
@@ -420,6 +481,10 @@ public final class Network {
         /// Per tile: chunk row count → whether β = 1 gives the product added afterwards (`RowwiseProducts.accumulates`).
         let accumulates: [[Int: Bool]]
     }
+    /// Per top-level factor layer, the dy of the last backward pass whose rows stayed in place (`trainStep`).
+    private var factorDy: [Matrix?] = []
+    /// Per thread count: whether factor rows may stay in place (`factorRowsCanStayInPlace`).
+    private var inPlaceVerdicts: [Int: Bool] = [:]
     /// Per factor layer (by identity) and thread count: its tiling.
     private var rowTilings: [ObjectIdentifier: (threads: Int, tiling: RowTiling)] = [:]
 
@@ -428,7 +493,8 @@ public final class Network {
     /// going through memory once per chunk) and at least one per thread — or one tile of all the rows where
     /// OpenBLAS does not give every element the same bits tile by tile as in one call
     /// (`RowwiseProducts.rowBlocksAgree`, for every chunk's row count). Worked out once per layer and thread count.
-    private func rowTiling(_ linear: Linear, rowWidth: Int, xStride: Int) -> RowTiling {
+    private func rowTiling(_ linear: Linear, _ gathered: RowwiseProducts.Operands) -> RowTiling {
+        let rowWidth = gathered.lda, xStride = gathered.ldb
         let threadCount = context.threads.threadCount
         if let known = rowTilings[ObjectIdentifier(linear)], known.threads == threadCount { return known.tiling }
         let m = linear.outputs, n = linear.inputs
@@ -449,32 +515,43 @@ public final class Network {
     /// among the threads: a tile goes through every chunk in order, each chunk's product added onto it (β = 1
     /// where that equals adding it afterwards, else through the thread's scratch). Every element gets the same
     /// bits on any number of threads and tiles: chunk 0's product, then each chunk's product added in chunk order.
-    private func applyByRowTiles(_ tiling: RowTiling, _ factor: GradientExchange.FactorLayer, _ linear: Linear,
-                                 values: UnsafePointer<Float>, rowsBlock: Int, rowWidth: Int, xStride: Int,
-                                 scratch scratchBase: UnsafeMutablePointer<Float>, slotWidth: Int) {
+    private func applyByRowTiles(_ tiling: RowTiling, _ factor: GradientExchange.FactorLayer, _ linear: Linear, rows factorRows: FactorRows,
+                                 gathered: RowwiseProducts.Operands, scratch scratchBase: UnsafeMutablePointer<Float>, slotWidth: Int) {
         let n = linear.inputs, chunkCount = plan.chunkCount
         let weight = store.gradients + linear.weightOffset, bias = store.gradients + linear.biasOffset
         let batchInput = self.batchInput
+        let inPlace = inPlaceOperands(linear)
+        /// Chunk c's dy (at the tile's first output) and x, and their rows' strides.
+        func operands(chunk c: Int, first: Int) -> (dy: UnsafePointer<Float>, lda: Int, x: UnsafePointer<Float>, ldb: Int) {
+            switch factorRows {
+            case .gathered(let values, let rowsBlock):
+                let block = values + c * rowsBlock
+                let x = factor.inputColumn.map { block + $0 } ?? UnsafePointer(batchInput.row(first))
+                return (block + gathered.aOffset, gathered.lda, x, gathered.ldb)
+            case .inPlace(let x, let dy):
+                // The first layer's x is the batch input, as for gathered rows.
+                let xRows = factor.inputColumn == nil ? UnsafePointer(batchInput.row(first)) : UnsafePointer(x.row(first))
+                return (UnsafePointer(dy.row(first)), inPlace.lda, xRows, inPlace.ldb)
+            }
+        }
         context.threads.run(tiling.tiles.count, work: plan.batchSize * linear.inputs * linear.outputs / 32) { t, slot in
             let rows = tiling.tiles[t], target = weight + rows.lowerBound * n, scratch = scratchBase + slot * slotWidth
             withUnsafeTemporaryAllocation(of: Float.self, capacity: rows.count) { sums in
                 let sum = sums.baseAddress!, tileBias = bias + rows.lowerBound
                 for c in 0..<chunkCount {
                     let chunkRows = plan.rows(ofChunk: c)
-                    let block = values + c * rowsBlock
-                    let dy = block + factor.outputColumn
-                    let x = factor.inputColumn.map { block + $0 } ?? UnsafePointer(batchInput.row(chunkRows.lowerBound))
+                    let (dy, lda, x, ldb) = operands(chunk: c, first: chunkRows.lowerBound)
                     let accumulate = c > 0 && tiling.accumulates[t][chunkRows.count]!
                     let direct = c == 0 || accumulate
-                    BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: chunkRows.count, a: dy + rows.lowerBound, lda: rowWidth,
-                              b: x, ldb: xStride, beta: accumulate ? 1 : 0, c: direct ? target : scratch, ldc: n)
+                    BLAS.gemm(transposeA: true, transposeB: false, m: rows.count, n: n, k: chunkRows.count, a: dy + rows.lowerBound, lda: lda,
+                              b: x, ldb: ldb, beta: accumulate ? 1 : 0, c: direct ? target : scratch, ldc: n)
                     if !direct { for i in 0..<(rows.count * n) { target[i] += scratch[i] } }
                     // ∂b_c[o] = Σ_rows dy[r][o], each output's sum in row order as one scalar loop would add it, but row by
                     // row across the tile's outputs (contiguous in a row): a sum down one column is one long chain of
                     // dependent adds.
                     sum.initialize(repeating: 0, count: rows.count)
                     for r in 0..<chunkRows.count {
-                        let row = dy + r * rowWidth + rows.lowerBound
+                        let row = dy + r * lda + rows.lowerBound
                         for i in 0..<rows.count { sum[i] += row[i] }
                     }
                     for i in 0..<rows.count { tileBias[i] = c == 0 ? sum[i] : tileBias[i] + sum[i] }
@@ -483,9 +560,10 @@ public final class Network {
         }
     }
 
-    /// This replica's partials of `segment` and where their combination goes.
-    private func riding(_ segment: GradientSegment, chunkCount: Int) -> RidingGradients {
-        let exchange = segment.exchange
+    /// This replica's partials of `segment` and where their combination goes (`rowsInPlace`: laid out without
+    /// factor rows, `GradientExchange.withoutFactorRows`).
+    private func riding(_ segment: GradientSegment, rowsInPlace: Bool, chunkCount: Int) -> RidingGradients {
+        let exchange = rowsInPlace ? segment.exchange.withoutFactorRows : segment.exchange
         return RidingGradients(
             exchange: exchange,
             partials: UnsafeBufferPointer(rebasing: gradientPartials[segment.partialsOffset..<(segment.partialsOffset + chunkCount * exchange.chunkWidth)]),
@@ -514,8 +592,8 @@ public final class Network {
     }
 
     /// Packs each chunk's store-shaped partial gradients of `segment`'s summed ranges in front of its factor block.
-    private func packSums(of segment: GradientSegment, chunkCount: Int) {
-        let exchange = segment.exchange
+    private func packSums(of segment: GradientSegment, rowsInPlace: Bool, chunkCount: Int) {
+        let exchange = rowsInPlace ? segment.exchange.withoutFactorRows : segment.exchange
         context.threads.run(chunkCount, work: chunkCount * exchange.sumWidth) { c, _ in
             let source = chunkGradients.baseAddress! + c * store.count
             var target = gradientPartials.baseAddress! + segment.partialsOffset + c * exchange.chunkWidth

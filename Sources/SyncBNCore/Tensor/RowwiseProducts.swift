@@ -123,6 +123,61 @@ public enum RowwiseProducts {
         return memcmp(whole, blockwise, m * n * MemoryLayout<Float>.stride) == 0
     }
 
+    /// Where a product's operands sit: A's first element `aOffset` values into rows `lda` apart, B's `bOffset`
+    /// into rows `ldb` apart.
+    public struct Operands: Hashable, Sendable {
+        public let aOffset: Int, lda: Int, bOffset: Int, ldb: Int
+        public init(aOffset: Int, lda: Int, bOffset: Int, ldb: Int) { (self.aOffset, self.lda, self.bOffset, self.ldb) = (aOffset, lda, bOffset, ldb) }
+    }
+
+    struct StridesKey: Hashable { let m: Int, n: Int, k: Int, beta: Float, one: Operands, other: Operands }
+    nonisolated(unsafe) private static var stridesVerdicts: [StridesKey: Bool] = [:]
+
+    /// Whether C ← Aᵀ·B + β·C (Aᵀ m × k, B k × n, C m × n contiguous) gives the same bits with the operands laid out
+    /// as `one` and as `other` (the same values, rows a different number of values apart). It lets one process read
+    /// a factor layer's x and dy rows in its own matrices where workers read them gathered into wider rows
+    /// (`Network.apply(gradients:)`): OpenBLAS picks its kernels from the sizes, but nothing is assumed; the probe
+    /// decides, once per shape and pair of layouts (thread-safe), as `agree` does.
+    public static func stridesAgree(m: Int, n: Int, k: Int, beta: Float, _ one: Operands, _ other: Operands) -> Bool {
+        guard enabled, m > 0, n > 0, k > 0 else { return false }
+        guard one != other else { return true }
+        let key = StridesKey(m: m, n: n, k: k, beta: beta, one: one, other: other)
+        lock.lock()
+        defer { lock.unlock() }
+        if let verdict = stridesVerdicts[key] { return verdict }
+        let verdict = probeStrides(key, seed: 1) && probeStrides(key, seed: 2)
+        stridesVerdicts[key] = verdict
+        return verdict
+    }
+
+    static func probeStrides(_ key: StridesKey, seed: UInt64) -> Bool {
+        let (m, n, k) = (key.m, key.n, key.k)
+        var random = SplitMix64(seed: 0x57D0_0000 &+ seed, stream: UInt64(m * 7919 + n * 31 + k))
+        let a = (0..<(k * m)).map { _ in random.uniform(-1, 1) }, b = (0..<(k * n)).map { _ in random.uniform(-1, 1) }
+        let c = (0..<(m * n)).map { _ in random.uniform(-1, 1) }
+        /// C for the operands laid out as `layout` (unused places NaN: a read of one shows).
+        func product(_ layout: Operands) -> [Float] {
+            let aCount = layout.aOffset + (k - 1) * layout.lda + m, bCount = layout.bOffset + (k - 1) * layout.ldb + n
+            guard layout.lda >= m, layout.ldb >= n, layout.aOffset >= 0, layout.bOffset >= 0 else { return [] }
+            var aLaid = [Float](repeating: .nan, count: aCount), bLaid = [Float](repeating: .nan, count: bCount), result = c
+            for r in 0..<k {
+                for i in 0..<m { aLaid[layout.aOffset + r * layout.lda + i] = a[r * m + i] }
+                for j in 0..<n { bLaid[layout.bOffset + r * layout.ldb + j] = b[r * n + j] }
+            }
+            aLaid.withUnsafeBufferPointer { aBuffer in
+                bLaid.withUnsafeBufferPointer { bBuffer in
+                    result.withUnsafeMutableBufferPointer { cBuffer in
+                        BLAS.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k, a: aBuffer.baseAddress! + layout.aOffset, lda: layout.lda,
+                                  b: bBuffer.baseAddress! + layout.bOffset, ldb: layout.ldb, beta: key.beta, c: cBuffer.baseAddress!, ldc: n)
+                    }
+                }
+            }
+            return result
+        }
+        let one = product(key.one), other = product(key.other)
+        return !one.isEmpty && one.allSatisfy(\.isFinite) && one.map(\.bitPattern) == other.map(\.bitPattern)
+    }
+
     /// The verdicts so far (for reports and tests): layout and whether it agreed.
     public static var knownVerdicts: [(kind: Kind, n: Int, k: Int, chunkRows: [Int], agrees: Bool)] {
         lock.lock()

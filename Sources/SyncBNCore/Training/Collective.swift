@@ -98,9 +98,15 @@ public protocol Collective: AnyObject {
     /// Hands Float64 partials of `width` values per chunk to whoever keeps the job's logs, and returns without
     /// waiting for an answer (the `.observations` of a logged step: only the coordinator needs them).
     func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws
+    /// Whether the partials stay in this process (no other replica nor coordinator reads them): a replica that
+    /// holds the whole batch then leaves factor rows out of its gradient partials and reads them from its layers'
+    /// matrices (`GradientExchange.withoutFactorRows`). False unless a collective says otherwise.
+    var combinesInProcess: Bool { get }
 }
 
 extension Collective {
+    public var combinesInProcess: Bool { false }
+
     /// A round that carries no gradients.
     public func allReduce(_ round: Round, partials: UnsafeBufferPointer<Double>, into result: UnsafeMutableBufferPointer<Double>) throws {
         try allReduce(round, partials: partials, into: result, riding: nil)
@@ -148,4 +154,6 @@ public final class LocalCollective: Collective {
 
     /// Nothing to send: the one process already holds every chunk's partials (`Network.observations()`).
     public func report(_ round: Round, partials: UnsafeBufferPointer<Double>, width: Int) throws {}
+
+    public var combinesInProcess: Bool { true }
 }
