@@ -72,8 +72,8 @@ public final class BatchNorm: Layer {
     let inputGradient: Matrix
     /// x̂, kept from forward for backward.
     private let normalized: Matrix
-    /// μ and 1/√(σ² + ε) of the statistics used to normalize the last forward batch, per local chunk
-    /// (`maxChunks` × features; every chunk has the same unless BatchNorm groups are in use).
+    /// μ and 1/√(σ² + ε) of the statistics used to normalize the last forward batch: per local chunk with
+    /// BatchNorm groups (`maxChunks` × features), else chunk 0's serve every chunk (`statisticsOffset`).
     private let mean: UnsafeMutablePointer<Double>
     private let inverseStd: UnsafeMutablePointer<Double>
     /// Every chunk's partials of a gathered round (BatchNorm groups).
@@ -184,11 +184,7 @@ public final class BatchNorm: Layer {
                 count = step.slice.rowCount * spatialSize
                 moments = UnsafeBufferPointer(localReduced)
             }
-            if !chunks.isEmpty { setStatistics(chunk: 0, moments: moments, count: count) }
-            for c in chunks.indices.dropFirst() {  // the same statistics: chunk 0's values
-                (mean + c * features).update(from: mean, count: features)
-                (inverseStd + c * features).update(from: inverseStd, count: features)
-            }
+            if !chunks.isEmpty { setStatistics(chunk: 0, moments: moments, count: count) }  // for every chunk
         }
 
         output.rows = x.rows
@@ -198,7 +194,7 @@ public final class BatchNorm: Layer {
         // The ReLU that follows is applied here, in the same pass, unless the step records that ReLU's input.
         let rectify = rectifiesOutput && step.observer == nil
         step.forEachChunk(work: 4 * x.count, splittingRows: { c, rows, _ in
-            let statistics = c * features
+            let statistics = Self.statisticsOffset(chunk: c, features: features, step: step)
             for r in rows {
                 let xr = x.row(r), nr = normalized.row(r), yr = output.row(r)
                 if s == 1 {  // BatchNorm1d: one value per feature, a plain loop over the features
@@ -215,6 +211,12 @@ public final class BatchNorm: Layer {
         })
         if rectify { step.rectified = output }
         return output
+    }
+
+    /// Where local chunk `c`'s statistics (μ, 1/√(σ² + ε)) and backward coefficients are: its own with BatchNorm
+    /// groups, else chunk 0's, which every chunk of the slice shares.
+    static func statisticsOffset(chunk c: Int, features: Int, step: StepContext) -> Int {
+        step.batchNormGroupChunks == nil ? 0 : c * features
     }
 
     /// The chunks of the BatchNorm group that holds global chunk `chunk`: runs of `groupChunks` chunks.
@@ -321,21 +323,11 @@ public final class BatchNorm: Layer {
                 meanDyXhat[o + f] = throughStatistics ? Float(sums[features + f] / n) : 0
             }
         }
-        /// Every local chunk's coefficients from the same `sums` (each chunk normalized by the same statistics):
-        /// chunk 0's, copied.
-        func setCoefficientsOfEveryChunk(sums: UnsafeBufferPointer<Double>, count: Int) {
-            guard !chunks.isEmpty else { return }
-            setCoefficients(chunk: 0, sums: sums, count: count)
-            for c in chunks.indices.dropFirst() {
-                (scale + c * features).update(from: scale, count: features)
-                (meanDy + c * features).update(from: meanDy, count: features)
-                (meanDyXhat + c * features).update(from: meanDyXhat, count: features)
-            }
-        }
         if step.batchNorm == .sync && step.batchNormGroupChunks == nil {
             try step.collective.allReduce(.sums(layer: index), partials: mine, into: reduced, riding: step.takeRiding())
             setParameterGradients(sums: UnsafeBufferPointer(reduced), store: step.store)
-            setCoefficientsOfEveryChunk(sums: UnsafeBufferPointer(reduced), count: plan.batchSize * s)
+            // Chunk 0's coefficients serve every chunk (`statisticsOffset`).
+            if !chunks.isEmpty { setCoefficients(chunk: 0, sums: UnsafeBufferPointer(reduced), count: plan.batchSize * s) }
         } else {
             // ∂γ, ∂β per chunk, summed with the other parameters' gradients.
             for c in 0..<chunks.count {
@@ -359,13 +351,13 @@ public final class BatchNorm: Layer {
                 }
             } else if !chunks.isEmpty {
                 OrderedReduction.sum(mine, width: width, into: localReduced)
-                setCoefficientsOfEveryChunk(sums: UnsafeBufferPointer(localReduced), count: step.slice.rowCount * s)
+                setCoefficients(chunk: 0, sums: UnsafeBufferPointer(localReduced), count: step.slice.rowCount * s)
             }
         }
 
         inputGradient.rows = dy.rows
         step.forEachChunk(work: 4 * dy.count, splittingRows: { c, rows, _ in
-            let o = c * features
+            let o = Self.statisticsOffset(chunk: c, features: features, step: step)
             for r in rows {
                 let gr = dy.row(r), xhat = normalized.row(r), dx = inputGradient.row(r)
                 if s == 1 {
