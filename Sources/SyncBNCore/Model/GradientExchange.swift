@@ -81,8 +81,9 @@ public struct GradientExchange: Sendable {
         chunkCount = plan.chunkCount
     }
 
-    /// This exchange without factor layers: its summed part alone (`chunkWidth == sumWidth`). What one process that holds the whole batch hands an in-process collective, reading the factor rows
-    /// from its layers' own matrices instead of copying them in and out (`Network.trainStep`).
+    /// This exchange without factor layers: its summed part alone (`chunkWidth == sumWidth`). What one process
+    /// that holds the whole batch hands an in-process collective (`Collective.combinesInProcess`), reading the
+    /// factor rows in its layers' own matrices instead of copying them in and out (`Network.trainStep`).
     public var withoutFactorRows: GradientExchange {
         var copy = self
         copy.factorLayers = []
