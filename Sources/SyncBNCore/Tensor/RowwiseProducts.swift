@@ -43,9 +43,14 @@ public enum RowwiseProducts {
         let key = Key(kind: kind, n: n, k: k, chunkRows: rows)
         lock.lock()
         defer { lock.unlock() }
-        if let verdict = verdicts[key] { return verdict }
-        let verdict = probe(key, seed: 1) && probe(key, seed: 2)
-        verdicts[key] = verdict
+        return remembered(key, in: &verdicts) { probe(key, seed: $0) }
+    }
+
+    /// `cache`'s verdict for `key`, or the probe's on two seeds (both must agree), remembered. Call it holding `lock`.
+    private static func remembered<Key: Hashable>(_ key: Key, in cache: inout [Key: Bool], probe: (UInt64) -> Bool) -> Bool {
+        if let verdict = cache[key] { return verdict }
+        let verdict = probe(1) && probe(2)
+        cache[key] = verdict
         return verdict
     }
 
@@ -61,10 +66,7 @@ public enum RowwiseProducts {
         let key = AccumulationKey(m: m, n: n, k: k, lda: lda, ldb: ldb)
         lock.lock()
         defer { lock.unlock() }
-        if let verdict = accumulationVerdicts[key] { return verdict }
-        let verdict = probeAccumulation(key, seed: 1) && probeAccumulation(key, seed: 2)
-        accumulationVerdicts[key] = verdict
-        return verdict
+        return remembered(key, in: &accumulationVerdicts) { probeAccumulation(key, seed: $0) }
     }
 
     static func probeAccumulation(_ key: AccumulationKey, seed: UInt64) -> Bool {
@@ -101,10 +103,7 @@ public enum RowwiseProducts {
         let key = RowBlocksKey(m: m, n: n, k: k, lda: lda, ldb: ldb, cuts: blocks.map(\.upperBound))
         lock.lock()
         defer { lock.unlock() }
-        if let verdict = rowBlocksVerdicts[key] { return verdict }
-        let verdict = probeRowBlocks(key, blocks: blocks, seed: 1) && probeRowBlocks(key, blocks: blocks, seed: 2)
-        rowBlocksVerdicts[key] = verdict
-        return verdict
+        return remembered(key, in: &rowBlocksVerdicts) { probeRowBlocks(key, blocks: blocks, seed: $0) }
     }
 
     static func probeRowBlocks(_ key: RowBlocksKey, blocks: [Range<Int>], seed: UInt64) -> Bool {
@@ -144,10 +143,7 @@ public enum RowwiseProducts {
         let key = StridesKey(m: m, n: n, k: k, beta: beta, one: one, other: other)
         lock.lock()
         defer { lock.unlock() }
-        if let verdict = stridesVerdicts[key] { return verdict }
-        let verdict = probeStrides(key, seed: 1) && probeStrides(key, seed: 2)
-        stridesVerdicts[key] = verdict
-        return verdict
+        return remembered(key, in: &stridesVerdicts) { probeStrides(key, seed: $0) }
     }
 
     static func probeStrides(_ key: StridesKey, seed: UInt64) -> Bool {
