@@ -24,6 +24,18 @@ public struct GradientSegment: Sendable {
     public let partialsOffset: Int
     /// Where its combination starts in the gradient result: the segments' results follow each other.
     public let resultOffset: Int
+    /// `exchange` without its factor rows, for one process that reads them in its layers' matrices.
+    private let summedPart: GradientExchange
+
+    init(exchange: GradientExchange, ridesWith: Int?, layers: Range<Int>, linearIndices: [Int], partialsOffset: Int, resultOffset: Int) {
+        (self.exchange, self.ridesWith, self.layers, self.linearIndices) = (exchange, ridesWith, layers, linearIndices)
+        (self.partialsOffset, self.resultOffset) = (partialsOffset, resultOffset)
+        summedPart = exchange.withoutFactorRows
+    }
+
+    /// How this segment's gradients travel: `exchange`, or its summed part alone when the factor rows stay in
+    /// place (`GradientExchange.withoutFactorRows`).
+    public func exchange(rowsInPlace: Bool) -> GradientExchange { rowsInPlace ? summedPart : exchange }
 
     /// Cuts `layers` into segments (`ridingWithBatchNorm` false: one segment, the gradient round's).
     /// `batchNormsIssued(i)`: the BatchNorm layers whose backward rounds top-level layer i's backward pass issues,

@@ -337,8 +337,8 @@ public final class Network {
         let own = riding(last, rowsInPlace: rowsInPlace, chunkCount: chunks.count)
         try collective.exchangeGradients(own.partials, exchange: own.exchange, into: own.result)
         for segment in gradientSegments {
-            let exchange = rowsInPlace ? segment.exchange.withoutFactorRows : segment.exchange
-            apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[segment.resultOffset..<(segment.resultOffset + exchange.resultWidth)]),
+            let width = segment.exchange(rowsInPlace: rowsInPlace).resultWidth
+            apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[segment.resultOffset..<(segment.resultOffset + width)]),
                   of: segment, rowsInPlace: rowsInPlace)
         }
         var metrics: StepMetrics?
@@ -415,7 +415,7 @@ public final class Network {
 
     /// Where a factor layer's ∂W products read their rows: gathered into the exchange's result (`rowsBlock` values
     /// per chunk, laid out as `gatheredOperands`), or in the layer's own x and dy matrices (one process).
-    enum FactorRows {
+    private enum FactorRows {
         case gathered(UnsafePointer<Float>, rowsBlock: Int)
         case inPlace(x: Matrix, dy: Matrix)
     }
@@ -439,27 +439,27 @@ public final class Network {
     func factorRowsCanStayInPlace() -> Bool {
         let threadCount = context.threads.threadCount
         if let known = inPlaceVerdicts[threadCount] { return known }
-        let rowCounts = Set((0..<plan.chunkCount).map { plan.rows(ofChunk: $0).count })
-        var agrees = RowwiseProducts.enabled
-        for segment in gradientSegments where agrees {
-            for factor in segment.exchange.factorLayers where agrees {
-                let linear = linears[segment.linearIndices[factor.layer]]
-                let gathered = gatheredOperands(factor, linear, rowWidth: segment.exchange.factorRowWidth)
-                let tiling = rowTiling(linear, gathered), inPlace = inPlaceOperands(linear)
-                for (t, tile) in tiling.tiles.enumerated() where agrees {
-                    for k in rowCounts where k > 0 && agrees {
-                        for beta: Float in tiling.accumulates[t][k]! ? [0, 1] : [0] where agrees {
-                            let shift = { (o: RowwiseProducts.Operands) in
-                                RowwiseProducts.Operands(aOffset: o.aOffset + tile.lowerBound, lda: o.lda, bOffset: o.bOffset, ldb: o.ldb)
-                            }
-                            agrees = RowwiseProducts.stridesAgree(m: tile.count, n: linear.inputs, k: k, beta: beta, shift(gathered), shift(inPlace))
-                        }
-                    }
-                }
+        let verdict = RowwiseProducts.enabled && gradientSegments.allSatisfy { segment in
+            segment.exchange.factorLayers.allSatisfy { productsAgreeInPlace($0, of: segment) }
+        }
+        inPlaceVerdicts[threadCount] = verdict
+        return verdict
+    }
+
+    /// `factorRowsCanStayInPlace` for one factor layer of `segment`.
+    private func productsAgreeInPlace(_ factor: GradientExchange.FactorLayer, of segment: GradientSegment) -> Bool {
+        let linear = linears[segment.linearIndices[factor.layer]]
+        let gathered = gatheredOperands(factor, linear, rowWidth: segment.exchange.factorRowWidth), inPlace = inPlaceOperands(linear)
+        let tiling = rowTiling(linear, gathered)
+        let rowCounts = Set((0..<plan.chunkCount).map { plan.rows(ofChunk: $0).count }).filter { $0 > 0 }
+        for (t, tile) in tiling.tiles.enumerated() {
+            let one = gathered.shiftingA(by: tile.lowerBound), other = inPlace.shiftingA(by: tile.lowerBound)
+            for k in rowCounts {
+                for beta: Float in tiling.accumulates[t][k]! ? [0, 1] : [0]
+                where !RowwiseProducts.stridesAgree(m: tile.count, n: linear.inputs, k: k, beta: beta, one, other) { return false }
             }
         }
-        inPlaceVerdicts[threadCount] = agrees
-        return agrees
+        return true
     }
 
     /// Marks every BatchNorm followed directly by a ReLU in a sequence (top level, or a residual block's body or
@@ -563,7 +563,7 @@ public final class Network {
     /// This replica's partials of `segment` and where their combination goes (`rowsInPlace`: laid out without
     /// factor rows, `GradientExchange.withoutFactorRows`).
     private func riding(_ segment: GradientSegment, rowsInPlace: Bool, chunkCount: Int) -> RidingGradients {
-        let exchange = rowsInPlace ? segment.exchange.withoutFactorRows : segment.exchange
+        let exchange = segment.exchange(rowsInPlace: rowsInPlace)
         return RidingGradients(
             exchange: exchange,
             partials: UnsafeBufferPointer(rebasing: gradientPartials[segment.partialsOffset..<(segment.partialsOffset + chunkCount * exchange.chunkWidth)]),
@@ -593,7 +593,7 @@ public final class Network {
 
     /// Packs each chunk's store-shaped partial gradients of `segment`'s summed ranges in front of its factor block.
     private func packSums(of segment: GradientSegment, rowsInPlace: Bool, chunkCount: Int) {
-        let exchange = rowsInPlace ? segment.exchange.withoutFactorRows : segment.exchange
+        let exchange = segment.exchange(rowsInPlace: rowsInPlace)
         context.threads.run(chunkCount, work: chunkCount * exchange.sumWidth) { c, _ in
             let source = chunkGradients.baseAddress! + c * store.count
             var target = gradientPartials.baseAddress! + segment.partialsOffset + c * exchange.chunkWidth

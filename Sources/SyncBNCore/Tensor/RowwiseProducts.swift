@@ -31,8 +31,7 @@ public enum RowwiseProducts {
     /// Off: every product runs chunk by chunk (`SYNCBN_ROWWISE=0`, or set by tests and benchmarks).
     nonisolated(unsafe) public static var enabled: Bool = ProcessInfo.processInfo.environment["SYNCBN_ROWWISE"] != "0"
 
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var verdicts: [Key: Bool] = [:]
+    private static let verdicts = Verdicts<Key>()
 
     /// Whether one call over consecutive chunks of `chunkRows` rows gives every row the bits of its chunk's call.
     /// A single chunk agrees trivially. Probes once per layout and remembers (thread-safe).
@@ -41,21 +40,33 @@ public enum RowwiseProducts {
         guard enabled else { return false }
         guard rows.count > 1 else { return true }
         let key = Key(kind: kind, n: n, k: k, chunkRows: rows)
-        lock.lock()
-        defer { lock.unlock() }
-        return remembered(key, in: &verdicts) { probe(key, seed: $0) }
+        return verdicts.verdict(key) { probe(key, seed: $0) }
     }
 
-    /// `cache`'s verdict for `key`, or the probe's on two seeds (both must agree), remembered. Call it holding `lock`.
-    private static func remembered<Key: Hashable>(_ key: Key, in cache: inout [Key: Bool], probe: (UInt64) -> Bool) -> Bool {
-        if let verdict = cache[key] { return verdict }
-        let verdict = probe(1) && probe(2)
-        cache[key] = verdict
-        return verdict
+    /// Verdicts by layout, each the probe's on two seeds (both must agree), worked out once per process (thread-safe).
+    final class Verdicts<Key: Hashable>: @unchecked Sendable {
+        private let lock = NSLock()
+        private var known: [Key: Bool] = [:]
+
+        func verdict(_ key: Key, probe: (_ seed: UInt64) -> Bool) -> Bool {
+            lock.lock()
+            defer { lock.unlock() }
+            if let verdict = known[key] { return verdict }
+            let verdict = probe(1) && probe(2)
+            known[key] = verdict
+            return verdict
+        }
+
+        /// Every layout probed so far and its verdict.
+        var all: [(key: Key, agrees: Bool)] {
+            lock.lock()
+            defer { lock.unlock() }
+            return known.map { ($0.key, $0.value) }
+        }
     }
 
     struct AccumulationKey: Hashable { let m: Int, n: Int, k: Int, lda: Int, ldb: Int }
-    nonisolated(unsafe) private static var accumulationVerdicts: [AccumulationKey: Bool] = [:]
+    private static let accumulationVerdicts = Verdicts<AccumulationKey>()
 
     /// Whether C ← Aᵀ·B + C in one call (β = 1) gives C + (Aᵀ·B) bit for bit, the product formed alone (β = 0) and
     /// then added element by element — for Aᵀ m × k (A k × m, leading dimension `lda`), B k × n (`ldb`), C m × n
@@ -64,9 +75,7 @@ public enum RowwiseProducts {
     public static func accumulates(m: Int, n: Int, k: Int, lda: Int, ldb: Int) -> Bool {
         guard enabled, m > 0, n > 0, k > 0 else { return false }
         let key = AccumulationKey(m: m, n: n, k: k, lda: lda, ldb: ldb)
-        lock.lock()
-        defer { lock.unlock() }
-        return remembered(key, in: &accumulationVerdicts) { probeAccumulation(key, seed: $0) }
+        return accumulationVerdicts.verdict(key) { probeAccumulation(key, seed: $0) }
     }
 
     static func probeAccumulation(_ key: AccumulationKey, seed: UInt64) -> Bool {
@@ -87,7 +96,7 @@ public enum RowwiseProducts {
     }
 
     struct RowBlocksKey: Hashable { let m: Int, n: Int, k: Int, lda: Int, ldb: Int, cuts: [Int] }
-    nonisolated(unsafe) private static var rowBlocksVerdicts: [RowBlocksKey: Bool] = [:]
+    private static let rowBlocksVerdicts = Verdicts<RowBlocksKey>()
 
     /// Whether C = Aᵀ·B (β = 0; A k × m with leading dimension `lda`, B k × n with `ldb`, C m × n contiguous)
     /// formed block of rows by block of rows — rows `blocks[0]`, `blocks[1]`, …, each block its own call on A's
@@ -101,9 +110,7 @@ public enum RowwiseProducts {
               zip(blocks, blocks.dropFirst()).allSatisfy({ $0.upperBound == $1.lowerBound }) else { return false }
         guard blocks.count > 1 else { return true }
         let key = RowBlocksKey(m: m, n: n, k: k, lda: lda, ldb: ldb, cuts: blocks.map(\.upperBound))
-        lock.lock()
-        defer { lock.unlock() }
-        return remembered(key, in: &rowBlocksVerdicts) { probeRowBlocks(key, blocks: blocks, seed: $0) }
+        return rowBlocksVerdicts.verdict(key) { probeRowBlocks(key, blocks: blocks, seed: $0) }
     }
 
     static func probeRowBlocks(_ key: RowBlocksKey, blocks: [Range<Int>], seed: UInt64) -> Bool {
@@ -127,10 +134,13 @@ public enum RowwiseProducts {
     public struct Operands: Hashable, Sendable {
         public let aOffset: Int, lda: Int, bOffset: Int, ldb: Int
         public init(aOffset: Int, lda: Int, bOffset: Int, ldb: Int) { (self.aOffset, self.lda, self.bOffset, self.ldb) = (aOffset, lda, bOffset, ldb) }
+
+        /// The same operands from A's column `columns` on (a tile of Aᵀ's rows).
+        public func shiftingA(by columns: Int) -> Operands { Operands(aOffset: aOffset + columns, lda: lda, bOffset: bOffset, ldb: ldb) }
     }
 
     struct StridesKey: Hashable { let m: Int, n: Int, k: Int, beta: Float, one: Operands, other: Operands }
-    nonisolated(unsafe) private static var stridesVerdicts: [StridesKey: Bool] = [:]
+    private static let stridesVerdicts = Verdicts<StridesKey>()
 
     /// Whether C ← Aᵀ·B + β·C (Aᵀ m × k, B k × n, C m × n contiguous) gives the same bits with the operands laid out
     /// as `one` and as `other` (the same values, rows a different number of values apart). It lets one process read
@@ -141,9 +151,7 @@ public enum RowwiseProducts {
         guard enabled, m > 0, n > 0, k > 0 else { return false }
         guard one != other else { return true }
         let key = StridesKey(m: m, n: n, k: k, beta: beta, one: one, other: other)
-        lock.lock()
-        defer { lock.unlock() }
-        return remembered(key, in: &stridesVerdicts) { probeStrides(key, seed: $0) }
+        return stridesVerdicts.verdict(key) { probeStrides(key, seed: $0) }
     }
 
     static func probeStrides(_ key: StridesKey, seed: UInt64) -> Bool {
@@ -176,9 +184,7 @@ public enum RowwiseProducts {
 
     /// The verdicts so far (for reports and tests): layout and whether it agreed.
     public static var knownVerdicts: [(kind: Kind, n: Int, k: Int, chunkRows: [Int], agrees: Bool)] {
-        lock.lock()
-        defer { lock.unlock() }
-        return verdicts.map { ($0.key.kind, $0.key.n, $0.key.k, $0.key.chunkRows, $0.value) }
+        verdicts.all.map { ($0.key.kind, $0.key.n, $0.key.k, $0.key.chunkRows, $0.agrees) }
     }
 
     /// Runs the product of `key`'s shape on random data in one call and chunk by chunk; true if every bit agrees.
