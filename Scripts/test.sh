@@ -24,3 +24,10 @@ for png in figure1 bn-backward-ablation; do
     [ "$(stat -c %s "$figures/$png.png")" -gt 10000 ] || { echo "test.sh: $png.png was not drawn" >&2; exit 1; }
 done
 echo "figure scripts: figure1.png and bn-backward-ablation.png drawn from short runs"
+# The benchmark still runs: its transport section once, which must have measured the round trip and a bare wait.
+.build/debug/syncbn bench --sections transport --repeats 1 --quick --json "$figures/bench.json" >"$figures/bench.log" 2>&1 \
+    || { cat "$figures/bench.log" >&2; exit 1; }
+python3 -c 'import json, sys; raw = json.load(open(sys.argv[1]))["raw"]
+sys.exit(0 if all(raw.get(key, 0) > 0 for key in ("roundTripIpcMicroseconds", "bareWaitCPUMicroseconds")) else 1)' "$figures/bench.json" \
+    || { echo "test.sh: syncbn bench --sections transport measured no round trip or bare wait" >&2; exit 1; }
+echo "bench: the transport section runs"

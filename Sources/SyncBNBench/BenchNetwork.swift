@@ -162,13 +162,6 @@ public enum BenchNetwork {
         return (medians, cpu)
     }
 
-    /// CPU time consumed by the calling thread, in nanoseconds.
-    private static func threadCPUNanoseconds() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
-
     /// One-way throughput (GB/s, 1e9 bytes) of `messages` messages of `size` bytes, DEALER → ROUTER, one value per
     /// repeat. Timed at the receiver, from asking for the stream to receiving its last message.
     static func throughput(transport: String, size: Int, messages: Int, repeats: Int) throws -> [Double] {

@@ -19,6 +19,12 @@ public struct BenchReport: Codable {
         /// at least.
         var roundTripTcpCPUMicroseconds: Double?
         var roundTripIpcCPUMicroseconds: Double?
+        /// A blocking wait without ZeroMQ: two threads of this process hand a turn back and forth through a
+        /// mutex and a condition variable (what `ChunkThreads` waits on), and this is the CPU time the woken
+        /// thread spends per wait, from going to sleep to running again — the least any blocking wait for a
+        /// round costs on this machine, whatever the transport.
+        var bareWaitCPUMicroseconds: Double?
+        var bareWaitsPerRepeat = 20_000
         var streamMessageBytes = 4 << 20
         var streamMessagesPerRepeat = 200
         var throughputTcpGBps: Double?
@@ -77,6 +83,13 @@ public struct BenchReport: Codable {
         var coordinatorWakeups: Wakeups?
         /// launch: context switches per step of the coordinator and every worker together (median over the repeats).
         var allProcessesContextSwitchesPerStep: Double?
+        /// launch: CPU time per step of the coordinator and every worker together, all threads (median over the
+        /// repeats); divided by the machine's cores, the shortest step those cores could give that much work
+        /// (`cpuBoundMs`), and that over `targetMs`: above the ratio's target, no scheduling on this machine
+        /// meets it without cutting the CPU a step costs.
+        var allProcessesCPUMsPerStep: Double?
+        var cpuBoundMs: Double?
+        var cpuBoundRatioToTarget: Double?
     }
 
     /// Per step, means over a run (`RunStatus`): ZeroMQ messages a process sent and received, and its context

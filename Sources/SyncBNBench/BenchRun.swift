@@ -110,6 +110,13 @@ public struct BenchRun {
                         guard let coordinator = run.coordinatorWakeups, run.workerWakeups.count == workers else { return nil }
                         return run.workerWakeups.map(\.contextSwitches).reduce(coordinator.contextSwitches, +)
                     })
+                    row.allProcessesCPUMsPerStep = benchMedian(runs.compactMap { run in
+                        guard let coordinator = run.coordinatorWakeups?.cpuSeconds, run.workerWakeups.count == workers else { return nil }
+                        let workersCPU = run.workerWakeups.compactMap(\.cpuSeconds)
+                        guard workersCPU.count == workers else { return nil }
+                        return workersCPU.reduce(coordinator, +) * 1000
+                    })
+                    row.cpuBoundMs = row.allProcessesCPUMsPerStep.map { $0 / Double(report.machine.cores) }
                 }
                 report.training.append(row)
             }
@@ -236,6 +243,10 @@ public struct BenchRun {
             }
         }
 
+        if sections.contains(.transport) {
+            report.raw.bareWaitCPUMicroseconds = benchMedian(BenchWakeup.waitCPUMicroseconds(waits: raw.bareWaitsPerRepeat, repeats: repeats))
+        }
+
         // The targets of section 3 need the raw round trip of section 1.
         // `launch` binds an ipc socket: its rounds are held to the ipc round trip.
         if let rtt = report.raw.roundTripIpcMicroseconds ?? report.raw.roundTripTcpMicroseconds {
@@ -244,6 +255,7 @@ public struct BenchRun {
                 let target = compute + 1.2 * Double(rounds) * rtt / 1000
                 report.training[index].targetMs = target
                 report.training[index].ratioToTarget = report.training[index].medianStepMs / target
+                report.training[index].cpuBoundRatioToTarget = report.training[index].cpuBoundMs.map { $0 / target }
             }
         }
 

@@ -27,6 +27,8 @@ extension BenchReport {
                          + lpad(f(raw.roundTripTcpCPUMicroseconds, "%.1f us"), 14) + lpad(f(raw.roundTripIpcCPUMicroseconds, "%.1f us"), 14))
             lines.append("   " + pad("one-way throughput, \(raw.streamMessagesPerRepeat) × 4 MiB", 40)
                          + lpad(f(raw.throughputTcpGBps, "%.2f GB/s"), 14) + lpad(f(raw.throughputIpcGBps, "%.2f GB/s"), 14))
+            lines.append("   a blocking wait without ZeroMQ (two threads passing a turn through condition variables, \(raw.bareWaitsPerRepeat) per")
+            lines.append("   repeat): the woken thread's CPU per wait \(f(raw.bareWaitCPUMicroseconds, "%.1f us")) — the least any wait for a round costs here")
 
         }
         if ran("allreduce") {
@@ -71,8 +73,11 @@ extension BenchReport {
                 lines.append("   wake-ups per step of launch: ZeroMQ messages sent + received, context switches voluntary + involuntary")
                 lines.append("   (whole process, libzmq's I/O thread included); means over each run; worker: median over the workers;")
                 lines.append("   all switches: the coordinator's and every worker's together")
+                lines.append("   all CPU: every process's CPU time per step, all threads; ÷ cores: the shortest step this machine's cores")
+                lines.append("   could run that work in, and its ratio to the target (above the ratio's target: unreachable at this CPU)")
                 lines.append("   " + pad("model, batch, steps", 26) + pad("command", 31) + lpad("worker msgs", 13) + lpad("worker switches", 17)
-                             + lpad("coord msgs", 13) + lpad("coord switches", 17) + lpad("all switches", 14))
+                             + lpad("coord msgs", 13) + lpad("coord switches", 17) + lpad("all switches", 14)
+                             + lpad("all CPU", 11) + lpad("÷ cores", 11) + lpad("ratio", 8))
                 func pair(_ a: Double?, _ b: Double?) -> String { a.flatMap { a in b.map { String(format: "%.1f+%.1f", a, $0) } } ?? "—" }
                 for row in launches {
                     let (w, c) = (row.workerWakeups, row.coordinatorWakeups)
@@ -81,7 +86,9 @@ extension BenchReport {
                                  + lpad(pair(w?.voluntaryContextSwitchesPerStep, w?.involuntaryContextSwitchesPerStep), 17)
                                  + lpad(pair(c?.messagesSentPerStep, c?.messagesReceivedPerStep), 13)
                                  + lpad(pair(c?.voluntaryContextSwitchesPerStep, c?.involuntaryContextSwitchesPerStep), 17)
-                                 + lpad(f(row.allProcessesContextSwitchesPerStep, "%.1f"), 14))
+                                 + lpad(f(row.allProcessesContextSwitchesPerStep, "%.1f"), 14)
+                                 + lpad(f(row.allProcessesCPUMsPerStep, "%.3f ms"), 11) + lpad(f(row.cpuBoundMs, "%.3f ms"), 11)
+                                 + lpad(f(row.cpuBoundRatioToTarget, "%.2fx"), 8))
                 }
             }
             if !threadsVersusWorkers.isEmpty {
@@ -109,6 +116,13 @@ extension BenchReport {
                 }
             }
             lines.append("   (compute, waiting, wait CPU (CPU time burnt per step while waiting): median over workers of each worker's median;")
+            if let wait = raw.bareWaitCPUMicroseconds, let rounds = BenchRun.roundsPerStep("bn-mlp") {
+                let us = { (sleeps: Double) in String(format: "%g × %.1f = %.0f us", sleeps, wait, sleeps * wait) }
+                lines.append("    wait CPU's floor, bn-mlp: a worker that waits for a round sleeps at least once, a bare wait's CPU (section 1);")
+                lines.append("    1 worker: \(us(Double(rounds))) (every round through the coordinator); 2 workers: \(us(Double(rounds - 1) / 2 + 1))")
+                lines.append("    on average (each receives right after sending, so in each of the \(rounds - 1) BatchNorm rounds between them at least")
+                lines.append("    one of the two sleeps; both wait for the coordinator's gradients);")
+            }
             lines.append("    peak RSS: wait4 ru_maxrss, max over repeats;")
             lines.append("    for launch, the largest of coordinator and workers; no reading can be below this process's own peak at spawn, \(String(format: "%.1f", spawnFloorMiB)) MiB)")
 

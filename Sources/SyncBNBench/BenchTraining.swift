@@ -22,6 +22,8 @@ enum BenchTraining {
         var messagesReceived: Double
         var voluntaryContextSwitches: Double
         var involuntaryContextSwitches: Double
+        /// CPU time of all the process's threads per step (nil from a process of an older release).
+        var cpuSeconds: Double?
 
         var messages: Double { messagesSent + messagesReceived }
         var contextSwitches: Double { voluntaryContextSwitches + involuntaryContextSwitches }
@@ -31,6 +33,7 @@ enum BenchTraining {
             guard let sent = status.messagesSentPerStep, let received = status.messagesReceivedPerStep,
                   let voluntary = status.voluntaryContextSwitchesPerStep, let involuntary = status.involuntaryContextSwitchesPerStep else { return nil }
             (messagesSent, messagesReceived, voluntaryContextSwitches, involuntaryContextSwitches) = (sent, received, voluntary, involuntary)
+            cpuSeconds = status.cpuSecondsPerStep
         }
     }
 

@@ -12,11 +12,12 @@ struct BenchCommand: ParsableCommand {
         abstract: "Benchmark the transport, the all-reduce (star and among workers), training step times and memory, in one run.",
         discussion: """
         Sections: (1) raw ZeroMQ ROUTER/DEALER round trip (64 B) and one-way throughput (4 MiB messages) between two \
-        processes, over tcp loopback and ipc; (2) one all-reduce round of 2, 4 and 8 worker processes, through a star \
+        processes, over tcp loopback and ipc, and what a blocking wait costs the waiting thread without ZeroMQ; (2) one all-reduce round of 2, 4 and 8 worker processes, through a star \
         for BatchNorm-sized (200 Float64), gradient-sized (100,000 Float32) and 10M-Float32 payloads, and among the \
         workers (reduce-scatter + all-gather, `--gradient-exchange peers`) for the Float32 ones; (3) `train` and \
         `launch` step times for bn-mlp, wide-mlp and bn-cnn (`train` on one thread and on every core), with the \
-        target compute + 1.2 × rounds × raw ipc round trip; (4) peak memory and its growth over a long run. Every number is a median over --repeats. Sections 3 and 4 \
+        target compute + 1.2 × rounds × raw ipc round trip, and every process's CPU per step over the cores (the \
+        shortest step those cores could give that work); (4) peak memory and its growth over a long run. Every number is a median over --repeats. Sections 3 and 4 \
         run first, while this process is small: Linux starts a child's peak RSS from its parent's.
         """)
 

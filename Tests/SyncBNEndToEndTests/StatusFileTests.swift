@@ -51,11 +51,14 @@ final class StatusFileTests: SyncBNProcessTestCase {
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(final.messagesReceivedPerStep, "\(final)"), 2)
         XCTAssertGreaterThan(try XCTUnwrap(final.voluntaryContextSwitchesPerStep, "\(final)"), 0)
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(final.involuntaryContextSwitchesPerStep, "\(final)"), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(final.cpuSecondsPerStep, "\(final)"), 0)
         for worker in workers {
             XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.messagesSentPerStep, "\(worker)"), 1)
             XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.messagesReceivedPerStep, "\(worker)"), 1)
             XCTAssertGreaterThan(try XCTUnwrap(worker.voluntaryContextSwitchesPerStep, "\(worker)"), 0)
             XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.involuntaryContextSwitchesPerStep, "\(worker)"), 0)
+            // A step's CPU covers at least the compute a worker timed on its thread, less what it spent off its core.
+            XCTAssertGreaterThan(try XCTUnwrap(worker.cpuSecondsPerStep, "\(worker)"), 0)
         }
     }
 

@@ -43,6 +43,8 @@ public struct RunStatus: Codable, Equatable, Sendable {
     public var messagesReceivedPerStep: Double?
     public var voluntaryContextSwitchesPerStep: Double?
     public var involuntaryContextSwitchesPerStep: Double?
+    /// CPU time of all this process's threads per step (user + system), counted as the wake-ups are.
+    public var cpuSecondsPerStep: Double?
     public var model: String?
     public var checkpoint: String?
     /// The command that continues an interrupted or failed run, as words.
@@ -62,6 +64,7 @@ public struct RunStatus: Codable, Equatable, Sendable {
         case messagesSentPerStep = "messages_sent_per_step", messagesReceivedPerStep = "messages_received_per_step"
         case voluntaryContextSwitchesPerStep = "voluntary_context_switches_per_step"
         case involuntaryContextSwitchesPerStep = "involuntary_context_switches_per_step"
+        case cpuSecondsPerStep = "cpu_seconds_per_step"
     }
 
     /// One line of JSON, keys sorted.

@@ -1,8 +1,8 @@
 import Foundation
 import ZeroMQ
 
-/// How often a process woke up, or was woken: the ZeroMQ messages it sent and received, and its context
-/// switches, counted since it started. The difference of two readings covers what happened between them;
+/// How often a process woke up, or was woken: the ZeroMQ messages it sent and received, its context
+/// switches, and the CPU time all its threads used, counted since it started. The difference of two readings covers what happened between them;
 /// divided by the steps in between, it is what `--status-file` reports per step.
 ///
 /// Context switches are `getrusage(RUSAGE_SELF)`'s, the whole process's rather than one thread's
@@ -12,11 +12,15 @@ import ZeroMQ
 /// costs is the sum. In `launch` they also count the threads that relay the workers' output.
 /// - Voluntary: a thread blocked and gave up its core (a wait on a socket, a condition variable, a file).
 /// - Involuntary: the scheduler took a runnable thread off its core (more runnable threads than cores).
+///
+/// The CPU time (user + system, every thread) says what the wake-ups cost: summed over the processes of a job
+/// on one host and divided by its cores, it is the shortest step those cores could run it in.
 public struct WakeupCounts: Equatable, Sendable {
     public var messagesSent = 0
     public var messagesReceived = 0
     public var voluntaryContextSwitches = 0
     public var involuntaryContextSwitches = 0
+    public var cpuSeconds = 0.0
 
     public init() {}
 
@@ -31,6 +35,8 @@ public struct WakeupCounts: Equatable, Sendable {
         var counts = WakeupCounts()
         (counts.messagesSent, counts.messagesReceived) = (MessageCounts.sent, MessageCounts.received)
         (counts.voluntaryContextSwitches, counts.involuntaryContextSwitches) = (Int(usage.ru_nvcsw), Int(usage.ru_nivcsw))
+        func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+        counts.cpuSeconds = seconds(usage.ru_utime) + seconds(usage.ru_stime)
         return counts
     }
 
@@ -40,6 +46,7 @@ public struct WakeupCounts: Equatable, Sendable {
         difference.messagesReceived = a.messagesReceived - b.messagesReceived
         difference.voluntaryContextSwitches = a.voluntaryContextSwitches - b.voluntaryContextSwitches
         difference.involuntaryContextSwitches = a.involuntaryContextSwitches - b.involuntaryContextSwitches
+        difference.cpuSeconds = a.cpuSeconds - b.cpuSeconds
         return difference
     }
 
@@ -48,15 +55,17 @@ public struct WakeupCounts: Equatable, Sendable {
         a.messagesReceived += b.messagesReceived
         a.voluntaryContextSwitches += b.voluntaryContextSwitches
         a.involuntaryContextSwitches += b.involuntaryContextSwitches
+        a.cpuSeconds += b.cpuSeconds
     }
 }
 
 extension WakeupCounts {
-    /// "7.0 messages out, 7.0 in, 12.3 voluntary and 0.4 involuntary context switches": the means over `steps`.
+    /// "7.0 messages out, 7.0 in, 12.3 voluntary and 0.4 involuntary context switches, 0.512 ms CPU": the means
+    /// over `steps`.
     public func perStepDescription(steps: Int) -> String {
         let n = Double(max(steps, 1))
         func f(_ count: Int) -> String { String(format: "%.1f", Double(count) / n) }
-        return "\(f(messagesSent)) messages out, \(f(messagesReceived)) in, \(f(voluntaryContextSwitches)) voluntary and \(f(involuntaryContextSwitches)) involuntary context switches"
+        return "\(f(messagesSent)) messages out, \(f(messagesReceived)) in, \(f(voluntaryContextSwitches)) voluntary and \(f(involuntaryContextSwitches)) involuntary context switches, \(String(format: "%.3f", cpuSeconds / n * 1000)) ms CPU"
     }
 }
 
@@ -69,5 +78,6 @@ extension RunStatus {
         messagesReceivedPerStep = Double(counts.messagesReceived) / n
         voluntaryContextSwitchesPerStep = Double(counts.voluntaryContextSwitches) / n
         involuntaryContextSwitchesPerStep = Double(counts.involuntaryContextSwitches) / n
+        cpuSecondsPerStep = counts.cpuSeconds / n
     }
 }
