@@ -116,9 +116,11 @@ extension BenchReport {
                 }
             }
             lines.append("   (compute, waiting, wait CPU (CPU time burnt per step while waiting): median over workers of each worker's median;")
-            if let wait = raw.bareWaitCPUMicroseconds, let rounds = BenchRun.roundsPerStep("bn-mlp") {
+            if let bare = raw.bareWaitCPUMicroseconds, let rounds = BenchRun.roundsPerStep("bn-mlp") {
+                let wait = min(bare, raw.roundTripIpcCPUMicroseconds ?? bare)
                 let us = { (sleeps: Double) in String(format: "%g × %.1f = %.0f us", sleeps, wait, sleeps * wait) }
-                lines.append("    wait CPU's floor, bn-mlp: a worker that waits for a round sleeps at least once, a bare wait's CPU (section 1);")
+                lines.append("    wait CPU's floor, bn-mlp: a worker that waits for a round sleeps at least once, costing what a bare wait or a")
+                lines.append("    whole raw ipc round trip costs its thread, whichever is less (section 1);")
                 lines.append("    1 worker: \(us(Double(rounds))) (every round through the coordinator); 2 workers: \(us(Double(rounds - 1) / 2 + 1))")
                 lines.append("    on average (each receives right after sending, so in each of the \(rounds - 1) BatchNorm rounds between them at least")
                 lines.append("    one of the two sleeps; both wait for the coordinator's gradients);")

@@ -56,7 +56,9 @@ struct TrainCommand: ParsableCommand {
         run.status = status
         do {
             let summary = try run.run()
-            status?.report(summary.status())
+            var finished = summary.status()
+            finished.setWakeups(runner.stepWakeups)
+            status?.report(finished)
             logger.info("\(summary.report())")
         } catch let stop as TrainingInterrupted {
             let path = try TrainingCheckpoint.save(network, config: config, nextStep: stop.nextStep, directory: out)

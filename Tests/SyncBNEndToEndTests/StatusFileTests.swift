@@ -27,6 +27,10 @@ final class StatusFileTests: SyncBNProcessTestCase {
         let last = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(metrics.split(separator: "\n").last!.utf8)) as? [String: Any])
         XCTAssertEqual(status.testAccuracy, last["test_accuracy"] as? Double, "the status and metrics.jsonl agree on the final accuracy")
         XCTAssertGreaterThan(try XCTUnwrap(status.medianStepSeconds), 0)
+        // One process sends no messages; its steps' CPU time is counted.
+        XCTAssertEqual(status.messagesSentPerStep, 0)
+        XCTAssertEqual(status.messagesReceivedPerStep, 0)
+        XCTAssertGreaterThan(try XCTUnwrap(status.cpuSecondsPerStep, "\(status)"), 0)
     }
 
     func testLaunchReportsListeningTrainingAndEveryWorkersEndOnStandardOutput() throws {
@@ -57,7 +61,6 @@ final class StatusFileTests: SyncBNProcessTestCase {
             XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.messagesReceivedPerStep, "\(worker)"), 1)
             XCTAssertGreaterThan(try XCTUnwrap(worker.voluntaryContextSwitchesPerStep, "\(worker)"), 0)
             XCTAssertGreaterThanOrEqual(try XCTUnwrap(worker.involuntaryContextSwitchesPerStep, "\(worker)"), 0)
-            // A step's CPU covers at least the compute a worker timed on its thread, less what it spent off its core.
             XCTAssertGreaterThan(try XCTUnwrap(worker.cpuSecondsPerStep, "\(worker)"), 0)
         }
     }

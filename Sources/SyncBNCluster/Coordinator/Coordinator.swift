@@ -38,11 +38,9 @@ public final class Coordinator: StepRunner {
     /// Steps run again because a worker was lost during them.
     public var redoneSteps: Int { machine.redoneSteps }
     public var clusterStatus: ClusterStatus? { machine.clusterStatus }
-    /// This process's wake-ups (messages, context switches) during its steps, summed, and the steps they
-    /// cover: `runStep` reads the counters as it begins and ends, so evaluations, checkpoints and logs between
-    /// steps do not count.
-    public private(set) var stepWakeups = WakeupCounts()
-    public private(set) var wakeupSteps = 0
+    /// This process's wake-ups (messages, context switches, CPU time) during its steps: `runStep` reads the
+    /// counters as it begins and ends, so evaluations, checkpoints and logs between steps do not count.
+    public private(set) var stepWakeups = StepWakeups()
 
     private let logger: Logger
     private let context: Context
@@ -126,14 +124,11 @@ public final class Coordinator: StepRunner {
     }
 
     public func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics? {
-        let before = WakeupCounts.now()
-        defer {
-            stepWakeups += WakeupCounts.now() - before
-            wakeupSteps += 1
-        }
-        switch try drive(machine.beginStep(input, next: next, now: now())) {
-        case .stepCompleted: return machine.commitStep()
-        default: return nil
+        try stepWakeups.count {
+            switch try drive(machine.beginStep(input, next: next, now: now())) {
+            case .stepCompleted: return machine.commitStep()
+            default: return nil
+            }
         }
     }
 

@@ -106,8 +106,8 @@ public struct CoordinatorJob {
             let summary = try run.run()
             coordinator.finish()
             var finished = summary.status(workers: workers)
-            finished.setWakeups(coordinator.stepWakeups, steps: coordinator.wakeupSteps)
-            logger.info("coordinator, per step: \(coordinator.stepWakeups.perStepDescription(steps: coordinator.wakeupSteps))")
+            finished.setWakeups(coordinator.stepWakeups)
+            logger.info("coordinator, per step: \(coordinator.stepWakeups.perStepDescription)")
             status?.report(finished)
             return summary
         } catch {

@@ -115,6 +115,8 @@ public final class LocalStepRunner: StepRunner {
     private let collective: LocalCollective
     private let learningRate: (Int) -> Float
     private let config: TrainingConfig
+    /// CPU time and context switches of this process's steps, for its `finished` status.
+    public private(set) var stepWakeups = StepWakeups()
 
     public init(network: Network, data: LabeledImages, config: TrainingConfig) {
         self.network = network
@@ -125,6 +127,10 @@ public final class LocalStepRunner: StepRunner {
     }
 
     public func runStep(_ input: StepInput, next: StepInput?) throws -> StepMetrics? {
+        try stepWakeups.count { try train(input, next: next) }
+    }
+
+    private func train(_ input: StepInput, next: StepInput?) throws -> StepMetrics? {
         let (step, samples) = (input.step, input.samples)
         let slice = BatchSlice.whole(network.plan)
         network.optimizer.learningRate = learningRate(step)

@@ -59,6 +59,28 @@ public struct WakeupCounts: Equatable, Sendable {
     }
 }
 
+/// A process's wake-ups during its training steps only (not its evaluations, checkpoints or logs): the counts
+/// summed over the steps `count` ran.
+public struct StepWakeups: Sendable {
+    public private(set) var counts = WakeupCounts()
+    public private(set) var steps = 0
+
+    public init() {}
+
+    /// Runs one step and adds what happened during it (a step that throws counts too).
+    public mutating func count<R>(_ step: () throws -> R) rethrows -> R {
+        let before = WakeupCounts.now()
+        defer {
+            counts += WakeupCounts.now() - before
+            steps += 1
+        }
+        return try step()
+    }
+
+    /// "… per step": `WakeupCounts.perStepDescription` of the steps counted.
+    public var perStepDescription: String { counts.perStepDescription(steps: steps) }
+}
+
 extension WakeupCounts {
     /// "7.0 messages out, 7.0 in, 12.3 voluntary and 0.4 involuntary context switches, 0.512 ms CPU": the means
     /// over `steps`.
@@ -70,6 +92,9 @@ extension WakeupCounts {
 }
 
 extension RunStatus {
+    /// Sets the per-step means of the steps `wakeups` counted.
+    public mutating func setWakeups(_ wakeups: StepWakeups) { setWakeups(wakeups.counts, steps: wakeups.steps) }
+
     /// Sets the per-step means of `counts`, gathered over `steps` steps (nothing for no steps).
     public mutating func setWakeups(_ counts: WakeupCounts, steps: Int) {
         guard steps > 0 else { return }
