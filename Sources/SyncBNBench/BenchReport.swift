@@ -21,8 +21,9 @@ public struct BenchReport: Codable {
         var roundTripIpcCPUMicroseconds: Double?
         /// A blocking wait without ZeroMQ: two threads of this process hand a turn back and forth through a
         /// mutex and a condition variable (what `ChunkThreads` waits on), and this is the CPU time the woken
-        /// thread spends per wait, from going to sleep to running again — the least any blocking wait for a
-        /// round costs on this machine, whatever the transport.
+        /// thread spends per wait, from going to sleep to running again: about what any blocking wait for a
+        /// round costs on this machine, whatever the transport (the waiting CPU's floor in the table takes the
+        /// lesser of this and a whole raw round trip's CPU).
         var bareWaitCPUMicroseconds: Double?
         var bareWaitsPerRepeat = 20_000
         var streamMessageBytes = 4 << 20

@@ -28,7 +28,7 @@ extension BenchReport {
             lines.append("   " + pad("one-way throughput, \(raw.streamMessagesPerRepeat) × 4 MiB", 40)
                          + lpad(f(raw.throughputTcpGBps, "%.2f GB/s"), 14) + lpad(f(raw.throughputIpcGBps, "%.2f GB/s"), 14))
             lines.append("   a blocking wait without ZeroMQ (two threads passing a turn through condition variables, \(raw.bareWaitsPerRepeat) per")
-            lines.append("   repeat): the woken thread's CPU per wait \(f(raw.bareWaitCPUMicroseconds, "%.1f us")) — the least any wait for a round costs here")
+            lines.append("   repeat): the woken thread's CPU per wait \(f(raw.bareWaitCPUMicroseconds, "%.1f us")) — about what any wait for a round costs here")
 
         }
         if ran("allreduce") {

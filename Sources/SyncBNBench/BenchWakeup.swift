@@ -1,6 +1,6 @@
 import Foundation
 
-/// What one blocking wait costs the waiting thread on this machine, without ZeroMQ or sockets: the floor under
+/// What one blocking wait costs the waiting thread on this machine, without ZeroMQ or sockets: what lies under
 /// "CPU burnt while waiting". Two threads of this process hand a turn back and forth through a mutex and a
 /// condition variable each (futexes underneath, as in `ChunkThreads`); the measuring thread reads its own CPU
 /// clock just before it goes to sleep and just after it runs again, and the cost of two readings with nothing

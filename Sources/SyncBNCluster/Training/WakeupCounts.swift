@@ -2,8 +2,9 @@ import Foundation
 import ZeroMQ
 
 /// How often a process woke up, or was woken: the ZeroMQ messages it sent and received, its context
-/// switches, and the CPU time all its threads used, counted since it started. The difference of two readings covers what happened between them;
-/// divided by the steps in between, it is what `--status-file` reports per step.
+/// switches, and the CPU time all its threads used, counted since it started. The difference of two readings
+/// covers what happened between them; divided by the steps in between, it is what `--status-file` reports per
+/// step.
 ///
 /// Context switches are `getrusage(RUSAGE_SELF)`'s, the whole process's rather than one thread's
 /// (`RUSAGE_THREAD`): besides the thread that sends and receives, they count the compute threads
