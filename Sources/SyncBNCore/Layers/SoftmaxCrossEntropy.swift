@@ -12,7 +12,6 @@ public enum SoftmaxCrossEntropy {
         logits: Matrix, labels: UnsafePointer<Int32>, chunks: [Range<Int>], batchSize: Int,
         gradient: Matrix, metrics: UnsafeMutablePointer<Double>, threads: ChunkThreads = .single
     ) {
-        let classes = logits.columns
         gradient.rows = logits.rows
         let inverseBatch = 1 / Float(batchSize)
         threads.run(chunks.count, work: 4 * logits.count) { c, _ in

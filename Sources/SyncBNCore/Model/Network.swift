@@ -336,11 +336,7 @@ public final class Network {
         packSums(of: last, rowsInPlace: rowsInPlace, chunkCount: chunks.count)
         let own = riding(last, rowsInPlace: rowsInPlace, chunkCount: chunks.count)
         try collective.exchangeGradients(own.partials, exchange: own.exchange, into: own.result)
-        for segment in gradientSegments {
-            let width = segment.exchange(rowsInPlace: rowsInPlace).resultWidth
-            apply(gradients: UnsafeBufferPointer(rebasing: gradientResult[segment.resultOffset..<(segment.resultOffset + width)]),
-                  of: segment, rowsInPlace: rowsInPlace)
-        }
+        apply(gradients: UnsafeBufferPointer(gradientResult), rowsInPlace: rowsInPlace)
         var metrics: StepMetrics?
         if computeMetrics {
             if !observer.layout.layers.isEmpty {
@@ -385,9 +381,16 @@ public final class Network {
     /// tile's rows the bits of the whole product).
     public func apply(gradients result: UnsafeBufferPointer<Float>) {
         precondition(result.count == exchange.resultWidth, "the gradient result has \(result.count) values; the exchange expects \(exchange.resultWidth)")
+        apply(gradients: result, rowsInPlace: false)
+    }
+
+    /// `apply(gradients:)`, segment by segment; `rowsInPlace`: each segment's part holds its summed part alone
+    /// (`GradientExchange.withoutFactorRows`) and the factor layers' rows are read in their own matrices.
+    private func apply(gradients result: UnsafeBufferPointer<Float>, rowsInPlace: Bool) {
         for segment in gradientSegments {
-            apply(gradients: UnsafeBufferPointer(rebasing: result[segment.resultOffset..<(segment.resultOffset + segment.exchange.resultWidth)]),
-                  of: segment, rowsInPlace: false)
+            let width = segment.exchange(rowsInPlace: rowsInPlace).resultWidth
+            apply(gradients: UnsafeBufferPointer(rebasing: result[segment.resultOffset..<(segment.resultOffset + width)]),
+                  of: segment, rowsInPlace: rowsInPlace)
         }
     }
 

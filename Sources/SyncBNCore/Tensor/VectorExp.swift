@@ -40,36 +40,31 @@ enum VectorExp {
         return result
     }
 
-    /// y[i] = e^(x[i]) for `count` values (`y` may be `x`). A tail shorter than sixteen goes through the same
-    /// lanes (padded), so an element's bits do not depend on where it sits in the run.
+    /// y[i] = e^(x[i]) for `count` values (`y` may be `x`).
     static func exp(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
-        var i = 0
-        while i + laneCount <= count {
-            let v = UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self)
-            UnsafeMutableRawPointer(y + i).storeBytes(of: exp(v), as: Lanes.self)
-            i += laneCount
-        }
-        guard i < count else { return }
-        var tail = Lanes(repeating: 0)
-        for j in i..<count { tail[j - i] = x[j] }
-        let result = exp(tail)
-        for j in i..<count { y[j] = result[j - i] }
+        map(x, y, count: count) { exp($0) }
     }
 
-    /// y[i] = 1/(1 + e^(−x[i])) for `count` values. A tail shorter than sixteen goes through the same lanes
-    /// (padded), so an element's bits do not depend on where it sits in the run.
+    /// y[i] = 1/(1 + e^(−x[i])) for `count` values (`y` may be `x`).
     static func sigmoid(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
         let one = Lanes(repeating: 1)
+        map(x, y, count: count) { one / (one + exp(-$0)) }
+    }
+
+    /// y[i] = f(x)[i] for `count` values, sixteen lanes at a time. A tail shorter than sixteen goes through the
+    /// same lanes (padded with zeros), so an element's bits do not depend on where it sits in the run.
+    @inline(__always)
+    private static func map(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, _ f: (Lanes) -> Lanes) {
         var i = 0
         while i + laneCount <= count {
             let v = UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self)
-            UnsafeMutableRawPointer(y + i).storeBytes(of: one / (one + exp(-v)), as: Lanes.self)
+            UnsafeMutableRawPointer(y + i).storeBytes(of: f(v), as: Lanes.self)
             i += laneCount
         }
         guard i < count else { return }
         var tail = Lanes(repeating: 0)
         for j in i..<count { tail[j - i] = x[j] }
-        let result = one / (one + exp(-tail))
+        let result = f(tail)
         for j in i..<count { y[j] = result[j - i] }
     }
 }
